@@ -3,3 +3,7 @@
 //! See `DESIGN.md` for the architecture. This file is the module list.
 
 pub mod addr;
+pub mod config;
+pub mod layout;
+pub mod scenario;
+pub mod units;

@@ -1,0 +1,550 @@
+//! The scenario: what one pinlab run means, as data.
+//!
+//! A scenario is written once (a TOML file in `configs/`) and read by both executors: the live one
+//! (a real KVM guest, real pins, real host actions) and the model (`replay`, each kernel era's
+//! rules). This module owns the typed vocabulary — VM shape, pin mechanism, workload, host
+//! perturbations, expected verdicts — and the validation that runs after parsing. It does not
+//! read files (that is `config`) and does not run anything.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::units::{ByteSize, Duration};
+
+/// Why a scenario is not valid, after it parsed. `key` is the dotted TOML key at fault.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("key `{key}`: {reason}")]
+pub struct Invalid {
+    pub key: String,
+    pub reason: String,
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> Invalid {
+    Invalid {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// A verdict about the kernel, or about the lab's ability to ask.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Every device write was seen by the guest and every guest write by the device.
+    Coherent,
+    /// Device and guest saw different memory.
+    Diverged,
+    /// The host lacks what the scenario needs.
+    Skipped,
+    /// The lab itself failed; never a statement about the kernel.
+    Error,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Coherent => "coherent",
+            Verdict::Diverged => "diverged",
+            Verdict::Skipped => "skipped",
+            Verdict::Error => "error",
+        })
+    }
+}
+
+/// How the device holds guest pages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PinKind {
+    /// io_uring registered buffers: FOLL_PIN | FOLL_LONGTERM, the class of pin VFIO takes.
+    #[default]
+    IoUring,
+    /// Page references held by pipes (FOLL_GET). Device reads only.
+    Vmsplice,
+    /// No pin: the device goes through the VMM's own mapping. The control group.
+    Mapping,
+}
+
+impl PinKind {
+    pub const ALL: [PinKind; 3] = [PinKind::IoUring, PinKind::Vmsplice, PinKind::Mapping];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PinKind::IoUring => "io-uring",
+            PinKind::Vmsplice => "vmsplice",
+            PinKind::Mapping => "mapping",
+        }
+    }
+}
+
+impl fmt::Display for PinKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for PinKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        PinKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("unknown pin mechanism `{s}` (io-uring, vmsplice, mapping)"))
+    }
+}
+
+/// What the guest program does. `Dma` is the real workload; the others exist for tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GuestMode {
+    /// Map the DMA region, run write/DMA/verify rounds, report results.
+    #[default]
+    Dma,
+    /// Boot, print a line, report done: the smallest useful guest.
+    Boot,
+    /// Spin forever without a doorbell: the watchdog must stop it.
+    Spin,
+    /// Send malformed requests of every class; the VMM must reject and count each.
+    Hostile,
+}
+
+/// Which DMA directions each round exercises.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Directions {
+    #[default]
+    Both,
+    /// Device reads only (guest writes, device checksums).
+    FromGuest,
+    /// Device writes only (device fills, guest verifies).
+    ToGuest,
+}
+
+/// A host action on guest RAM. The names are the CLI's and the configs'.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Fork; the child stays alive until after the guest's next round; the guest's writes fault
+    /// in the parent (COW).
+    ForkParentWrite,
+    /// Fork; the child writes its copy of the pinned range, then exits.
+    ForkChildWrite,
+    /// Fork; the child exits at once; then the guest writes (a write fault on a page that was
+    /// shared).
+    ForkChildExit,
+    /// PROT_READ then PROT_READ|PROT_WRITE on part of a THP (PMD split + write-protect).
+    MprotectRoundtrip,
+    /// MADV_DONTNEED on one 4 KiB page of the THP outside the DMA region (PMD split).
+    SplitPmd,
+    /// Try to split the compound page itself.
+    SplitFolio,
+    /// Seed 002: fork, PMD split, the child unmaps one half and the parent the other, then write.
+    Kirill,
+    /// MADV_COLLAPSE after a split.
+    Collapse,
+    /// KSM merge of identical content.
+    Ksm,
+    /// /proc/sys/vm/compact_memory.
+    Compact,
+    /// MADV_PAGEOUT (needs swap).
+    Pageout,
+    /// Move guest RAM with mremap and re-point the memslot.
+    Mremap,
+    /// mremap with MREMAP_DONTUNMAP.
+    MremapDontunmap,
+    /// userfaultfd write-protect; a handler removes the protection on fault.
+    UffdWp,
+    /// MADV_DONTNEED on the DMA region itself.
+    Dontneed,
+    /// Seed 001: >= 1024 plain references on a small page, then fork.
+    #[serde(rename = "bias-1024")]
+    Bias1024,
+}
+
+impl Action {
+    pub const ALL: [Action; 16] = [
+        Action::ForkParentWrite,
+        Action::ForkChildWrite,
+        Action::ForkChildExit,
+        Action::MprotectRoundtrip,
+        Action::SplitPmd,
+        Action::SplitFolio,
+        Action::Kirill,
+        Action::Collapse,
+        Action::Ksm,
+        Action::Compact,
+        Action::Pageout,
+        Action::Mremap,
+        Action::MremapDontunmap,
+        Action::UffdWp,
+        Action::Dontneed,
+        Action::Bias1024,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::ForkParentWrite => "fork-parent-write",
+            Action::ForkChildWrite => "fork-child-write",
+            Action::ForkChildExit => "fork-child-exit",
+            Action::MprotectRoundtrip => "mprotect-roundtrip",
+            Action::SplitPmd => "split-pmd",
+            Action::SplitFolio => "split-folio",
+            Action::Kirill => "kirill",
+            Action::Collapse => "collapse",
+            Action::Ksm => "ksm",
+            Action::Compact => "compact",
+            Action::Pageout => "pageout",
+            Action::Mremap => "mremap",
+            Action::MremapDontunmap => "mremap-dontunmap",
+            Action::UffdWp => "uffd-wp",
+            Action::Dontneed => "dontneed",
+            Action::Bias1024 => "bias-1024",
+        }
+    }
+
+    /// Whether the action changes a system-wide knob (runs are serialized across processes).
+    pub fn touches_system_knobs(self) -> bool {
+        matches!(
+            self,
+            Action::Ksm | Action::Compact | Action::Pageout | Action::SplitFolio
+        )
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Action {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Action::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Action::ALL.iter().map(|a| a.name()).collect();
+                format!("unknown action `{s}` (one of: {})", names.join(", "))
+            })
+    }
+}
+
+/// `[vm]`: the guest's shape.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VmSpec {
+    /// Guest RAM size; a multiple of 2 MiB, 8 MiB .. 4 GiB.
+    pub memory: ByteSize,
+    /// `MADV_HUGEPAGE` on guest RAM.
+    pub thp: bool,
+    /// `MADV_DONTFORK` on guest RAM (QEMU's mitigation).
+    pub dontfork: bool,
+    /// A guest that makes no progress for this long is stopped.
+    pub watchdog: Duration,
+}
+
+impl Default for VmSpec {
+    fn default() -> Self {
+        VmSpec {
+            memory: ByteSize::mib(64),
+            thp: true,
+            dontfork: false,
+            watchdog: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[device]`: how the device holds guest RAM.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeviceSpec {
+    pub pin: PinKind,
+}
+
+/// `[workload]`: what the guest does.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkloadSpec {
+    pub mode: GuestMode,
+    /// Write/DMA/verify rounds.
+    pub rounds: u32,
+    /// Size of the DMA region (a multiple of 4 KiB).
+    pub region: ByteSize,
+    /// Offset of the DMA region inside its 2 MiB huge page (a multiple of 4 KiB).
+    pub region_offset: ByteSize,
+    pub directions: Directions,
+}
+
+impl Default for WorkloadSpec {
+    fn default() -> Self {
+        WorkloadSpec {
+            mode: GuestMode::Dma,
+            rounds: 100,
+            region: ByteSize::mib(2),
+            region_offset: ByteSize(0),
+            directions: Directions::Both,
+        }
+    }
+}
+
+/// `[perturb]`: host actions on guest RAM during the run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PerturbSpec {
+    /// Actions, run in order.
+    pub actions: Vec<Action>,
+    /// The actions run at the guest's phase marker after this round (1-based), before the next.
+    pub after_round: u32,
+    /// With `storm > 0`, the actions run this many times on a timer while rounds run instead.
+    pub storm: u32,
+    /// Interval between storm repetitions.
+    pub interval: Duration,
+}
+
+impl Default for PerturbSpec {
+    fn default() -> Self {
+        PerturbSpec {
+            actions: Vec::new(),
+            after_round: 1,
+            storm: 0,
+            interval: Duration::from_millis(5),
+        }
+    }
+}
+
+/// `[host]`: what the lab may set up on the host for this scenario.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostSpec {
+    /// Create, enable and finally remove a swapfile of this size.
+    pub swap: Option<ByteSize>,
+}
+
+/// `[expect]`: what the scenario expects, per executor.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Expect {
+    /// The live kernel's verdict.
+    pub live: Option<Verdict>,
+    /// Per kernel era (the model's names, e.g. "4.5"): "coherent", "diverged", "n/a" or
+    /// "invariant-broken:NAME". Checked by the model executor.
+    pub model: BTreeMap<String, String>,
+}
+
+/// One scenario, as written in `configs/*.toml`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Defaults to the file's stem.
+    #[serde(default)]
+    pub name: String,
+    /// What the scenario shows and which seed it comes from, quoting the claim it tests.
+    #[serde(default)]
+    pub about: String,
+    /// Whether the live executor can run it (`false`: model only).
+    #[serde(default = "yes")]
+    pub live: bool,
+    #[serde(default)]
+    pub vm: VmSpec,
+    #[serde(default)]
+    pub device: DeviceSpec,
+    #[serde(default)]
+    pub workload: WorkloadSpec,
+    #[serde(default)]
+    pub perturb: PerturbSpec,
+    #[serde(default)]
+    pub host: HostSpec,
+    #[serde(default)]
+    pub expect: Expect,
+    /// The model executor's own description (steps, threads); owned by `model`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<toml::Table>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Smallest guest RAM: page tables, the guest image, its stack and one DMA huge page.
+pub const MIN_MEMORY: u64 = 8 << 20;
+/// Largest guest RAM: the guest identity-maps the first 4 GiB and descriptors carry 32-bit GPAs.
+pub const MAX_MEMORY: u64 = 4 << 30;
+
+impl Scenario {
+    /// Checks what the types cannot: ranges, alignment and combinations.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        use crate::addr::{HUGE_PAGE_SIZE, PAGE_SIZE};
+        let mem = self.vm.memory.0;
+        if !(MIN_MEMORY..=MAX_MEMORY).contains(&mem) {
+            return Err(invalid(
+                "vm.memory",
+                format!("{} is outside 8MiB..4GiB", self.vm.memory),
+            ));
+        }
+        if mem % HUGE_PAGE_SIZE != 0 {
+            return Err(invalid("vm.memory", "must be a multiple of 2MiB"));
+        }
+        if self.vm.watchdog.is_zero() {
+            return Err(invalid("vm.watchdog", "must be greater than zero"));
+        }
+        let w = &self.workload;
+        if w.region.0 == 0 || w.region.0 % PAGE_SIZE != 0 {
+            return Err(invalid(
+                "workload.region",
+                "must be a non-zero multiple of 4KiB",
+            ));
+        }
+        if w.region_offset.0 % PAGE_SIZE != 0 || w.region_offset.0 >= HUGE_PAGE_SIZE {
+            return Err(invalid(
+                "workload.region_offset",
+                "must be a multiple of 4KiB below 2MiB",
+            ));
+        }
+        let needed = crate::layout::dma_region_base(self)
+            .raw()
+            .saturating_add(w.region.0)
+            .saturating_add(w.region_offset.0);
+        if needed > mem {
+            return Err(invalid(
+                "workload.region",
+                format!(
+                    "the DMA region ends at {needed:#x}, past guest RAM ({}); raise vm.memory",
+                    self.vm.memory
+                ),
+            ));
+        }
+        if w.mode == GuestMode::Dma && w.rounds == 0 {
+            return Err(invalid("workload.rounds", "must be at least 1"));
+        }
+        let p = &self.perturb;
+        if !p.actions.is_empty() && p.storm == 0 && (p.after_round == 0 || p.after_round > w.rounds)
+        {
+            return Err(invalid(
+                "perturb.after_round",
+                format!("must be within 1..={} (workload.rounds)", w.rounds),
+            ));
+        }
+        if p.storm > 0 && p.interval.is_zero() {
+            return Err(invalid("perturb.interval", "must be greater than zero"));
+        }
+        if self.device.pin == PinKind::Vmsplice && w.directions == Directions::ToGuest {
+            return Err(invalid(
+                "workload.directions",
+                "vmsplice holds references for device reads only; to-guest needs io-uring or mapping",
+            ));
+        }
+        if self.live && self.expect.live.is_none() && !p.actions.is_empty() {
+            return Err(invalid(
+                "expect.live",
+                "a live scenario with perturbations must say what it expects",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The live expectation: stated, or `coherent` for an unperturbed run.
+    pub fn expected_live(&self) -> Verdict {
+        self.expect.live.unwrap_or(Verdict::Coherent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Scenario {
+        toml::from_str("").unwrap()
+    }
+
+    #[test]
+    fn defaults_validate() {
+        base().validate().unwrap();
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for a in Action::ALL {
+            assert_eq!(a.name().parse::<Action>().unwrap(), a);
+            let json = serde_json::to_string(&a).unwrap();
+            assert_eq!(json, format!("\"{}\"", a.name()));
+        }
+        for k in PinKind::ALL {
+            assert_eq!(k.name().parse::<PinKind>().unwrap(), k);
+        }
+    }
+
+    /// Each row: what to change, the key that must be blamed.
+    #[test]
+    fn validation_blames_the_key() {
+        type Edit = fn(&mut Scenario);
+        let rows: &[(&str, Edit, &str)] = &[
+            (
+                "too little RAM",
+                |s| s.vm.memory = ByteSize::mib(4),
+                "vm.memory",
+            ),
+            (
+                "RAM not 2 MiB granular",
+                |s| s.vm.memory = ByteSize::mib(65),
+                "vm.memory",
+            ),
+            (
+                "RAM over 4 GiB",
+                |s| s.vm.memory = ByteSize::gib(5),
+                "vm.memory",
+            ),
+            (
+                "region not page granular",
+                |s| s.workload.region = ByteSize(4097),
+                "workload.region",
+            ),
+            (
+                "empty region",
+                |s| s.workload.region = ByteSize(0),
+                "workload.region",
+            ),
+            (
+                "offset past the huge page",
+                |s| s.workload.region_offset = ByteSize::mib(2),
+                "workload.region_offset",
+            ),
+            (
+                "region past RAM",
+                |s| s.workload.region = ByteSize::mib(64),
+                "workload.region",
+            ),
+            ("zero rounds", |s| s.workload.rounds = 0, "workload.rounds"),
+            (
+                "action after the last round",
+                |s| {
+                    s.perturb.actions = vec![Action::Dontneed];
+                    s.perturb.after_round = 101;
+                    s.expect.live = Some(Verdict::Diverged);
+                },
+                "perturb.after_round",
+            ),
+            (
+                "vmsplice cannot write",
+                |s| {
+                    s.device.pin = PinKind::Vmsplice;
+                    s.workload.directions = Directions::ToGuest;
+                },
+                "workload.directions",
+            ),
+            (
+                "perturbed live scenario without expectation",
+                |s| s.perturb.actions = vec![Action::Compact],
+                "expect.live",
+            ),
+        ];
+        for (what, edit, key) in rows {
+            let mut s = base();
+            edit(&mut s);
+            let err = s.validate().expect_err(what);
+            assert_eq!(err.key, *key, "{what}: {err}");
+        }
+    }
+}
