@@ -1,1 +1,39 @@
-fn main() {}
+//! Builds the guest image (`guest-image/guest`, a no_std program for the host target) and puts
+//! its ELF in OUT_DIR, so `cargo run` needs nothing else.
+//!
+//! The nested cargo gets its own target dir (or it would wait forever on the outer build's lock)
+//! and a clean environment: the outer build's RUSTFLAGS must not leak into the guest.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let guest_dir = manifest_dir.join("../guest-image/guest");
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    let target_dir = out_dir.join("guest-target");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+
+    for p in ["src", "Cargo.toml", "build.rs", "link.ld", "../abi/src", "../abi/Cargo.toml"] {
+        println!("cargo:rerun-if-changed={}", guest_dir.join(p).display());
+    }
+
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--manifest-path"])
+        .arg(guest_dir.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .status()
+        .expect("run cargo for the guest image");
+    assert!(status.success(), "building the guest image failed");
+    std::fs::copy(
+        target_dir.join("release/pinlab-guest"),
+        out_dir.join("guest.elf"),
+    )
+    .expect("copy the guest ELF");
+}

@@ -305,8 +305,8 @@ pub struct Phase {
 // The final report.
 
 pub const REPORT_MAGIC: u64 = u64::from_le_bytes(*b"pinlabRP");
-/// Bitmaps cover at most this many DMA pages (512 MiB of DMA region).
-pub const MAX_REGION_PAGES: usize = 128 * 1024;
+/// Bitmaps and checksum arrays cover at most this many DMA pages (a 64 MiB DMA region).
+pub const MAX_REGION_PAGES: usize = 16 * 1024;
 /// Most per-round records the guest keeps (the first ones and the failing ones are kept).
 pub const MAX_ROUND_RECORDS: usize = 256;
 
@@ -327,20 +327,27 @@ pub struct RoundRecord {
     pub dma_errors: u32,
 }
 
-/// Hostile-mode classes: one counter each in `Report::hostile_*`.
-pub const HOSTILE_CLASSES: [&str; 12] = [
-    "map-gpa-outside-ram",
-    "map-iova-outside-space",
-    "map-length-overflow",
-    "map-misaligned",
-    "map-overlap",
-    "map-too-many",
-    "dma-unmapped-iova",
-    "bad-opcode",
-    "ring-index-out-of-range",
-    "ring-into-boot-info",
-    "ring-into-itself",
-    "output-outside-ram",
+/// Hostile-mode classes, in the order the guest sends them, with the status the VMM must answer.
+/// The guest records the answer to each in `Report::hostile_status`.
+pub const HOSTILE_CLASSES: [(&str, u32); 18] = [
+    ("setup-queue-outside-ram", STATUS_OUT_OF_RANGE),
+    ("setup-ring-into-boot-info", STATUS_ALIASED),
+    ("setup-ring-into-itself", STATUS_ALIASED),
+    ("setup-bad-entries", STATUS_BAD_RING),
+    ("map-gpa-outside-ram", STATUS_OUT_OF_RANGE),
+    ("map-iova-outside-space", STATUS_OUT_OF_RANGE),
+    ("map-length-overflow", STATUS_BAD_LENGTH),
+    ("map-zero-length", STATUS_BAD_LENGTH),
+    ("map-misaligned", STATUS_MISALIGNED),
+    ("map-overlap", STATUS_OVERLAP),
+    ("map-too-many", STATUS_TOO_MANY_MAPPINGS),
+    ("unmap-not-mapped", STATUS_NOT_MAPPED),
+    ("dma-unmapped-iova", STATUS_NOT_MAPPED),
+    ("dma-beyond-mapping", STATUS_NOT_MAPPED),
+    ("bad-opcode", STATUS_BAD_OP),
+    ("ring-index-out-of-range", STATUS_BAD_RING),
+    ("output-outside-ram", STATUS_OUT_OF_RANGE),
+    ("output-into-ring", STATUS_ALIASED),
 ];
 
 #[repr(C)]
@@ -478,4 +485,31 @@ mod tests {
         assert_eq!(status_name(STATUS_OK), "ok");
         assert_eq!(status_name(999), "unknown");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The VMM reads and writes these records through vm-memory.
+
+#[cfg(feature = "vm-memory")]
+mod byte_valued {
+    use super::*;
+    // SAFETY: each type is repr(C), made only of integers and arrays of integers, with explicit
+    // padding fields, so every byte pattern is a valid value and there is no implicit padding.
+    unsafe impl vm_memory::ByteValued for BootInfo {}
+    // SAFETY: as above.
+    unsafe impl vm_memory::ByteValued for ConsoleMsg {}
+    // SAFETY: as above.
+    unsafe impl vm_memory::ByteValued for QueueHeader {}
+    // SAFETY: as above.
+    unsafe impl vm_memory::ByteValued for Descriptor {}
+    // SAFETY: as above.
+    unsafe impl vm_memory::ByteValued for Completion {}
+    // SAFETY: as above.
+    unsafe impl vm_memory::ByteValued for DeviceSetup {}
+    // SAFETY: as above.
+    unsafe impl vm_memory::ByteValued for Phase {}
+    // SAFETY: as above.
+    unsafe impl vm_memory::ByteValued for RoundRecord {}
+    // SAFETY: as above (the trailing `_pad` makes the size a multiple of 8).
+    unsafe impl vm_memory::ByteValued for Report {}
 }

@@ -1,0 +1,190 @@
+//! The DMA engine: executes descriptors through the pin of the IOVA range, never through the
+//! VMM's mapping of guest RAM (except with the `mapping` mechanism, the control group).
+//!
+//! Device writes (`OP_TO_GUEST`) fill a staging memfd with the pattern and move it into the
+//! pinned pages; device reads (`OP_FROM_GUEST`) move the pinned pages into staging and checksum
+//! each 4 KiB page, writing the checksums to an output array in guest RAM (a control-plane
+//! write, like a completion record). Every guest-supplied field is checked first.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use pinlab_abi as abi;
+
+use crate::addr::{Gpa, PAGE_SIZE};
+use crate::devices::iommu::Iommu;
+use crate::devices::queue::overlaps;
+use crate::memory::GuestRam;
+use crate::pin::{self, Staging, Transfer};
+
+/// Largest staging area; longer descriptors are moved in pieces of this size.
+const STAGING_MAX: u64 = 8 << 20;
+
+/// Counters, readable from any thread.
+#[derive(Default)]
+pub struct Stats {
+    pub descriptors: AtomicU64,
+    pub bytes_to_guest: AtomicU64,
+    pub bytes_from_guest: AtomicU64,
+    /// Rejected requests (IOMMU and DMA) per ABI status code.
+    pub rejects: [AtomicU64; abi::STATUS_NAMES.len()],
+    pub maps: AtomicU64,
+    pub unmaps: AtomicU64,
+}
+
+impl Stats {
+    pub fn reject(&self, status: u32) {
+        let i = (status as usize).min(self.rejects.len() - 1);
+        self.rejects[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn rejects_total(&self) -> u64 {
+        self.rejects.iter().map(|r| r.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// The engine's own state: its staging area and what it holds.
+#[derive(Default)]
+pub struct DmaEngine {
+    staging: Option<Staging>,
+    /// (seed, iova, len) of the pattern staging holds, so a repeated fill is not recomputed.
+    staged_pattern: Option<(u64, u64, u64)>,
+}
+
+fn status_of(e: &pin::Error) -> u32 {
+    match e {
+        pin::Error::Unsupported { .. } => abi::STATUS_UNSUPPORTED,
+        _ => abi::STATUS_IO_ERROR,
+    }
+}
+
+impl DmaEngine {
+    fn staging(&mut self, len: u64) -> Result<&mut Staging, u32> {
+        let want = len.clamp(PAGE_SIZE, STAGING_MAX);
+        if self.staging.as_ref().is_none_or(|s| s.len() < want) {
+            self.staged_pattern = None;
+            self.staging = Some(Staging::new(want).map_err(|e| {
+                tracing::error!("allocating {want:#x} bytes of DMA staging failed: {e}");
+                abi::STATUS_IO_ERROR
+            })?);
+        }
+        Ok(self.staging.as_mut().expect("allocated above"))
+    }
+
+    /// Executes one descriptor. `forbidden` are guest ranges an output array may not overlap
+    /// (the reserved low area, the queues). Returns the bytes moved, or the ABI status.
+    pub fn execute(
+        &mut self,
+        ram: &GuestRam,
+        iommu: &mut Iommu,
+        d: &abi::Descriptor,
+        forbidden: &[(u64, u64)],
+        stats: &Stats,
+    ) -> Result<u64, u32> {
+        match d.op {
+            abi::OP_NOP => return Ok(0),
+            abi::OP_TO_GUEST | abi::OP_FROM_GUEST => {}
+            _ => return Err(abi::STATUS_BAD_OP),
+        }
+        if d.len == 0 || d.iova.checked_add(d.len).is_none() {
+            return Err(abi::STATUS_BAD_LENGTH);
+        }
+        if d.iova % PAGE_SIZE != 0 || d.len % PAGE_SIZE != 0 {
+            return Err(abi::STATUS_MISALIGNED);
+        }
+        if d.op == abi::OP_TO_GUEST {
+            self.to_guest(iommu, d.iova, d.len, d.arg)?;
+            stats.bytes_to_guest.fetch_add(d.len, Ordering::Relaxed);
+        } else {
+            let pages = d.len / PAGE_SIZE;
+            let out_end = d
+                .arg
+                .checked_add(pages * 8)
+                .ok_or(abi::STATUS_OUT_OF_RANGE)?;
+            if out_end > ram.size() {
+                return Err(abi::STATUS_OUT_OF_RANGE);
+            }
+            if d.arg % 8 != 0 {
+                return Err(abi::STATUS_MISALIGNED);
+            }
+            if forbidden.iter().any(|&r| overlaps((d.arg, out_end), r)) {
+                return Err(abi::STATUS_ALIASED);
+            }
+            self.from_guest(ram, iommu, d.iova, d.len, d.arg)?;
+            stats.bytes_from_guest.fetch_add(d.len, Ordering::Relaxed);
+        }
+        Ok(d.len)
+    }
+
+    fn to_guest(&mut self, iommu: &mut Iommu, iova: u64, len: u64, seed: u64) -> Result<(), u32> {
+        let (m, base) = iommu.lookup(iova, len, abi::PERM_WRITE)?;
+        let mut done = 0;
+        while done < len {
+            let chunk = (len - done).min(STAGING_MAX);
+            let key = (seed, iova + done, chunk);
+            let cached = self.staged_pattern == Some(key);
+            let staging = self.staging(chunk)?;
+            if !cached {
+                let words = &mut as_words(staging.as_mut_slice())[..(chunk / 8) as usize];
+                abi::fill_pattern(words, seed, (iova + done) / 8);
+            }
+            let op = Transfer {
+                pin_offset: base + done,
+                staging_offset: 0,
+                len: chunk,
+            };
+            let staging = self.staging.as_ref().expect("allocated above");
+            let r = m.pin.write_to_guest(staging, &[op]);
+            self.staged_pattern = Some(key);
+            r.map_err(|e| {
+                let st = status_of(&e);
+                if st != abi::STATUS_UNSUPPORTED {
+                    tracing::warn!("device write at iova {:#x} failed: {e}", iova + done);
+                }
+                st
+            })?;
+            done += chunk;
+        }
+        Ok(())
+    }
+
+    fn from_guest(
+        &mut self,
+        ram: &GuestRam,
+        iommu: &mut Iommu,
+        iova: u64,
+        len: u64,
+        out: u64,
+    ) -> Result<(), u32> {
+        let (m, base) = iommu.lookup(iova, len, abi::PERM_READ)?;
+        let mut done = 0;
+        let mut sums = Vec::with_capacity((len / PAGE_SIZE) as usize);
+        while done < len {
+            let chunk = (len - done).min(STAGING_MAX);
+            self.staged_pattern = None;
+            let staging = self.staging(chunk)?;
+            let op = Transfer {
+                pin_offset: base + done,
+                staging_offset: 0,
+                len: chunk,
+            };
+            m.pin.read_from_guest(staging, &[op]).map_err(|e| {
+                tracing::warn!("device read at iova {:#x} failed: {e}", iova + done);
+                status_of(&e)
+            })?;
+            let words = &as_words(staging.as_mut_slice())[..(chunk / 8) as usize];
+            sums.extend(words.chunks_exact(512).map(abi::page_checksum));
+            done += chunk;
+        }
+        let bytes: Vec<u8> = sums.iter().flat_map(|s| s.to_le_bytes()).collect();
+        ram.write_slice(Gpa(out), &bytes)
+            .map_err(|_| abi::STATUS_OUT_OF_RANGE)
+    }
+}
+
+/// The staging area as words: it is a page-aligned mapping, so the cast never has a prefix.
+fn as_words(bytes: &mut [u8]) -> &mut [u64] {
+    // SAFETY: any bit pattern is a valid u64; align_to_mut only yields the aligned middle part.
+    let (head, words, _) = unsafe { bytes.align_to_mut::<u64>() };
+    debug_assert!(head.is_empty(), "staging is page aligned");
+    words
+}

@@ -1,0 +1,248 @@
+//! The emulated IOMMU: IOVA -> GPA mappings that pin at map time, as VFIO type1's MAP_DMA does.
+//!
+//! Every request is validated before anything is pinned (length and overflow, alignment, range
+//! inside guest RAM and IOVA space, overlap, table size). A mapping holds its pin (released when
+//! the mapping is dropped: unmap unpins) and the PFNs its pages had at map time, from
+//! /proc/self/pagemap: the evidence of which pages the device holds.
+
+use std::collections::BTreeMap;
+
+use pinlab_abi as abi;
+
+use crate::addr::{Gpa, Hva, Iova, Pfn, PAGE_SIZE};
+use crate::memory::GuestRam;
+use crate::pin::{self, Pin};
+use crate::scenario::PinKind;
+
+/// One IOVA range mapped to guest RAM and pinned.
+pub struct Mapping {
+    pub iova: Iova,
+    pub gpa: Gpa,
+    pub len: u64,
+    pub perm: u32,
+    pub pin: Box<dyn Pin>,
+    /// Host address the pin was taken at (guest RAM may move later, the pin does not).
+    pub hva_at_map: Hva,
+    /// PFN of each 4 KiB page at map time (`None`: not present, or pagemap unreadable).
+    pub pinned_pfns: Vec<Option<Pfn>>,
+    /// Why `pinned_pfns` is empty, if it is.
+    pub pfn_error: Option<String>,
+}
+
+impl Mapping {
+    fn end(&self) -> u64 {
+        self.iova.raw() + self.len
+    }
+}
+
+/// The IOMMU's translation table.
+pub struct Iommu {
+    kind: PinKind,
+    max_mappings: usize,
+    mappings: BTreeMap<u64, Mapping>,
+}
+
+impl Iommu {
+    pub fn new(kind: PinKind) -> Self {
+        Iommu {
+            kind,
+            max_mappings: abi::IOMMU_MAX_MAPPINGS as usize,
+            mappings: BTreeMap::new(),
+        }
+    }
+
+    pub fn kind(&self) -> PinKind {
+        self.kind
+    }
+
+    pub fn mappings(&self) -> impl Iterator<Item = &Mapping> {
+        self.mappings.values()
+    }
+
+    /// Checks a MAP request without side effects; the ABI status on failure.
+    pub fn check_map(&self, iova: u64, gpa: u64, len: u64, perm: u32, ram_size: u64) -> Result<(), u32> {
+        if len == 0 {
+            return Err(abi::STATUS_BAD_LENGTH);
+        }
+        let gpa_end = gpa.checked_add(len).ok_or(abi::STATUS_BAD_LENGTH)?;
+        let iova_end = iova.checked_add(len).ok_or(abi::STATUS_BAD_LENGTH)?;
+        if iova % PAGE_SIZE != 0 || gpa % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
+            return Err(abi::STATUS_MISALIGNED);
+        }
+        if gpa_end > ram_size || iova_end > abi::IOVA_LIMIT {
+            return Err(abi::STATUS_OUT_OF_RANGE);
+        }
+        if perm == 0 || perm & !(abi::PERM_READ | abi::PERM_WRITE) != 0 {
+            return Err(abi::STATUS_PERMISSION);
+        }
+        // The mapping starting at or before `iova`, and the one after it.
+        let before = self.mappings.range(..=iova).next_back();
+        let after = self.mappings.range(iova..).next();
+        if before.is_some_and(|(_, m)| m.end() > iova) || after.is_some_and(|(&s, _)| s < iova_end)
+        {
+            return Err(abi::STATUS_OVERLAP);
+        }
+        if self.mappings.len() >= self.max_mappings {
+            return Err(abi::STATUS_TOO_MANY_MAPPINGS);
+        }
+        Ok(())
+    }
+
+    /// Validates, pins, records PFNs. The ABI status on failure.
+    pub fn map(&mut self, ram: &GuestRam, iova: u64, gpa: u64, len: u64, perm: u32) -> Result<(), u32> {
+        self.check_map(iova, gpa, len, perm, ram.size())?;
+        let hva = ram
+            .translate(Gpa(gpa), len)
+            .map_err(|_| abi::STATUS_OUT_OF_RANGE)?;
+        let pin = pin::pin(self.kind, hva, len).map_err(|e| {
+            tracing::warn!("pinning {len:#x} bytes at {hva} failed: {e}");
+            abi::STATUS_PIN_FAILED
+        })?;
+        let (pinned_pfns, pfn_error) = match crate::pfn::pagemap(hva, len) {
+            Ok(pages) => (pages.iter().map(|p| p.pfn).collect(), None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
+        self.mappings.insert(
+            iova,
+            Mapping {
+                iova: Iova(iova),
+                gpa: Gpa(gpa),
+                len,
+                perm,
+                pin,
+                hva_at_map: hva,
+                pinned_pfns,
+                pfn_error,
+            },
+        );
+        Ok(())
+    }
+
+    /// Unmaps exactly a range mapped before; dropping the mapping releases the pin.
+    pub fn unmap(&mut self, iova: u64, len: u64) -> Result<(), u32> {
+        match self.mappings.get(&iova) {
+            Some(m) if m.len == len => {
+                self.mappings.remove(&iova);
+                Ok(())
+            }
+            _ => Err(abi::STATUS_NOT_MAPPED),
+        }
+    }
+
+    /// The mapping that wholly covers `[iova, iova+len)` with permission `need`, and the offset
+    /// of `iova` inside it.
+    pub fn lookup(&mut self, iova: u64, len: u64, need: u32) -> Result<(&mut Mapping, u64), u32> {
+        let end = iova.checked_add(len).ok_or(abi::STATUS_BAD_LENGTH)?;
+        let (_, m) = self
+            .mappings
+            .range_mut(..=iova)
+            .next_back()
+            .ok_or(abi::STATUS_NOT_MAPPED)?;
+        if end > m.end() {
+            return Err(abi::STATUS_NOT_MAPPED);
+        }
+        if m.perm & need != need {
+            return Err(abi::STATUS_PERMISSION);
+        }
+        let off = iova - m.iova.raw();
+        Ok((m, off))
+    }
+
+    /// Unmaps everything (the guest is gone).
+    pub fn clear(&mut self) {
+        self.mappings.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RAM: u64 = 64 << 20;
+    const RW: u32 = abi::PERM_READ | abi::PERM_WRITE;
+
+    fn setup_iommu_with_one_map() -> (GuestRam, Iommu) {
+        let ram = GuestRam::new(RAM, false, false).unwrap();
+        let mut iommu = Iommu::new(PinKind::Mapping);
+        iommu.map(&ram, 0x10_0000, 0x20_0000, 0x10_000, RW).unwrap();
+        (ram, iommu)
+    }
+
+    /// Each row: what the request tries, (iova, gpa, len, perm), the status a correct IOMMU
+    /// answers. A bug would show as a different status or, worse, `None` (accepted).
+    #[test]
+    fn map_validation_boundaries() {
+        let (_ram, iommu) = setup_iommu_with_one_map();
+        let p = PAGE_SIZE;
+        let rows: &[(&str, (u64, u64, u64, u32), Option<u32>)] = &[
+            ("a fresh page", (0x1000, 0x30_0000, p, RW), None),
+            ("zero length", (0x1000, 0x30_0000, 0, RW), Some(abi::STATUS_BAD_LENGTH)),
+            ("gpa + len overflows", (0x1000, 0x30_0000, u64::MAX - 0xfff, RW), Some(abi::STATUS_BAD_LENGTH)),
+            ("iova + len overflows", (u64::MAX - 0xfff, 0x30_0000, 0x2000, RW), Some(abi::STATUS_BAD_LENGTH)),
+            ("misaligned gpa", (0x1000, 0x30_0001, p, RW), Some(abi::STATUS_MISALIGNED)),
+            ("misaligned iova", (0x1001, 0x30_0000, p, RW), Some(abi::STATUS_MISALIGNED)),
+            ("misaligned len", (0x1000, 0x30_0000, p + 1, RW), Some(abi::STATUS_MISALIGNED)),
+            ("last page of RAM", (0x1000, RAM - p, p, RW), None),
+            ("one page past RAM", (0x1000, RAM, p, RW), Some(abi::STATUS_OUT_OF_RANGE)),
+            ("straddles the end of RAM", (0x1000, RAM - p, 2 * p, RW), Some(abi::STATUS_OUT_OF_RANGE)),
+            ("last IOVA page", (abi::IOVA_LIMIT - p, 0x30_0000, p, RW), None),
+            ("past the IOVA space", (abi::IOVA_LIMIT, 0x30_0000, p, RW), Some(abi::STATUS_OUT_OF_RANGE)),
+            ("no permission", (0x1000, 0x30_0000, p, 0), Some(abi::STATUS_PERMISSION)),
+            ("unknown permission bit", (0x1000, 0x30_0000, p, 4), Some(abi::STATUS_PERMISSION)),
+            ("same iova", (0x10_0000, 0x30_0000, p, RW), Some(abi::STATUS_OVERLAP)),
+            ("inside the mapping", (0x10_8000, 0x30_0000, p, RW), Some(abi::STATUS_OVERLAP)),
+            ("its last page", (0x10_f000, 0x30_0000, p, RW), Some(abi::STATUS_OVERLAP)),
+            ("runs into it", (0xf_f000, 0x30_0000, 2 * p, RW), Some(abi::STATUS_OVERLAP)),
+            ("right after it", (0x11_0000, 0x30_0000, p, RW), None),
+            ("right before it", (0xf_f000, 0x30_0000, p, RW), None),
+        ];
+        for &(what, (iova, gpa, len, perm), want) in rows {
+            assert_eq!(iommu.check_map(iova, gpa, len, perm, RAM).err(), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn table_is_bounded() {
+        let ram = GuestRam::new(RAM, false, false).unwrap();
+        let mut iommu = Iommu::new(PinKind::Mapping);
+        for i in 0..abi::IOMMU_MAX_MAPPINGS as u64 {
+            iommu.map(&ram, i * PAGE_SIZE, 0x20_0000, PAGE_SIZE, RW).unwrap();
+        }
+        assert_eq!(
+            iommu.map(&ram, 1 << 30, 0x20_0000, PAGE_SIZE, RW),
+            Err(abi::STATUS_TOO_MANY_MAPPINGS)
+        );
+    }
+
+    #[test]
+    fn lookup_and_unmap() {
+        let (_ram, mut iommu) = setup_iommu_with_one_map();
+        let rows: &[(&str, u64, u64, u32, Result<u64, u32>)] = &[
+            ("start", 0x10_0000, 0x1000, abi::PERM_READ, Ok(0)),
+            ("inside", 0x10_4000, 0x1000, abi::PERM_WRITE, Ok(0x4000)),
+            ("whole", 0x10_0000, 0x10_000, RW, Ok(0)),
+            ("runs past the end", 0x10_f000, 0x2000, RW, Err(abi::STATUS_NOT_MAPPED)),
+            ("before it", 0xf_f000, 0x1000, RW, Err(abi::STATUS_NOT_MAPPED)),
+            ("after it", 0x11_0000, 0x1000, RW, Err(abi::STATUS_NOT_MAPPED)),
+            ("overflows", 0x10_0000, u64::MAX, RW, Err(abi::STATUS_BAD_LENGTH)),
+        ];
+        for &(what, iova, len, need, want) in rows {
+            let got = iommu.lookup(iova, len, need).map(|(_, off)| off);
+            assert_eq!(got, want, "{what}");
+        }
+        assert_eq!(iommu.unmap(0x10_0000, 0x1000), Err(abi::STATUS_NOT_MAPPED), "partial");
+        assert_eq!(iommu.unmap(0x10_0000, 0x10_000), Ok(()));
+        assert_eq!(iommu.unmap(0x10_0000, 0x10_000), Err(abi::STATUS_NOT_MAPPED), "twice");
+    }
+
+    #[test]
+    fn read_only_mapping_refuses_device_writes() {
+        let ram = GuestRam::new(RAM, false, false).unwrap();
+        let mut iommu = Iommu::new(PinKind::Mapping);
+        iommu.map(&ram, 0, 0x20_0000, PAGE_SIZE, abi::PERM_READ).unwrap();
+        assert_eq!(
+            iommu.lookup(0, PAGE_SIZE, abi::PERM_WRITE).err(),
+            Some(abi::STATUS_PERMISSION)
+        );
+    }
+}

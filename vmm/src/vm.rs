@@ -1,0 +1,260 @@
+//! The KVM virtual machine: one memslot over guest RAM, one vCPU in long mode at CPL3.
+//!
+//! This is the one place that assembles a VM: it creates the VM and vCPU, registers guest RAM,
+//! loads the guest ELF, writes the page tables, GDT and boot info the guest expects
+//! (`pinlab_abi`'s layout), and sets the vCPU's registers. It does not run the vCPU (`vcpu`)
+//! and knows nothing of devices beyond registering their doorbell eventfds.
+//!
+//! Why CPL3 with IOPL=3: on this host's KVM-PVM, CPL0 guest code is emulated instruction by
+//! instruction and SSE fails there; CPL3 runs natively and port I/O still exits to the VMM
+//! (see shared/host-notes.md). The same state works on VT-x hosts.
+
+use std::io::Cursor;
+
+use kvm_bindings::{kvm_fpu, kvm_segment, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VcpuFd, VmFd};
+use linux_loader::loader::{elf::Elf, KernelLoader};
+use pinlab_abi as abi;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::addr::Gpa;
+use crate::memory::GuestRam;
+
+/// The guest ELF, built from `guest-image/guest` by build.rs.
+pub const GUEST_ELF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest.elf"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("opening /dev/kvm failed: {0}")]
+    OpenKvm(kvm_ioctls::Error),
+    #[error("KVM API version {0} is not 12")]
+    KvmVersion(i32),
+    #[error("KVM_CREATE_VM failed: {0}")]
+    CreateVm(kvm_ioctls::Error),
+    #[error("KVM_SET_USER_MEMORY_REGION failed: {0}")]
+    SetUserMemoryRegion(kvm_ioctls::Error),
+    #[error("KVM_CREATE_VCPU failed: {0}")]
+    CreateVcpu(kvm_ioctls::Error),
+    #[error("KVM_GET_SUPPORTED_CPUID failed: {0}")]
+    GetSupportedCpuid(kvm_ioctls::Error),
+    #[error("KVM_SET_CPUID2 failed: {0}")]
+    SetCpuid(kvm_ioctls::Error),
+    #[error("KVM_GET_SREGS failed: {0}")]
+    GetSregs(kvm_ioctls::Error),
+    #[error("KVM_SET_SREGS failed: {0}")]
+    SetSregs(kvm_ioctls::Error),
+    #[error("KVM_SET_REGS failed: {0}")]
+    SetRegs(kvm_ioctls::Error),
+    #[error("KVM_SET_FPU failed: {0}")]
+    SetFpu(kvm_ioctls::Error),
+    #[error("KVM_IOEVENTFD for port {port:#x} failed: {source}")]
+    RegisterIoevent {
+        port: u16,
+        source: kvm_ioctls::Error,
+    },
+    #[error("loading the guest ELF failed: {0}")]
+    LoadElf(linux_loader::loader::Error),
+    #[error("the guest image ends at {end:#x}, past its stack at {stack:#x}")]
+    ImageTooLarge { end: u64, stack: u64 },
+    #[error("writing boot structures into guest RAM failed: {0}")]
+    BootWrite(crate::memory::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The memslot guest RAM lives in.
+const RAM_SLOT: u32 = 0;
+
+/// A KVM VM with its RAM registered and its one vCPU ready to run the guest.
+pub struct Vm {
+    // Field order is drop order: the vCPU and VM fds go before the RAM they point into.
+    pub vcpu: VcpuFd,
+    pub vm: VmFd,
+    pub kvm: Kvm,
+}
+
+impl Vm {
+    /// Creates the VM, registers `ram` as slot 0, loads the guest, prepares the vCPU.
+    pub fn create(ram: &GuestRam, boot: &abi::BootInfo) -> Result<Vm> {
+        let kvm = Kvm::new().map_err(Error::OpenKvm)?;
+        let version = kvm.get_api_version();
+        if version != 12 {
+            return Err(Error::KvmVersion(version));
+        }
+        let vm = kvm.create_vm().map_err(Error::CreateVm)?;
+        let created = Vm {
+            vcpu: vm.create_vcpu(0).map_err(Error::CreateVcpu)?,
+            vm,
+            kvm,
+        };
+        created.set_ram(ram)?;
+        let entry = load_guest(ram)?;
+        write_boot_structures(ram, boot)?;
+        created.setup_vcpu(entry)?;
+        Ok(created)
+    }
+
+    /// (Re-)points memslot 0 at `ram`'s current host mapping. After guest RAM moved (mremap),
+    /// KVM refuses to change a slot's userspace address in place, so the slot is deleted and
+    /// created again.
+    pub fn set_ram(&self, ram: &GuestRam) -> Result<()> {
+        let region = kvm_userspace_memory_region {
+            slot: RAM_SLOT,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: ram.size(),
+            userspace_addr: ram.hva().raw(),
+        };
+        // SAFETY: the region is guest RAM, mapped for as long as `ram` lives; the caller keeps
+        // `ram` alive longer than this VM (see `Vm`'s field order and the runner).
+        unsafe { self.vm.set_user_memory_region(region) }.map_err(Error::SetUserMemoryRegion)
+    }
+
+    /// Moves slot 0 to `ram`'s new mapping.
+    pub fn repoint_ram(&self, ram: &GuestRam) -> Result<()> {
+        let delete = kvm_userspace_memory_region {
+            slot: RAM_SLOT,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: 0,
+            userspace_addr: 0,
+        };
+        // SAFETY: deleting the slot makes KVM drop its references to the old mapping.
+        unsafe { self.vm.set_user_memory_region(delete) }.map_err(Error::SetUserMemoryRegion)?;
+        self.set_ram(ram)
+    }
+
+    /// Registers `fd` to be signalled by a guest write to `port`, with no exit to the VMM.
+    pub fn register_doorbell(&self, port: u16, fd: &EventFd) -> Result<()> {
+        self.vm
+            .register_ioevent(fd, &IoEventAddress::Pio(port as u64), NoDatamatch)
+            .map_err(|source| Error::RegisterIoevent { port, source })
+    }
+
+    fn setup_vcpu(&self, entry: u64) -> Result<()> {
+        let cpuid = self
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(Error::GetSupportedCpuid)?;
+        self.vcpu.set_cpuid2(&cpuid).map_err(Error::SetCpuid)?;
+
+        let mut sregs = self.vcpu.get_sregs().map_err(Error::GetSregs)?;
+        let code = kvm_segment {
+            base: 0,
+            limit: 0xffff_ffff,
+            selector: abi::USER_CS,
+            type_: 0xb, // execute/read, accessed
+            present: 1,
+            dpl: 3,
+            db: 0,
+            s: 1,
+            l: 1,
+            g: 1,
+            ..Default::default()
+        };
+        let data = kvm_segment {
+            selector: abi::USER_DS,
+            type_: 0x3, // read/write, accessed
+            l: 0,
+            db: 1,
+            ..code
+        };
+        sregs.cs = code;
+        sregs.ds = data;
+        sregs.es = data;
+        sregs.fs = data;
+        sregs.gs = data;
+        sregs.ss = data;
+        sregs.tr = kvm_segment {
+            base: TSS_GPA,
+            limit: 0x67,
+            selector: abi::TSS_SEL,
+            type_: 0xb, // busy 64-bit TSS
+            present: 1,
+            s: 0,
+            ..Default::default()
+        };
+        sregs.ldt = kvm_segment {
+            unusable: 1,
+            ..Default::default()
+        };
+        sregs.gdt.base = abi::GDT_GPA;
+        sregs.gdt.limit = (GDT.len() * 8 - 1) as u16;
+        sregs.idt.base = 0;
+        sregs.idt.limit = 0;
+        sregs.cr0 = 0x8000_0033; // PG | NE | ET | MP | PE; EM and TS clear (SSE usable)
+        sregs.cr3 = abi::PML4_GPA;
+        sregs.cr4 = 0x620; // PAE | OSFXSR | OSXMMEXCPT
+        sregs.efer = 0x500; // LME | LMA
+        self.vcpu.set_sregs(&sregs).map_err(Error::SetSregs)?;
+
+        let fpu = kvm_fpu {
+            fcw: 0x37f,
+            mxcsr: 0x1f80,
+            ..Default::default()
+        };
+        self.vcpu.set_fpu(&fpu).map_err(Error::SetFpu)?;
+
+        let regs = kvm_bindings::kvm_regs {
+            rip: entry,
+            rsp: abi::STACK_TOP_GPA,
+            rflags: 0x3002, // IOPL 3, reserved bit 1, interrupts off
+            ..Default::default()
+        };
+        self.vcpu.set_regs(&regs).map_err(Error::SetRegs)
+    }
+}
+
+/// The TSS lives in the GDT's page, after the descriptors; it is never used (no interrupts),
+/// but TR must name a valid one.
+const TSS_GPA: u64 = abi::GDT_GPA + 0x800;
+
+/// GDT entries: null, ring-0 code and data, ring-3 code (0x1b) and data (0x23), then the
+/// 16-byte TSS descriptor (filled in at boot with its base).
+const GDT: [u64; 7] = [
+    0,
+    0x00af_9a00_0000_ffff, // ring-0 64-bit code
+    0x00cf_9200_0000_ffff, // ring-0 data
+    0x00af_fa00_0000_ffff, // ring-3 64-bit code
+    0x00cf_f200_0000_ffff, // ring-3 data
+    0,                     // TSS low (filled in)
+    0,                     // TSS high
+];
+
+fn load_guest(ram: &GuestRam) -> Result<u64> {
+    let mut image = Cursor::new(GUEST_ELF);
+    let loaded =
+        Elf::load(ram.memory(), None, &mut image, None).map_err(Error::LoadElf)?;
+    if loaded.kernel_end > abi::STACK_TOP_GPA - 0x10000 {
+        return Err(Error::ImageTooLarge {
+            end: loaded.kernel_end,
+            stack: abi::STACK_TOP_GPA,
+        });
+    }
+    Ok(loaded.kernel_load.0)
+}
+
+fn write_boot_structures(ram: &GuestRam, boot: &abi::BootInfo) -> Result<()> {
+    let w = |gpa: u64, v: u64| ram.write_obj(Gpa(gpa), v).map_err(Error::BootWrite);
+    // Page tables: a 4 GiB identity map with 2 MiB pages, user bit at every level.
+    const PRESENT_RW_USER: u64 = 0x7;
+    const HUGE: u64 = 0x80;
+    w(abi::PML4_GPA, abi::PDPT_GPA | PRESENT_RW_USER)?;
+    for gib in 0..4u64 {
+        let pd = abi::PD_GPA + gib * 0x1000;
+        w(abi::PDPT_GPA + gib * 8, pd | PRESENT_RW_USER)?;
+        for i in 0..512u64 {
+            let addr = (gib << 30) | (i << 21);
+            w(pd + i * 8, addr | PRESENT_RW_USER | HUGE)?;
+        }
+    }
+    // GDT with the TSS descriptor: limit 0x67, type 0x9 (available 64-bit TSS), present.
+    let mut gdt = GDT;
+    gdt[5] = 0x67 | ((TSS_GPA & 0xff_ffff) << 16) | (0x89 << 40) | ((TSS_GPA >> 24 & 0xff) << 56);
+    gdt[6] = TSS_GPA >> 32;
+    for (i, e) in gdt.iter().enumerate() {
+        w(abi::GDT_GPA + i as u64 * 8, *e)?;
+    }
+    ram.write_obj(Gpa(abi::BOOT_INFO_GPA), *boot)
+        .map_err(Error::BootWrite)
+}
