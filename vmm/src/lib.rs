@@ -4,3 +4,4 @@
 
 pub mod addr;
 pub mod pfn;
+pub mod pin;
