@@ -28,9 +28,10 @@ use crate::addr::Hva;
 pub const MAX_BUFFER_LEN: u64 = 1 << 30;
 /// Most buffers one ring can register (IORING_MAX_REG_BUFFERS).
 pub const MAX_BUFFERS: usize = 1 << 14;
-/// Largest byte count of one SQE. 1 MiB keeps 64 in-flight SQEs at 64 MiB and measured no slower
-/// than larger chunks for memfd <-> buffer copies (the copies run inline at submit).
-pub const CHUNK_LEN: u64 = 1 << 20;
+/// Largest byte count of one SQE. Measured here (256 MiB THP-backed pin, release build, device
+/// read / device write): 64 KiB 4.4-4.9 / 5.1-5.2 GiB/s, 1 MiB 6.2 / 6.5-6.7, 4 MiB 6.4-6.5 /
+/// 6.9, 16 MiB 6.3-6.6 / 6.8-7.0, 64 MiB 6.1-6.3 / 6.6-6.7: gains stop at 4 MiB.
+pub const CHUNK_LEN: u64 = 4 << 20;
 /// Submission queue depth.
 const RING_ENTRIES: u32 = 64;
 
@@ -488,5 +489,40 @@ mod tests {
         assert!(r.bytes()[po..po + l].iter().all(|&b| b == 0xab));
         assert_eq!(r.bytes()[po - 1], ((po - 1) % 251) as u8);
         assert_eq!(r.bytes()[po + l], ((po + l) % 251) as u8);
+    }
+
+    /// The real kernel limit and the real split: one buffer of 1 GiB + 2 MiB is refused with
+    /// EFAULT, the same range as two buffers registers, and a transfer across the 1 GiB boundary
+    /// moves the right bytes. A bug: the single buffer registering (the limit moved: revisit
+    /// MAX_BUFFER_LEN) or the split registration failing.
+    #[test]
+    #[ignore = "faults in and pins 1 GiB + 2 MiB; run with --ignored"]
+    fn over_1gib_pin_is_split_into_buffers() {
+        let len = GIB + 2 * MIB;
+        let mut r = AnonRegion::new(len, libc::MADV_HUGEPAGE);
+        // SAFETY: refused by the kernel (EFAULT) before anything is pinned.
+        let res = unsafe { IoUringPin::with_max_buffer(r.hva, len, len) };
+        assert!(
+            matches!(&res, Err(Error::RegisterBuffers { source, .. }) if source.raw_os_error() == Some(libc::EFAULT)),
+            "{res:?}"
+        );
+        // SAFETY: `r` outlives the pin; no reference into it is held across pin calls.
+        let mut p = unsafe { IoUringPin::new(r.hva, len) }.unwrap();
+        assert_eq!(p.buffers(), 2);
+        let ops = [Transfer {
+            pin_offset: GIB - MIB,
+            staging_offset: 0,
+            len: 2 * MIB,
+        }];
+        let mut staging = Staging::new(2 * MIB).unwrap();
+        for (i, b) in staging.as_mut_slice().iter_mut().enumerate() {
+            *b = (i % 253) as u8;
+        }
+        p.write_to_guest(&staging, &ops).unwrap();
+        let at = (GIB - MIB) as usize;
+        assert!(r.bytes()[at..at + 2 * MIB as usize] == *staging.as_slice());
+        r.bytes()[at..at + 2 * MIB as usize].fill(0x3c);
+        p.read_from_guest(&mut staging, &ops).unwrap();
+        assert!(staging.as_slice().iter().all(|&b| b == 0x3c));
     }
 }
