@@ -4,6 +4,11 @@
 
 pub mod addr;
 pub mod config;
+pub mod devices;
 pub mod layout;
+pub mod memory;
+pub mod pfn;
+pub mod pin;
 pub mod scenario;
 pub mod units;
+pub mod vm;

@@ -1,0 +1,607 @@
+//! The device's hold on guest pages: one trait, several mechanisms.
+//!
+//! Owns the pins (and references) a device keeps on a range of guest RAM, the transfers a device
+//! makes through them, and the host-side staging area those transfers copy from and to:
+//! - [`PinKind::IoUring`]: io_uring registered buffers (FOLL_PIN | FOLL_LONGTERM, the class of pin
+//!   VFIO type1 takes). Device writes are READ_FIXED into the buffer, device reads WRITE_FIXED.
+//! - [`PinKind::Vmsplice`]: page references (FOLL_GET) held by pipes filled with vmsplice(2).
+//!   Device reads only: a device write returns [`Error::Unsupported`].
+//! - [`PinKind::Mapping`]: no pin; copies through the VMM's own mapping. The control group.
+//!
+//! It must not touch the VMM mapping of guest RAM except in `Mapping`: the other kinds move data
+//! only through what they hold, as a device behind an IOMMU would. It records no evidence: PFNs
+//! are read by [`crate::pfn`] by whoever pins, at pin time.
+//!
+//! Every [`Transfer`] comes from a (possibly hostile) guest: each is checked against the pinned
+//! length and the staging length with checked arithmetic before any byte moves, and an
+//! out-of-range one is an error, never a panic.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::addr::Hva;
+
+pub mod io_uring;
+pub mod mapping;
+pub mod vmsplice;
+
+/// Errors of the pin layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An io_uring pin failed.
+    #[error(transparent)]
+    IoUring(#[from] io_uring::Error),
+    /// A vmsplice pin failed.
+    #[error(transparent)]
+    Vmsplice(#[from] vmsplice::Error),
+    /// The mechanism cannot move data in this direction (vmsplice cannot write to guest).
+    #[error("{kind} pin cannot {op}")]
+    Unsupported { kind: PinKind, op: &'static str },
+    /// A transfer lies outside the pinned range or the staging area.
+    #[error(
+        "transfer {index} out of range: pin_offset {pin_offset:#x}, staging_offset \
+         {staging_offset:#x}, len {len:#x} (pin len {pin_len:#x}, staging len {staging_len:#x})"
+    )]
+    TransferOutOfRange {
+        index: usize,
+        pin_offset: u64,
+        staging_offset: u64,
+        len: u64,
+        pin_len: u64,
+        staging_len: u64,
+    },
+    /// The pinned range is empty.
+    #[error("empty pin at {hva}")]
+    EmptyPin { hva: Hva },
+    /// The pinned range is not page aligned (pins work on whole pages).
+    #[error("pin range {hva} + {len:#x} is not page aligned")]
+    Unaligned { hva: Hva, len: u64 },
+    /// `hva + len` overflows.
+    #[error("pin range {hva} + {len:#x} overflows")]
+    RangeOverflow { hva: Hva, len: u64 },
+    /// memfd_create(2) for the staging area failed.
+    #[error("memfd_create for staging: {0}")]
+    StagingMemfd(#[source] io::Error),
+    /// ftruncate(2) of the staging memfd failed.
+    #[error("ftruncate staging memfd to {len:#x}: {source}")]
+    StagingTruncate {
+        len: u64,
+        #[source]
+        source: io::Error,
+    },
+    /// Sealing the staging memfd's size failed.
+    #[error("seal staging memfd: {0}")]
+    StagingSeal(#[source] io::Error),
+    /// mmap(2) of the staging memfd failed.
+    #[error("mmap staging memfd of {len:#x} bytes: {source}")]
+    StagingMmap {
+        len: u64,
+        #[source]
+        source: io::Error,
+    },
+    /// A staging area must have a non-zero length that fits the address space.
+    #[error("invalid staging length {len:#x}")]
+    StagingLen { len: u64 },
+    /// A pin kind name did not parse.
+    #[error("unknown pin kind {0:?} (expected io-uring, vmsplice or mapping)")]
+    ParseKind(String),
+}
+
+/// Result of this module.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The mechanism a device uses to hold guest pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PinKind {
+    /// io_uring registered buffers: FOLL_PIN | FOLL_LONGTERM.
+    IoUring,
+    /// Pipes holding vmspliced pages: FOLL_GET references.
+    Vmsplice,
+    /// No pin: the VMM's own mapping (control group).
+    Mapping,
+}
+
+impl PinKind {
+    /// Every kind, in a fixed order (for test matrices).
+    pub const ALL: [PinKind; 3] = [PinKind::IoUring, PinKind::Vmsplice, PinKind::Mapping];
+
+    /// The kebab-case name used in scenarios and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            PinKind::IoUring => "io-uring",
+            PinKind::Vmsplice => "vmsplice",
+            PinKind::Mapping => "mapping",
+        }
+    }
+}
+
+impl fmt::Display for PinKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for PinKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        PinKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| Error::ParseKind(s.to_string()))
+    }
+}
+
+/// One batched transfer between the staging area and the pinned range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfer {
+    /// Byte offset into the pinned range.
+    pub pin_offset: u64,
+    /// Byte offset into the staging area.
+    pub staging_offset: u64,
+    /// Bytes to move.
+    pub len: u64,
+}
+
+/// Checks every transfer against the pinned length and the staging length.
+pub fn validate(ops: &[Transfer], pin_len: u64, staging_len: u64) -> Result<()> {
+    for (index, t) in ops.iter().enumerate() {
+        let pin_end = t.pin_offset.checked_add(t.len);
+        let staging_end = t.staging_offset.checked_add(t.len);
+        let fits = matches!(pin_end, Some(e) if e <= pin_len)
+            && matches!(staging_end, Some(e) if e <= staging_len);
+        if !fits {
+            return Err(Error::TransferOutOfRange {
+                index,
+                pin_offset: t.pin_offset,
+                staging_offset: t.staging_offset,
+                len: t.len,
+                pin_len,
+                staging_len,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A device's hold on a range of guest RAM.
+///
+/// `write_to_guest` takes `&Staging` (it only reads staging), `read_from_guest` takes
+/// `&mut Staging` because the kernel writes into the staging pages: no Rust borrow of them may be
+/// alive meanwhile.
+pub trait Pin: Send {
+    /// The mechanism.
+    fn kind(&self) -> PinKind;
+    /// Length of the pinned range in bytes.
+    fn len(&self) -> u64;
+    /// Whether the pinned range is empty (never true for a pin that was created).
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Device write ("to guest"): copy `staging[staging_offset..+len]` into the pinned pages at
+    /// `pin_offset`, through the pin, never through the VMM mapping (except `Mapping`).
+    fn write_to_guest(&mut self, staging: &Staging, ops: &[Transfer]) -> Result<()>;
+    /// Device read ("from guest"): copy the pinned pages at `pin_offset` into
+    /// `staging[staging_offset..+len]`.
+    fn read_from_guest(&mut self, staging: &mut Staging, ops: &[Transfer]) -> Result<()>;
+}
+
+/// Checks that `hva..hva+len` is a non-empty, page-aligned range that fits the address space.
+pub(crate) fn check_range(hva: Hva, len: u64) -> Result<()> {
+    use crate::addr::PAGE_SIZE;
+    if len == 0 {
+        return Err(Error::EmptyPin { hva });
+    }
+    if !hva.is_aligned(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
+        return Err(Error::Unaligned { hva, len });
+    }
+    hva.checked_add(len)
+        .ok_or(Error::RangeOverflow { hva, len })?;
+    Ok(())
+}
+
+/// Pins `hva..hva+len` (page aligned) with the given mechanism.
+///
+/// io-uring faults the range in and pins it at once; vmsplice faults it in (read faults: an
+/// untouched page is referenced as the shared zero page) and references every page.
+///
+/// # Safety
+///
+/// `hva..hva+len` must be a mapping of this process that stays mapped for the lifetime of the
+/// returned pin, and while the pin is alive no Rust reference may be held to that memory across
+/// a call of `write_to_guest` (the kernel, or for `Mapping` a raw copy, writes to it; guest RAM is
+/// accessed through raw pointers or volatile accesses only).
+pub unsafe fn pin(kind: PinKind, hva: Hva, len: u64) -> Result<Box<dyn Pin>> {
+    check_range(hva, len)?;
+    Ok(match kind {
+        // SAFETY: forwarded from this function's contract.
+        PinKind::IoUring => Box::new(unsafe { io_uring::IoUringPin::new(hva, len) }?),
+        PinKind::Vmsplice => Box::new(vmsplice::VmsplicePin::new(hva, len)?),
+        // SAFETY: forwarded from this function's contract.
+        PinKind::Mapping => Box::new(unsafe { mapping::MappingPin::new(hva, len) }),
+    })
+}
+
+/// The host-side bounce area: a memfd of `len` bytes, mmapped read-write, so the DMA engine can
+/// fill patterns and checksum results. Its size is sealed (it can never shrink under the mapping);
+/// the owner unmaps and closes on drop.
+pub struct Staging {
+    fd: OwnedFd,
+    ptr: *mut u8,
+    len: u64,
+}
+
+// SAFETY: `Staging` owns its mapping and fd exclusively; moving it to another thread moves that
+// ownership, and access goes through `&self`/`&mut self` like a `Vec<u8>`.
+unsafe impl Send for Staging {}
+// SAFETY: shared access only hands out `&[u8]`; mutation needs `&mut self`.
+unsafe impl Sync for Staging {}
+
+impl Staging {
+    /// A staging area of `len` bytes, zero filled.
+    pub fn new(len: u64) -> Result<Self> {
+        let map_len = usize::try_from(len)
+            .ok()
+            .filter(|&l| l > 0 && l <= isize::MAX as usize)
+            .ok_or(Error::StagingLen { len })?;
+        // SAFETY: memfd_create with a NUL-terminated name; the returned fd is checked below.
+        let raw = unsafe {
+            libc::memfd_create(
+                c"pinlab-staging".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
+        if raw < 0 {
+            return Err(Error::StagingMemfd(io::Error::last_os_error()));
+        }
+        // SAFETY: `raw` is a fresh fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let ilen = libc::off_t::try_from(len).map_err(|_| Error::StagingLen { len })?;
+        // SAFETY: ftruncate on an fd we own.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), ilen) } < 0 {
+            return Err(Error::StagingTruncate {
+                len,
+                source: io::Error::last_os_error(),
+            });
+        }
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // SAFETY: fcntl(F_ADD_SEALS) on an fd we own.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+            return Err(Error::StagingSeal(io::Error::last_os_error()));
+        }
+        // SAFETY: a new shared mapping of our memfd; the result is checked below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(Error::StagingMmap {
+                len,
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(Staging {
+            fd,
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    /// The contents.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr..ptr+len` is our mapping for our lifetime (the memfd size is sealed); the
+        // kernel writes to it only inside `&mut self` methods of a pin.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len as usize) }
+    }
+
+    /// The contents, writable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_slice`, and `&mut self` makes this the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len as usize) }
+    }
+
+    /// Pointer to byte `offset` (for the kernel to copy into). `offset <= len` is the caller's check.
+    pub(crate) fn ptr_at(&mut self, offset: u64) -> *mut u8 {
+        debug_assert!(offset <= self.len);
+        self.ptr.wrapping_add(offset as usize)
+    }
+
+    /// The memfd, for io_uring reads and writes at file offsets.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the staging area is empty (never: `new` refuses 0).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl fmt::Debug for Staging {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Staging")
+            .field("fd", &self.fd.as_raw_fd())
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping created in `new`; no borrow outlives `self`.
+        unsafe { libc::munmap(self.ptr.cast(), self.len as usize) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::PAGE_SIZE;
+    use crate::pfn::test_support::{thp_setup, AnonRegion};
+    use crate::pfn::{self, diff_pfns};
+
+    const MIB: u64 = 1 << 20;
+    const LEN: u64 = 4 * MIB;
+
+    fn old_pattern(i: usize) -> u8 {
+        (i as u8) ^ ((i >> 12) as u8)
+    }
+    fn new_pattern(i: usize) -> u8 {
+        !old_pattern(i).wrapping_mul(3)
+    }
+    fn device_pattern(i: usize) -> u8 {
+        (i >> 9) as u8 ^ 0x5a
+    }
+
+    fn whole(len: u64) -> [Transfer; 1] {
+        [Transfer {
+            pin_offset: 0,
+            staging_offset: 0,
+            len,
+        }]
+    }
+
+    /// Pins a THP-backed region of `LEN` bytes filled with `old_pattern`.
+    fn setup_pinned(kind: PinKind) -> (AnonRegion, Box<dyn Pin>) {
+        let mut r = AnonRegion::new(LEN, libc::MADV_HUGEPAGE);
+        r.fill(old_pattern);
+        // SAFETY: `r` outlives the pin in every test (declared first, dropped last); the tests
+        // hold no reference into it across pin calls.
+        let p = unsafe { pin(kind, r.hva, r.len) }.unwrap();
+        (r, p)
+    }
+
+    #[test]
+    fn kind_names_round_trip() {
+        for k in PinKind::ALL {
+            assert_eq!(k.to_string().parse::<PinKind>().unwrap(), k);
+            assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{k}\""));
+        }
+        assert!(matches!(
+            "vfio".parse::<PinKind>(),
+            Err(Error::ParseKind(_))
+        ));
+    }
+
+    /// Per kind: what a device read and a device write see on a freshly pinned THP range.
+    /// A bug: a read that does not match the CPU's pattern, or a write the CPU does not see.
+    #[test]
+    fn read_and_write_through_each_kind() {
+        // (kind, device write supported)
+        let table = [
+            (PinKind::IoUring, true),
+            (PinKind::Vmsplice, false),
+            (PinKind::Mapping, true),
+        ];
+        for (kind, writes) in table {
+            let (mut r, mut p) = setup_pinned(kind);
+            assert_eq!((p.kind(), p.len()), (kind, LEN));
+            assert!(
+                pfn::thp_coverage(r.hva, LEN).unwrap() >= 0.9,
+                "{}",
+                thp_setup()
+            );
+
+            let mut staging = Staging::new(LEN).unwrap();
+            p.read_from_guest(&mut staging, &whole(LEN)).unwrap();
+            assert!(
+                staging.as_slice() == r.bytes(),
+                "{kind}: device read differs from CPU content"
+            );
+
+            for (i, b) in staging.as_mut_slice().iter_mut().enumerate() {
+                *b = device_pattern(i);
+            }
+            let res = p.write_to_guest(&staging, &whole(LEN));
+            if writes {
+                res.unwrap();
+                assert!(
+                    staging.as_slice() == r.bytes(),
+                    "{kind}: CPU does not see device write"
+                );
+            } else {
+                assert!(
+                    matches!(res, Err(Error::Unsupported { kind: k, .. }) if k == kind),
+                    "{kind}: {res:?}"
+                );
+            }
+        }
+    }
+
+    /// Scattered transfers, unaligned, crossing pipe (1 MiB) and THP (2 MiB) boundaries.
+    #[test]
+    fn scattered_transfers_land_where_asked() {
+        let ops = [
+            Transfer {
+                pin_offset: MIB - 100,
+                staging_offset: 7,
+                len: 300,
+            },
+            Transfer {
+                pin_offset: 2 * MIB - 5000,
+                staging_offset: 10_000,
+                len: MIB + 12_345,
+            },
+            Transfer {
+                pin_offset: LEN - 1,
+                staging_offset: 5,
+                len: 1,
+            },
+            Transfer {
+                pin_offset: 0,
+                staging_offset: 0,
+                len: 0,
+            },
+        ];
+        for kind in PinKind::ALL {
+            let (mut r, mut p) = setup_pinned(kind);
+            let mut staging = Staging::new(2 * MIB).unwrap();
+            p.read_from_guest(&mut staging, &ops).unwrap();
+            let cpu = r.bytes().to_vec();
+            for t in &ops {
+                let (po, so, l) = (
+                    t.pin_offset as usize,
+                    t.staging_offset as usize,
+                    t.len as usize,
+                );
+                assert!(
+                    staging.as_slice()[so..so + l] == cpu[po..po + l],
+                    "{kind}: read {t:?}"
+                );
+            }
+            if kind == PinKind::Vmsplice {
+                continue;
+            }
+            staging.as_mut_slice().fill(0xee);
+            p.write_to_guest(&staging, &ops[1..2]).unwrap();
+            let t = ops[1];
+            let bytes = r.bytes();
+            let (po, l) = (t.pin_offset as usize, t.len as usize);
+            assert!(bytes[po..po + l].iter().all(|&b| b == 0xee), "{kind}");
+            assert!(
+                bytes[..po] == cpu[..po] && bytes[po + l..] == cpu[po + l..],
+                "{kind}"
+            );
+        }
+    }
+
+    /// The oracle can fail: after MADV_DONTNEED and a CPU write, a real pin still holds the old
+    /// pages (the device reads the OLD content and the PFNs differ), while the control group
+    /// reads the NEW content. A bug in the lab would be a pin that reads the new content (it is
+    /// not really holding pages), or a mapping read that returns the old one.
+    #[test]
+    fn discard_leaves_the_pin_on_old_pages() {
+        // (kind, device read after discard sees the old content)
+        let table = [
+            (PinKind::IoUring, true),
+            (PinKind::Vmsplice, true),
+            (PinKind::Mapping, false),
+        ];
+        for (kind, sees_old) in table {
+            let (mut r, mut p) = setup_pinned(kind);
+            let before = pfn::snapshot(r.hva, LEN).unwrap().pfns();
+            r.madvise(0, LEN, libc::MADV_DONTNEED);
+            r.fill(new_pattern);
+            let after = pfn::snapshot(r.hva, LEN).unwrap().pfns();
+            assert_eq!(
+                diff_pfns(&before, &after).len() as u64,
+                LEN / PAGE_SIZE,
+                "{kind}"
+            );
+
+            let mut staging = Staging::new(LEN).unwrap();
+            p.read_from_guest(&mut staging, &whole(LEN)).unwrap();
+            let got_old = staging
+                .as_slice()
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| b == old_pattern(i));
+            let got_new = staging.as_slice() == r.bytes();
+            assert_eq!((got_old, got_new), (sees_old, !sees_old), "{kind}");
+        }
+    }
+
+    /// Hostile transfers: every row must be refused before any byte moves, by every kind.
+    #[test]
+    fn out_of_range_transfers_are_errors() {
+        let t = |pin_offset, staging_offset, len| Transfer {
+            pin_offset,
+            staging_offset,
+            len,
+        };
+        // (description, transfer)
+        let table = [
+            ("past the pin end", t(LEN - 10, 0, 11)),
+            ("starts past the pin", t(LEN + 1, 0, 0)),
+            ("past the staging end", t(0, MIB - 1, 2)),
+            ("pin offset overflows", t(u64::MAX, 0, 2)),
+            ("staging offset overflows", t(0, u64::MAX - 1, 4)),
+            ("len overflows", t(1, 1, u64::MAX)),
+        ];
+        for kind in PinKind::ALL {
+            let (_r, mut p) = setup_pinned(kind);
+            let mut staging = Staging::new(MIB).unwrap();
+            for (desc, bad) in table {
+                let ops = [t(0, 0, 16), bad];
+                let res = p.read_from_guest(&mut staging, &ops);
+                assert!(
+                    matches!(res, Err(Error::TransferOutOfRange { index: 1, .. })),
+                    "{kind} read, {desc}: {res:?}"
+                );
+                let res = p.write_to_guest(&staging, &ops);
+                assert!(
+                    matches!(
+                        res,
+                        Err(Error::TransferOutOfRange { index: 1, .. } | Error::Unsupported { .. })
+                    ),
+                    "{kind} write, {desc}: {res:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bad_ranges_are_refused() {
+        let r = AnonRegion::new(2 * MIB, libc::MADV_NOHUGEPAGE);
+        for kind in PinKind::ALL {
+            // SAFETY: the ranges are refused before anything is pinned.
+            let res = unsafe { pin(kind, r.hva, 0) };
+            assert!(matches!(res, Err(Error::EmptyPin { .. })), "{kind}");
+            // SAFETY: as above.
+            let res = unsafe { pin(kind, Hva(r.hva.raw() + 1), PAGE_SIZE) };
+            assert!(matches!(res, Err(Error::Unaligned { .. })), "{kind}");
+            // SAFETY: as above.
+            let res = unsafe { pin(kind, Hva(!(PAGE_SIZE - 1)), PAGE_SIZE) };
+            assert!(matches!(res, Err(Error::RangeOverflow { .. })), "{kind}");
+        }
+    }
+
+    #[test]
+    fn staging_is_zeroed_sized_and_refuses_zero() {
+        let mut s = Staging::new(3 * PAGE_SIZE + 5).unwrap();
+        assert_eq!(s.len(), 3 * PAGE_SIZE + 5);
+        assert!(s.as_slice().iter().all(|&b| b == 0));
+        s.as_mut_slice()[3 * PAGE_SIZE as usize + 4] = 9;
+        assert_eq!(s.as_slice()[3 * PAGE_SIZE as usize + 4], 9);
+        assert!(matches!(Staging::new(0), Err(Error::StagingLen { len: 0 })));
+        // The size is sealed: the mapping can never be truncated under us.
+        // SAFETY: ftruncate on the staging fd; expected to fail with EPERM.
+        let rc = unsafe { libc::ftruncate(s.fd().as_raw_fd(), 0) };
+        assert_eq!(rc, -1);
+    }
+}
