@@ -14,7 +14,14 @@ fn main() {
     let target_dir = out_dir.join("guest-target");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
 
-    for p in ["src", "Cargo.toml", "build.rs", "link.ld", "../abi/src", "../abi/Cargo.toml"] {
+    for p in [
+        "src",
+        "Cargo.toml",
+        "build.rs",
+        "link.ld",
+        "../abi/src",
+        "../abi/Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", guest_dir.join(p).display());
     }
 

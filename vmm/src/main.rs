@@ -1,1 +1,186 @@
-fn main() {}
+//! The `pinlab` command line: a thin front over the library.
+//!
+//! Exit status: 0 when every verdict meets its expectation (a skipped run says why and exits
+//! 0), 1 when one does not, 2 for usage or config errors.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use pinlab::scenario::{Action, GuestMode, PinKind, Scenario, Verdict};
+use pinlab::units::{ByteSize, Duration};
+
+#[derive(Parser)]
+#[command(
+    name = "pinlab",
+    version,
+    about = "A hypervisor-backed lab for DMA pinning on Linux: does the page a device pinned stay the page the VM sees?"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Scenario file (default: the embedded configs/default.toml).
+    config: Option<PathBuf>,
+    /// Guest RAM size, e.g. 64MiB.
+    #[arg(long)]
+    memory: Option<ByteSize>,
+    /// THP on guest RAM.
+    #[arg(long, value_enum)]
+    thp: Option<OnOff>,
+    /// Pin mechanism: io-uring, vmsplice or mapping.
+    #[arg(long)]
+    pin: Option<PinKind>,
+    /// Add a host action (repeatable), e.g. --perturb fork-parent-write.
+    #[arg(long = "perturb")]
+    perturb: Vec<Action>,
+    /// Run the actions N times on a timer while DMA rounds run.
+    #[arg(long)]
+    storm: Option<u32>,
+    /// DMA rounds.
+    #[arg(long)]
+    rounds: Option<u32>,
+    /// Guest mode: dma, boot, spin (watchdog tests), hostile.
+    #[arg(long, value_parser = parse_mode)]
+    mode: Option<GuestMode>,
+    /// Watchdog timeout, e.g. 10s.
+    #[arg(long)]
+    watchdog: Option<Duration>,
+    /// MADV_DONTFORK on guest RAM.
+    #[arg(long)]
+    dontfork: bool,
+    /// The verdict this run must reach (overrides the scenario's).
+    #[arg(long, value_parser = parse_verdict)]
+    expect: Option<Verdict>,
+    /// Print one JSON object instead of the summary.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_mode(s: &str) -> Result<GuestMode, String> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| format!("unknown mode `{s}` (dma, boot, spin, hostile)"))
+}
+
+fn parse_verdict(s: &str) -> Result<Verdict, String> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| format!("unknown verdict `{s}` (coherent, diverged, skipped, error)"))
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot the guest and run a scenario on the live kernel.
+    Run(RunArgs),
+    /// Report what this host can do, one line per capability.
+    Host {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("pinlab: {msg}");
+    ExitCode::from(2)
+}
+
+fn apply(args: &RunArgs, s: &mut Scenario) {
+    if let Some(m) = args.memory {
+        s.vm.memory = m;
+    }
+    if let Some(t) = args.thp {
+        s.vm.thp = matches!(t, OnOff::On);
+    }
+    if let Some(p) = args.pin {
+        s.device.pin = p;
+    }
+    if !args.perturb.is_empty() {
+        s.perturb.actions.extend(args.perturb.iter().copied());
+    }
+    if let Some(n) = args.storm {
+        s.perturb.storm = n;
+    }
+    if let Some(r) = args.rounds {
+        s.workload.rounds = r;
+        s.perturb.after_round = s.perturb.after_round.min(r.max(1));
+    }
+    if let Some(m) = args.mode {
+        s.workload.mode = m;
+    }
+    if let Some(w) = args.watchdog {
+        s.vm.watchdog = w;
+    }
+    if args.dontfork {
+        s.vm.dontfork = true;
+    }
+    if let Some(v) = args.expect {
+        s.expect.live = Some(v);
+    }
+}
+
+fn cmd_run(args: RunArgs, launch: Instant) -> ExitCode {
+    let mut scenario = match pinlab::config::load(args.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => return usage_error(e),
+    };
+    apply(&args, &mut scenario);
+    if let Err(e) = scenario.validate() {
+        return usage_error(format!("after command-line options: {e}"));
+    }
+    if !scenario.live {
+        return usage_error(format!(
+            "scenario {} is model-only (live = false): use `pinlab replay`",
+            scenario.name
+        ));
+    }
+    let mut hook = pinlab::runner::NoActions;
+    let outcome = pinlab::runner::run(&scenario, launch, &mut hook);
+    if args.json {
+        match serde_json::to_string(&outcome) {
+            Ok(j) => println!("{j}"),
+            Err(e) => return usage_error(format!("serializing the report: {e}")),
+        }
+    } else {
+        print!("{}", outcome.human());
+    }
+    if outcome.as_expected() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn main() -> ExitCode {
+    let launch = Instant::now();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PINLAB_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::Run(args) => cmd_run(args, launch),
+        Command::Host { json } => {
+            let _ = json;
+            usage_error("host: not wired yet")
+        }
+    }
+}

@@ -7,9 +7,7 @@
 //! done here too, so the owner always knows where its memory is; re-pointing the KVM memslot is
 //! the VM's business.
 
-use vm_memory::{
-    Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion, VolatileMemory,
-};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
 use crate::addr::{Gpa, Hva, HUGE_PAGE_SIZE};
 
@@ -76,16 +74,7 @@ impl GuestRam {
     pub fn new(size: u64, thp: bool, dontfork: bool) -> Result<Self> {
         let span = size + HUGE_PAGE_SIZE;
         // SAFETY: a fresh anonymous mapping at an address of the kernel's choosing.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                span as usize,
-                PROT,
-                FLAGS,
-                -1,
-                0,
-            )
-        };
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), span as usize, PROT, FLAGS, -1, 0) };
         if p == libc::MAP_FAILED {
             return Err(Error::Mmap {
                 size,
@@ -130,6 +119,16 @@ impl GuestRam {
             madvise(hva, size, libc::MADV_DONTFORK, "MADV_DONTFORK")?;
         }
         Ok(ram)
+    }
+
+    /// Faults every page in for writing (MADV_POPULATE_WRITE, Linux 5.14+).
+    pub fn populate(&self) -> Result<()> {
+        madvise(
+            self.hva,
+            self.size,
+            libc::MADV_POPULATE_WRITE,
+            "MADV_POPULATE_WRITE",
+        )
     }
 
     pub fn hva(&self) -> Hva {
@@ -190,31 +189,16 @@ impl GuestRam {
     /// A u32 in guest RAM that the guest polls or publishes, as an atomic (bounds- and
     /// alignment-checked).
     pub fn atomic_u32(&self, gpa: Gpa) -> Result<&std::sync::atomic::AtomicU32> {
-        self.translate(gpa, 4)?;
         if !gpa.is_aligned(4) {
             return Err(Error::Access {
                 gpa,
                 reason: "u32 not 4-byte aligned".into(),
             });
         }
-        let slice = self
-            .mem
-            .get_slice(GuestAddress(gpa.raw()), 4)
-            .map_err(|e| Error::Access {
-                gpa,
-                reason: e.to_string(),
-            })?;
-        let vs = slice.get_atomic_ref::<std::sync::atomic::AtomicU32>(0);
-        vs.map_err(|e| Error::Access {
-            gpa,
-            reason: e.to_string(),
-        })
-        .map(|r| {
-            let p: *const std::sync::atomic::AtomicU32 = &*r;
-            // SAFETY: the reference points into guest RAM, which lives as long as `self` (the
-            // borrow ties it to `self`); vm-memory checked bounds and alignment.
-            unsafe { &*p }
-        })
+        let hva = self.translate(gpa, 4)?;
+        // SAFETY: the u32 lies inside guest RAM (checked above), is 4-byte aligned, and guest
+        // RAM stays mapped for as long as `self` is borrowed; AtomicU32 has u32's layout.
+        Ok(unsafe { &*(hva.as_ptr() as *const std::sync::atomic::AtomicU32) })
     }
 
     /// Moves the mapping with mremap(2). With `dontunmap`, the old range stays mapped (empty:
@@ -282,7 +266,11 @@ mod tests {
             (4096, u64::MAX, false),
         ];
         for &(gpa, len, ok) in rows {
-            assert_eq!(ram.translate(Gpa(gpa), len).is_ok(), ok, "{gpa:#x}+{len:#x}");
+            assert_eq!(
+                ram.translate(Gpa(gpa), len).is_ok(),
+                ok,
+                "{gpa:#x}+{len:#x}"
+            );
         }
     }
 

@@ -244,6 +244,9 @@ pub struct VmSpec {
     pub dontfork: bool,
     /// A guest that makes no progress for this long is stopped.
     pub watchdog: Duration,
+    /// Fault all of guest RAM in before boot (MADV_POPULATE_WRITE), as a VMM that preallocates
+    /// or a VFIO type1 map of all RAM would; THP coverage is measured over all of it.
+    pub prefault: bool,
 }
 
 impl Default for VmSpec {
@@ -253,6 +256,7 @@ impl Default for VmSpec {
             thp: true,
             dontfork: false,
             watchdog: Duration::from_secs(10),
+            prefault: true,
         }
     }
 }

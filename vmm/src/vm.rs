@@ -65,33 +65,29 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// The memslot guest RAM lives in.
 const RAM_SLOT: u32 = 0;
 
-/// A KVM VM with its RAM registered and its one vCPU ready to run the guest.
+/// A KVM VM with its RAM registered. Its vCPU is handed out separately (it moves to the vCPU
+/// thread); the owner drops the vCPU, then this, then guest RAM.
 pub struct Vm {
-    // Field order is drop order: the vCPU and VM fds go before the RAM they point into.
-    pub vcpu: VcpuFd,
     pub vm: VmFd,
     pub kvm: Kvm,
 }
 
 impl Vm {
     /// Creates the VM, registers `ram` as slot 0, loads the guest, prepares the vCPU.
-    pub fn create(ram: &GuestRam, boot: &abi::BootInfo) -> Result<Vm> {
+    pub fn create(ram: &GuestRam, boot: &abi::BootInfo) -> Result<(Vm, VcpuFd)> {
         let kvm = Kvm::new().map_err(Error::OpenKvm)?;
         let version = kvm.get_api_version();
         if version != 12 {
             return Err(Error::KvmVersion(version));
         }
         let vm = kvm.create_vm().map_err(Error::CreateVm)?;
-        let created = Vm {
-            vcpu: vm.create_vcpu(0).map_err(Error::CreateVcpu)?,
-            vm,
-            kvm,
-        };
+        let created = Vm { vm, kvm };
         created.set_ram(ram)?;
         let entry = load_guest(ram)?;
         write_boot_structures(ram, boot)?;
-        created.setup_vcpu(entry)?;
-        Ok(created)
+        let vcpu = created.vm.create_vcpu(0).map_err(Error::CreateVcpu)?;
+        created.setup_vcpu(&vcpu, entry)?;
+        Ok((created, vcpu))
     }
 
     /// (Re-)points memslot 0 at `ram`'s current host mapping. After guest RAM moved (mremap),
@@ -131,14 +127,14 @@ impl Vm {
             .map_err(|source| Error::RegisterIoevent { port, source })
     }
 
-    fn setup_vcpu(&self, entry: u64) -> Result<()> {
+    fn setup_vcpu(&self, vcpu: &VcpuFd, entry: u64) -> Result<()> {
         let cpuid = self
             .kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(Error::GetSupportedCpuid)?;
-        self.vcpu.set_cpuid2(&cpuid).map_err(Error::SetCpuid)?;
+        vcpu.set_cpuid2(&cpuid).map_err(Error::SetCpuid)?;
 
-        let mut sregs = self.vcpu.get_sregs().map_err(Error::GetSregs)?;
+        let mut sregs = vcpu.get_sregs().map_err(Error::GetSregs)?;
         let code = kvm_segment {
             base: 0,
             limit: 0xffff_ffff,
@@ -167,7 +163,7 @@ impl Vm {
         sregs.ss = data;
         sregs.tr = kvm_segment {
             base: TSS_GPA,
-            limit: 0x67,
+            limit: TSS_LIMIT as u32,
             selector: abi::TSS_SEL,
             type_: 0xb, // busy 64-bit TSS
             present: 1,
@@ -186,14 +182,14 @@ impl Vm {
         sregs.cr3 = abi::PML4_GPA;
         sregs.cr4 = 0x620; // PAE | OSFXSR | OSXMMEXCPT
         sregs.efer = 0x500; // LME | LMA
-        self.vcpu.set_sregs(&sregs).map_err(Error::SetSregs)?;
+        vcpu.set_sregs(&sregs).map_err(Error::SetSregs)?;
 
         let fpu = kvm_fpu {
             fcw: 0x37f,
             mxcsr: 0x1f80,
             ..Default::default()
         };
-        self.vcpu.set_fpu(&fpu).map_err(Error::SetFpu)?;
+        vcpu.set_fpu(&fpu).map_err(Error::SetFpu)?;
 
         let regs = kvm_bindings::kvm_regs {
             rip: entry,
@@ -201,13 +197,18 @@ impl Vm {
             rflags: 0x3002, // IOPL 3, reserved bit 1, interrupts off
             ..Default::default()
         };
-        self.vcpu.set_regs(&regs).map_err(Error::SetRegs)
+        vcpu.set_regs(&regs).map_err(Error::SetRegs)?;
+        if let Ok(r) = vcpu.get_regs() {
+            tracing::debug!("vcpu rflags after set: {:#x}", r.rflags);
+        }
+        Ok(())
     }
 }
 
-/// The TSS lives in the GDT's page, after the descriptors; it is never used (no interrupts),
-/// but TR must name a valid one.
-const TSS_GPA: u64 = abi::GDT_GPA + 0x800;
+/// The TSS: never used for stacks (no interrupts), but its I/O bitmap is what lets the guest's
+/// port I/O through KVM-PVM's emulator (see `abi::TSS_GPA`).
+const TSS_GPA: u64 = abi::TSS_GPA;
+const TSS_LIMIT: u64 = abi::TSS_SIZE - 1;
 
 /// GDT entries: null, ring-0 code and data, ring-3 code (0x1b) and data (0x23), then the
 /// 16-byte TSS descriptor (filled in at boot with its base).
@@ -223,8 +224,7 @@ const GDT: [u64; 7] = [
 
 fn load_guest(ram: &GuestRam) -> Result<u64> {
     let mut image = Cursor::new(GUEST_ELF);
-    let loaded =
-        Elf::load(ram.memory(), None, &mut image, None).map_err(Error::LoadElf)?;
+    let loaded = Elf::load(ram.memory(), None, &mut image, None).map_err(Error::LoadElf)?;
     if loaded.kernel_end > abi::STACK_TOP_GPA - 0x10000 {
         return Err(Error::ImageTooLarge {
             end: loaded.kernel_end,
@@ -248,13 +248,26 @@ fn write_boot_structures(ram: &GuestRam, boot: &abi::BootInfo) -> Result<()> {
             w(pd + i * 8, addr | PRESENT_RW_USER | HUGE)?;
         }
     }
-    // GDT with the TSS descriptor: limit 0x67, type 0x9 (available 64-bit TSS), present.
+    // GDT with the TSS descriptor: type 0x9 (available 64-bit TSS), present.
     let mut gdt = GDT;
-    gdt[5] = 0x67 | ((TSS_GPA & 0xff_ffff) << 16) | (0x89 << 40) | ((TSS_GPA >> 24 & 0xff) << 56);
+    gdt[5] = (TSS_LIMIT & 0xffff)
+        | ((TSS_GPA & 0xff_ffff) << 16)
+        | (0x89 << 40)
+        | ((TSS_LIMIT >> 16 & 0xf) << 48)
+        | ((TSS_GPA >> 24 & 0xff) << 56);
     gdt[6] = TSS_GPA >> 32;
     for (i, e) in gdt.iter().enumerate() {
         w(abi::GDT_GPA + i as u64 * 8, *e)?;
     }
+    // TSS: I/O map base right after the 0x68-byte header; the bitmap is zero (every port
+    // allowed: guest RAM starts zeroed, but say it) and ends with the required all-ones byte.
+    let tss = vec![0u8; abi::TSS_SIZE as usize];
+    ram.write_slice(Gpa(TSS_GPA), &tss)
+        .map_err(Error::BootWrite)?;
+    ram.write_obj(Gpa(TSS_GPA + 0x66), 0x68u16)
+        .map_err(Error::BootWrite)?;
+    ram.write_obj(Gpa(TSS_GPA + abi::TSS_SIZE - 1), 0xffu8)
+        .map_err(Error::BootWrite)?;
     ram.write_obj(Gpa(abi::BOOT_INFO_GPA), *boot)
         .map_err(Error::BootWrite)
 }

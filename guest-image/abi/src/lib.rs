@@ -13,6 +13,7 @@
 //! | `GDT_GPA`                | GDT: null, ring-0 code/data, ring-3 code (0x1b), data (0x23), TSS |
 //! | `PML4_GPA`..`PD_GPA+4 pages` | page tables: 4 GiB identity map with 2 MiB pages   |
 //! | `BOOT_INFO_GPA`          | `BootInfo`, written by the VMM before the vCPU runs |
+//! | `TSS_GPA`                | TSS with an all-ports I/O bitmap (see `TSS_GPA`)  |
 //! | `GUEST_LOAD_GPA`..       | the guest ELF, then its stack up to `STACK_TOP_GPA` |
 //! | `DMA_BASE_GPA`..         | DMA RAM: THP-backed, what the device maps and pins  |
 //!
@@ -36,9 +37,15 @@ pub const PD_GPA: u64 = 0x4000;
 pub const IDENTITY_MAP_SIZE: u64 = 4 << 30;
 pub const BOOT_INFO_GPA: u64 = 0x9000;
 pub const BOOT_INFO_SIZE: u64 = 0x1000;
-/// End of the VMM-owned low area (GDT, page tables, boot info): the guest may not point any
-/// queue or output buffer below this.
-pub const RESERVED_END_GPA: u64 = 0xa000;
+/// The TSS, with an I/O permission bitmap that allows every port. KVM-PVM traps guest port I/O
+/// and emulates it; the emulator does not see the guest's IOPL (hardware runs it at 0) and
+/// falls back to this bitmap, so without it every `out` faults.
+pub const TSS_GPA: u64 = 0xa000;
+/// TSS header, 8 KiB bitmap (one bit per port), and the terminating all-ones byte.
+pub const TSS_SIZE: u64 = 0x68 + 0x2000 + 1;
+/// End of the VMM-owned low area (GDT, page tables, boot info, TSS): the guest may not point
+/// any queue or output buffer below this.
+pub const RESERVED_END_GPA: u64 = 0xd000;
 /// Where the linker script places the guest image.
 pub const GUEST_LOAD_GPA: u64 = 0x10_0000;
 /// Initial stack pointer (grows down toward the image).
@@ -375,7 +382,9 @@ pub struct Report {
     pub hostile_status: [u32; HOSTILE_CLASSES.len()],
     /// Hostile mode: the valid map/DMA after all the malformed ones still worked.
     pub hostile_recovered: u32,
-    pub _pad: u32,
+    /// Descriptors the pin mechanism could not execute (`STATUS_UNSUPPORTED`: vmsplice device
+    /// writes); their rounds are not verified in that direction.
+    pub unsupported: u32,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -435,7 +444,8 @@ const _: () = {
     assert!(core::mem::size_of::<DeviceSetup>() == 32);
     assert!(core::mem::size_of::<Phase>() == 16);
     assert!(PD_GPA + 4 * PAGE_SIZE <= BOOT_INFO_GPA);
-    assert!(BOOT_INFO_GPA + BOOT_INFO_SIZE == RESERVED_END_GPA);
+    assert!(BOOT_INFO_GPA + BOOT_INFO_SIZE == TSS_GPA);
+    assert!(TSS_GPA + TSS_SIZE <= RESERVED_END_GPA);
     assert!(DMA_BASE_GPA % HUGE_PAGE_SIZE == 0);
     assert!(STACK_TOP_GPA < DMA_BASE_GPA);
 };

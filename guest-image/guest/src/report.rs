@@ -33,7 +33,7 @@ pub static REPORT: ReportCell = ReportCell(UnsafeCell::new(abi::Report {
     read_stale_bitmap: [0; abi::MAX_REGION_PAGES / 64],
     hostile_status: [0; abi::HOSTILE_CLASSES.len()],
     hostile_recovered: 0,
-    _pad: 0,
+    unsupported: 0,
 }));
 
 /// The report, for the one thread of the guest.

@@ -29,9 +29,71 @@ pub struct Mapping {
     pub pfn_error: Option<String>,
 }
 
+/// A page whose PFN now differs from the one pinned.
+#[derive(Clone, Debug, serde::Serialize, PartialEq, Eq)]
+pub struct PfnChange {
+    pub page: usize,
+    pub gpa: Gpa,
+    pub pinned: Option<Pfn>,
+    pub mapped: Option<Pfn>,
+}
+
+/// Pinned PFNs (at map time) against the PFNs guest RAM maps at the same GPAs now.
+#[derive(Clone, Debug, serde::Serialize, PartialEq, Eq)]
+pub struct PinEvidence {
+    pub iova: Iova,
+    pub gpa: Gpa,
+    pub len: u64,
+    pub pages: usize,
+    pub pinned_pfns_changed_pages: usize,
+    /// The first few changed pages, for the report.
+    pub changed: Vec<PfnChange>,
+    /// Why the comparison could not be made (e.g. pagemap unreadable), if it could not.
+    pub unreadable: Option<String>,
+}
+
 impl Mapping {
     fn end(&self) -> u64 {
         self.iova.raw() + self.len
+    }
+
+    /// Compares the pinned PFNs with what guest RAM maps at the same GPAs now.
+    pub fn evidence(&self, ram: &GuestRam) -> PinEvidence {
+        let mut ev = PinEvidence {
+            iova: self.iova,
+            gpa: self.gpa,
+            len: self.len,
+            pages: (self.len / PAGE_SIZE) as usize,
+            pinned_pfns_changed_pages: 0,
+            changed: Vec::new(),
+            unreadable: self.pfn_error.clone(),
+        };
+        if ev.unreadable.is_some() {
+            return ev;
+        }
+        let now = ram
+            .translate(self.gpa, self.len)
+            .map_err(|e| e.to_string())
+            .and_then(|hva| crate::pfn::pagemap(hva, self.len).map_err(|e| e.to_string()));
+        match now {
+            Err(e) => ev.unreadable = Some(e),
+            Ok(pages) => {
+                let mapped: Vec<Option<Pfn>> = pages.iter().map(|p| p.pfn).collect();
+                let diff = crate::pfn::diff_pfns(&self.pinned_pfns, &mapped);
+                ev.pinned_pfns_changed_pages = diff.len();
+                ev.changed = diff
+                    .iter()
+                    .take(8)
+                    .map(|&i| PfnChange {
+                        page: i,
+                        gpa: Gpa(self.gpa.raw() + i as u64 * PAGE_SIZE),
+                        pinned: self.pinned_pfns.get(i).copied().flatten(),
+                        mapped: mapped.get(i).copied().flatten(),
+                    })
+                    .collect();
+            }
+        }
+        ev
     }
 }
 
@@ -40,6 +102,8 @@ pub struct Iommu {
     kind: PinKind,
     max_mappings: usize,
     mappings: BTreeMap<u64, Mapping>,
+    /// Evidence taken from each mapping as it was unmapped.
+    pub retired: Vec<PinEvidence>,
 }
 
 impl Iommu {
@@ -48,6 +112,7 @@ impl Iommu {
             kind,
             max_mappings: abi::IOMMU_MAX_MAPPINGS as usize,
             mappings: BTreeMap::new(),
+            retired: Vec::new(),
         }
     }
 
@@ -60,7 +125,14 @@ impl Iommu {
     }
 
     /// Checks a MAP request without side effects; the ABI status on failure.
-    pub fn check_map(&self, iova: u64, gpa: u64, len: u64, perm: u32, ram_size: u64) -> Result<(), u32> {
+    pub fn check_map(
+        &self,
+        iova: u64,
+        gpa: u64,
+        len: u64,
+        perm: u32,
+        ram_size: u64,
+    ) -> Result<(), u32> {
         if len == 0 {
             return Err(abi::STATUS_BAD_LENGTH);
         }
@@ -89,12 +161,22 @@ impl Iommu {
     }
 
     /// Validates, pins, records PFNs. The ABI status on failure.
-    pub fn map(&mut self, ram: &GuestRam, iova: u64, gpa: u64, len: u64, perm: u32) -> Result<(), u32> {
+    pub fn map(
+        &mut self,
+        ram: &GuestRam,
+        iova: u64,
+        gpa: u64,
+        len: u64,
+        perm: u32,
+    ) -> Result<(), u32> {
         self.check_map(iova, gpa, len, perm, ram.size())?;
         let hva = ram
             .translate(Gpa(gpa), len)
             .map_err(|_| abi::STATUS_OUT_OF_RANGE)?;
-        let pin = pin::pin(self.kind, hva, len).map_err(|e| {
+        // SAFETY: [hva, hva+len) is guest RAM, which stays mapped while the mapping lives
+        // (`rebase` re-takes VMM-mapping pins when guest RAM moves; real pins hold pages, not
+        // addresses), and the VMM keeps no Rust reference into guest RAM across a transfer.
+        let pin = unsafe { pin::pin(self.kind, hva, len) }.map_err(|e| {
             tracing::warn!("pinning {len:#x} bytes at {hva} failed: {e}");
             abi::STATUS_PIN_FAILED
         })?;
@@ -119,9 +201,10 @@ impl Iommu {
     }
 
     /// Unmaps exactly a range mapped before; dropping the mapping releases the pin.
-    pub fn unmap(&mut self, iova: u64, len: u64) -> Result<(), u32> {
+    pub fn unmap(&mut self, ram: &GuestRam, iova: u64, len: u64) -> Result<(), u32> {
         match self.mappings.get(&iova) {
             Some(m) if m.len == len => {
+                self.retired.push(m.evidence(ram));
                 self.mappings.remove(&iova);
                 Ok(())
             }
@@ -148,9 +231,30 @@ impl Iommu {
         Ok((m, off))
     }
 
-    /// Unmaps everything (the guest is gone).
+    /// Evidence for every mapping, live and unmapped, in IOVA order of mapping.
+    pub fn evidence(&self, ram: &GuestRam) -> Vec<PinEvidence> {
+        let mut all = self.retired.clone();
+        all.extend(self.mappings.values().map(|m| m.evidence(ram)));
+        all
+    }
+
+    /// Unmaps everything (the guest is gone): every pin is released.
     pub fn clear(&mut self) {
         self.mappings.clear();
+    }
+
+    /// After guest RAM moved: a pin that is only the VMM's mapping (the control group) follows
+    /// it; real pins hold pages, not addresses, and stay as they are.
+    pub fn rebase(&mut self, ram: &GuestRam) -> Result<(), String> {
+        for m in self.mappings.values_mut() {
+            if m.pin.kind() != PinKind::Mapping {
+                continue;
+            }
+            let hva = ram.translate(m.gpa, m.len).map_err(|e| e.to_string())?;
+            // SAFETY: as in `map`: the new range is guest RAM's current mapping.
+            m.pin = unsafe { pin::pin(PinKind::Mapping, hva, m.len) }.map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 }
 
@@ -176,28 +280,96 @@ mod tests {
         let p = PAGE_SIZE;
         let rows: &[(&str, (u64, u64, u64, u32), Option<u32>)] = &[
             ("a fresh page", (0x1000, 0x30_0000, p, RW), None),
-            ("zero length", (0x1000, 0x30_0000, 0, RW), Some(abi::STATUS_BAD_LENGTH)),
-            ("gpa + len overflows", (0x1000, 0x30_0000, u64::MAX - 0xfff, RW), Some(abi::STATUS_BAD_LENGTH)),
-            ("iova + len overflows", (u64::MAX - 0xfff, 0x30_0000, 0x2000, RW), Some(abi::STATUS_BAD_LENGTH)),
-            ("misaligned gpa", (0x1000, 0x30_0001, p, RW), Some(abi::STATUS_MISALIGNED)),
-            ("misaligned iova", (0x1001, 0x30_0000, p, RW), Some(abi::STATUS_MISALIGNED)),
-            ("misaligned len", (0x1000, 0x30_0000, p + 1, RW), Some(abi::STATUS_MISALIGNED)),
+            (
+                "zero length",
+                (0x1000, 0x30_0000, 0, RW),
+                Some(abi::STATUS_BAD_LENGTH),
+            ),
+            (
+                "gpa + len overflows",
+                (0x1000, 0x30_0000, u64::MAX - 0xfff, RW),
+                Some(abi::STATUS_BAD_LENGTH),
+            ),
+            (
+                "iova + len overflows",
+                (u64::MAX - 0xfff, 0x30_0000, 0x2000, RW),
+                Some(abi::STATUS_BAD_LENGTH),
+            ),
+            (
+                "misaligned gpa",
+                (0x1000, 0x30_0001, p, RW),
+                Some(abi::STATUS_MISALIGNED),
+            ),
+            (
+                "misaligned iova",
+                (0x1001, 0x30_0000, p, RW),
+                Some(abi::STATUS_MISALIGNED),
+            ),
+            (
+                "misaligned len",
+                (0x1000, 0x30_0000, p + 1, RW),
+                Some(abi::STATUS_MISALIGNED),
+            ),
             ("last page of RAM", (0x1000, RAM - p, p, RW), None),
-            ("one page past RAM", (0x1000, RAM, p, RW), Some(abi::STATUS_OUT_OF_RANGE)),
-            ("straddles the end of RAM", (0x1000, RAM - p, 2 * p, RW), Some(abi::STATUS_OUT_OF_RANGE)),
-            ("last IOVA page", (abi::IOVA_LIMIT - p, 0x30_0000, p, RW), None),
-            ("past the IOVA space", (abi::IOVA_LIMIT, 0x30_0000, p, RW), Some(abi::STATUS_OUT_OF_RANGE)),
-            ("no permission", (0x1000, 0x30_0000, p, 0), Some(abi::STATUS_PERMISSION)),
-            ("unknown permission bit", (0x1000, 0x30_0000, p, 4), Some(abi::STATUS_PERMISSION)),
-            ("same iova", (0x10_0000, 0x30_0000, p, RW), Some(abi::STATUS_OVERLAP)),
-            ("inside the mapping", (0x10_8000, 0x30_0000, p, RW), Some(abi::STATUS_OVERLAP)),
-            ("its last page", (0x10_f000, 0x30_0000, p, RW), Some(abi::STATUS_OVERLAP)),
-            ("runs into it", (0xf_f000, 0x30_0000, 2 * p, RW), Some(abi::STATUS_OVERLAP)),
+            (
+                "one page past RAM",
+                (0x1000, RAM, p, RW),
+                Some(abi::STATUS_OUT_OF_RANGE),
+            ),
+            (
+                "straddles the end of RAM",
+                (0x1000, RAM - p, 2 * p, RW),
+                Some(abi::STATUS_OUT_OF_RANGE),
+            ),
+            (
+                "last IOVA page",
+                (abi::IOVA_LIMIT - p, 0x30_0000, p, RW),
+                None,
+            ),
+            (
+                "past the IOVA space",
+                (abi::IOVA_LIMIT, 0x30_0000, p, RW),
+                Some(abi::STATUS_OUT_OF_RANGE),
+            ),
+            (
+                "no permission",
+                (0x1000, 0x30_0000, p, 0),
+                Some(abi::STATUS_PERMISSION),
+            ),
+            (
+                "unknown permission bit",
+                (0x1000, 0x30_0000, p, 4),
+                Some(abi::STATUS_PERMISSION),
+            ),
+            (
+                "same iova",
+                (0x10_0000, 0x30_0000, p, RW),
+                Some(abi::STATUS_OVERLAP),
+            ),
+            (
+                "inside the mapping",
+                (0x10_8000, 0x30_0000, p, RW),
+                Some(abi::STATUS_OVERLAP),
+            ),
+            (
+                "its last page",
+                (0x10_f000, 0x30_0000, p, RW),
+                Some(abi::STATUS_OVERLAP),
+            ),
+            (
+                "runs into it",
+                (0xf_f000, 0x30_0000, 2 * p, RW),
+                Some(abi::STATUS_OVERLAP),
+            ),
             ("right after it", (0x11_0000, 0x30_0000, p, RW), None),
             ("right before it", (0xf_f000, 0x30_0000, p, RW), None),
         ];
         for &(what, (iova, gpa, len, perm), want) in rows {
-            assert_eq!(iommu.check_map(iova, gpa, len, perm, RAM).err(), want, "{what}");
+            assert_eq!(
+                iommu.check_map(iova, gpa, len, perm, RAM).err(),
+                want,
+                "{what}"
+            );
         }
     }
 
@@ -206,7 +378,9 @@ mod tests {
         let ram = GuestRam::new(RAM, false, false).unwrap();
         let mut iommu = Iommu::new(PinKind::Mapping);
         for i in 0..abi::IOMMU_MAX_MAPPINGS as u64 {
-            iommu.map(&ram, i * PAGE_SIZE, 0x20_0000, PAGE_SIZE, RW).unwrap();
+            iommu
+                .map(&ram, i * PAGE_SIZE, 0x20_0000, PAGE_SIZE, RW)
+                .unwrap();
         }
         assert_eq!(
             iommu.map(&ram, 1 << 30, 0x20_0000, PAGE_SIZE, RW),
@@ -216,30 +390,65 @@ mod tests {
 
     #[test]
     fn lookup_and_unmap() {
-        let (_ram, mut iommu) = setup_iommu_with_one_map();
+        let (ram, mut iommu) = setup_iommu_with_one_map();
         let rows: &[(&str, u64, u64, u32, Result<u64, u32>)] = &[
             ("start", 0x10_0000, 0x1000, abi::PERM_READ, Ok(0)),
             ("inside", 0x10_4000, 0x1000, abi::PERM_WRITE, Ok(0x4000)),
             ("whole", 0x10_0000, 0x10_000, RW, Ok(0)),
-            ("runs past the end", 0x10_f000, 0x2000, RW, Err(abi::STATUS_NOT_MAPPED)),
-            ("before it", 0xf_f000, 0x1000, RW, Err(abi::STATUS_NOT_MAPPED)),
-            ("after it", 0x11_0000, 0x1000, RW, Err(abi::STATUS_NOT_MAPPED)),
-            ("overflows", 0x10_0000, u64::MAX, RW, Err(abi::STATUS_BAD_LENGTH)),
+            (
+                "runs past the end",
+                0x10_f000,
+                0x2000,
+                RW,
+                Err(abi::STATUS_NOT_MAPPED),
+            ),
+            (
+                "before it",
+                0xf_f000,
+                0x1000,
+                RW,
+                Err(abi::STATUS_NOT_MAPPED),
+            ),
+            (
+                "after it",
+                0x11_0000,
+                0x1000,
+                RW,
+                Err(abi::STATUS_NOT_MAPPED),
+            ),
+            (
+                "overflows",
+                0x10_0000,
+                u64::MAX,
+                RW,
+                Err(abi::STATUS_BAD_LENGTH),
+            ),
         ];
         for &(what, iova, len, need, want) in rows {
             let got = iommu.lookup(iova, len, need).map(|(_, off)| off);
             assert_eq!(got, want, "{what}");
         }
-        assert_eq!(iommu.unmap(0x10_0000, 0x1000), Err(abi::STATUS_NOT_MAPPED), "partial");
-        assert_eq!(iommu.unmap(0x10_0000, 0x10_000), Ok(()));
-        assert_eq!(iommu.unmap(0x10_0000, 0x10_000), Err(abi::STATUS_NOT_MAPPED), "twice");
+        assert_eq!(
+            iommu.unmap(&ram, 0x10_0000, 0x1000),
+            Err(abi::STATUS_NOT_MAPPED),
+            "partial"
+        );
+        assert_eq!(iommu.unmap(&ram, 0x10_0000, 0x10_000), Ok(()));
+        assert_eq!(
+            iommu.unmap(&ram, 0x10_0000, 0x10_000),
+            Err(abi::STATUS_NOT_MAPPED),
+            "twice"
+        );
+        assert_eq!(iommu.retired.len(), 1, "unmap keeps the evidence");
     }
 
     #[test]
     fn read_only_mapping_refuses_device_writes() {
         let ram = GuestRam::new(RAM, false, false).unwrap();
         let mut iommu = Iommu::new(PinKind::Mapping);
-        iommu.map(&ram, 0, 0x20_0000, PAGE_SIZE, abi::PERM_READ).unwrap();
+        iommu
+            .map(&ram, 0, 0x20_0000, PAGE_SIZE, abi::PERM_READ)
+            .unwrap();
         assert_eq!(
             iommu.lookup(0, PAGE_SIZE, abi::PERM_WRITE).err(),
             Some(abi::STATUS_PERMISSION)

@@ -67,7 +67,10 @@ impl Devices {
         let ram = self.ram();
         let size = ram.size();
         let gpa = Gpa(record_gpa);
-        if ram.translate(gpa, std::mem::size_of::<abi::DeviceSetup>() as u64).is_err() {
+        if ram
+            .translate(gpa, std::mem::size_of::<abi::DeviceSetup>() as u64)
+            .is_err()
+        {
             self.stats.reject(abi::STATUS_OUT_OF_RANGE);
             return;
         }
@@ -118,12 +121,16 @@ impl Devices {
         for (n, d) in pending {
             let r = match d.op {
                 abi::OP_MAP => st.iommu.map(&ram, d.iova, d.arg, d.len, d.flags),
-                abi::OP_UNMAP => st.iommu.unmap(d.iova, d.len),
+                abi::OP_UNMAP => st.iommu.unmap(&ram, d.iova, d.len),
                 _ => Err(abi::STATUS_BAD_OP),
             };
             let status = match r {
                 Ok(()) => {
-                    let c = if d.op == abi::OP_MAP { &self.stats.maps } else { &self.stats.unmaps };
+                    let c = if d.op == abi::OP_MAP {
+                        &self.stats.maps
+                    } else {
+                        &self.stats.unmaps
+                    };
                     c.fetch_add(1, Ordering::Relaxed);
                     abi::STATUS_OK
                 }
@@ -161,7 +168,10 @@ impl Devices {
         for (n, d) in pending {
             self.stats.descriptors.fetch_add(1, Ordering::Relaxed);
             let (status, result) =
-                match st.dma.execute(&ram, &mut st.iommu, &d, &forbidden, &self.stats) {
+                match st
+                    .dma
+                    .execute(&ram, &mut st.iommu, &d, &forbidden, &self.stats)
+                {
                     Ok(bytes) => (abi::STATUS_OK, bytes),
                     Err(e) => {
                         self.stats.reject(e);

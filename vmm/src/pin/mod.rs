@@ -19,7 +19,6 @@
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -86,55 +85,13 @@ pub enum Error {
     /// A staging area must have a non-zero length that fits the address space.
     #[error("invalid staging length {len:#x}")]
     StagingLen { len: u64 },
-    /// A pin kind name did not parse.
-    #[error("unknown pin kind {0:?} (expected io-uring, vmsplice or mapping)")]
-    ParseKind(String),
 }
 
 /// Result of this module.
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// The mechanism a device uses to hold guest pages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PinKind {
-    /// io_uring registered buffers: FOLL_PIN | FOLL_LONGTERM.
-    IoUring,
-    /// Pipes holding vmspliced pages: FOLL_GET references.
-    Vmsplice,
-    /// No pin: the VMM's own mapping (control group).
-    Mapping,
-}
-
-impl PinKind {
-    /// Every kind, in a fixed order (for test matrices).
-    pub const ALL: [PinKind; 3] = [PinKind::IoUring, PinKind::Vmsplice, PinKind::Mapping];
-
-    /// The kebab-case name used in scenarios and reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            PinKind::IoUring => "io-uring",
-            PinKind::Vmsplice => "vmsplice",
-            PinKind::Mapping => "mapping",
-        }
-    }
-}
-
-impl fmt::Display for PinKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for PinKind {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        PinKind::ALL
-            .into_iter()
-            .find(|k| k.name() == s)
-            .ok_or_else(|| Error::ParseKind(s.to_string()))
-    }
-}
+/// The mechanism a device uses to hold guest pages: the scenario vocabulary's type.
+pub use crate::scenario::PinKind;
 
 /// One batched transfer between the staging area and the pinned range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -392,10 +349,7 @@ mod tests {
             assert_eq!(k.to_string().parse::<PinKind>().unwrap(), k);
             assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{k}\""));
         }
-        assert!(matches!(
-            "vfio".parse::<PinKind>(),
-            Err(Error::ParseKind(_))
-        ));
+        assert!("vfio".parse::<PinKind>().is_err());
     }
 
     /// Per kind: what a device read and a device write see on a freshly pinned THP range.

@@ -1,0 +1,256 @@
+//! The coherence oracle: one verdict from three sources that must agree or be explained.
+//!
+//! The guest's per-page checks (device writes it did not see, device reads that disagree with
+//! what it wrote), the device's completion statuses, and PFN evidence (pinned PFN at map time vs
+//! the PFN guest RAM maps now). A divergence says in which direction and for which pages; when
+//! data and PFNs disagree, the reason says so. The lab's own failures are `error`, never a
+//! verdict about the kernel.
+
+use pinlab_abi as abi;
+use serde::Serialize;
+
+use crate::devices::iommu::PinEvidence;
+use crate::scenario::{GuestMode, Verdict};
+
+/// What the guest reported, in the VMM's terms.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GuestSummary {
+    pub status: &'static str,
+    pub rounds_done: u32,
+    pub region_pages: u32,
+    pub write_lost_pages: u32,
+    pub read_stale_pages: u32,
+    pub dma_errors: u32,
+    pub unsupported_descriptors: u32,
+    pub first_error_status: Option<&'static str>,
+    /// (round, page) of the first failure per direction.
+    pub first_write_lost: Option<(u32, u32)>,
+    pub first_read_stale: Option<(u32, u32)>,
+    /// Pages that ever failed, per direction (page indices in the region, first 64).
+    pub write_lost_page_list: Vec<u32>,
+    pub read_stale_page_list: Vec<u32>,
+    /// Rounds with a failure (round, lost, stale, errors), first 32.
+    pub failing_rounds: Vec<(u32, u32, u32, u32)>,
+}
+
+fn pages_of(bitmap: &[u64], limit: usize) -> Vec<u32> {
+    let mut out = Vec::new();
+    for (w, &bits) in bitmap.iter().enumerate() {
+        let mut b = bits;
+        while b != 0 && out.len() < limit {
+            let i = b.trailing_zeros();
+            out.push(w as u32 * 64 + i);
+            b &= b - 1;
+        }
+    }
+    out
+}
+
+fn first(pair: [u32; 2]) -> Option<(u32, u32)> {
+    (pair[0] != u32::MAX).then_some((pair[0], pair[1]))
+}
+
+impl GuestSummary {
+    pub fn from_report(r: &abi::Report) -> Self {
+        let n = (r.round_records as usize).min(abi::MAX_ROUND_RECORDS);
+        GuestSummary {
+            status: if r.status == abi::GUEST_OK {
+                "ok"
+            } else {
+                "aborted"
+            },
+            rounds_done: r.rounds_done,
+            region_pages: r.region_pages,
+            write_lost_pages: r.write_lost_pages,
+            read_stale_pages: r.read_stale_pages,
+            dma_errors: r.dma_errors,
+            unsupported_descriptors: r.unsupported,
+            first_error_status: (r.first_error_status != 0)
+                .then(|| abi::status_name(r.first_error_status)),
+            first_write_lost: first(r.first_write_lost),
+            first_read_stale: first(r.first_read_stale),
+            write_lost_page_list: pages_of(&r.write_lost_bitmap, 64),
+            read_stale_page_list: pages_of(&r.read_stale_bitmap, 64),
+            failing_rounds: r.rounds[..n]
+                .iter()
+                .filter(|x| x.write_lost_pages + x.read_stale_pages + x.dma_errors > 0)
+                .take(32)
+                .map(|x| {
+                    (
+                        x.round,
+                        x.write_lost_pages,
+                        x.read_stale_pages,
+                        x.dma_errors,
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One hostile class: what the VMM answered against what it must answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct HostileRow {
+    pub class: &'static str,
+    pub expected: &'static str,
+    pub answered: &'static str,
+    pub rejected: bool,
+}
+
+pub fn hostile_rows(r: &abi::Report) -> Vec<HostileRow> {
+    abi::HOSTILE_CLASSES
+        .iter()
+        .zip(r.hostile_status.iter())
+        .map(|(&(class, want), &got)| HostileRow {
+            class,
+            expected: abi::status_name(want),
+            answered: abi::status_name(got),
+            rejected: got == want,
+        })
+        .collect()
+}
+
+/// The facts a verdict is drawn from.
+pub struct Facts<'a> {
+    pub mode: GuestMode,
+    pub rounds_wanted: u32,
+    pub guest: Option<&'a abi::Report>,
+    /// Why the run did not reach the guest's report, if it did not.
+    pub failure: Option<String>,
+    pub pins: &'a [PinEvidence],
+}
+
+/// The verdict and its one-line reason.
+pub fn judge(f: &Facts<'_>) -> (Verdict, Option<String>) {
+    if let Some(why) = &f.failure {
+        return (Verdict::Error, Some(why.clone()));
+    }
+    let Some(r) = f.guest else {
+        return (Verdict::Error, Some("the guest sent no report".into()));
+    };
+    if r.status != abi::GUEST_OK {
+        return (
+            Verdict::Error,
+            Some("the guest aborted (see its console output)".into()),
+        );
+    }
+    match f.mode {
+        GuestMode::Boot => return (Verdict::Coherent, None),
+        GuestMode::Spin => {
+            return (
+                Verdict::Error,
+                Some("a spinning guest reported done".into()),
+            )
+        }
+        GuestMode::Hostile => {
+            let rows = hostile_rows(r);
+            let missed: Vec<_> = rows.iter().filter(|x| !x.rejected).collect();
+            return if missed.is_empty() && r.hostile_recovered == 1 {
+                (Verdict::Coherent, None)
+            } else if !missed.is_empty() {
+                let list: Vec<String> = missed
+                    .iter()
+                    .map(|x| format!("{} answered {} (want {})", x.class, x.answered, x.expected))
+                    .collect();
+                (
+                    Verdict::Error,
+                    Some(format!(
+                        "hostile requests not rejected as they must be: {}",
+                        list.join("; ")
+                    )),
+                )
+            } else {
+                (
+                    Verdict::Error,
+                    Some("after the hostile requests a valid map and DMA did not work".into()),
+                )
+            };
+        }
+        GuestMode::Dma => {}
+    }
+    if r.rounds_done < f.rounds_wanted {
+        return (
+            Verdict::Error,
+            Some(format!(
+                "the guest finished {} of {} rounds",
+                r.rounds_done, f.rounds_wanted
+            )),
+        );
+    }
+    if r.dma_errors > 0 {
+        return (
+            Verdict::Error,
+            Some(format!(
+                "{} DMA descriptors failed (first status: {})",
+                r.dma_errors,
+                abi::status_name(r.first_error_status)
+            )),
+        );
+    }
+    let changed: usize = f.pins.iter().map(|p| p.pinned_pfns_changed_pages).sum();
+    let unreadable = f.pins.iter().find_map(|p| p.unreadable.clone());
+    let pfn_note = match (&unreadable, changed) {
+        (Some(why), _) => format!("PFN evidence unavailable: {why}"),
+        (None, 0) => "pinned PFNs are still the mapped ones".to_string(),
+        (None, n) => {
+            let first = f.pins.iter().find_map(|p| p.changed.first());
+            match first {
+                Some(c) => format!(
+                    "{n} pinned pages are no longer mapped (first: region page {} at {}: pinned {}, mapped {})",
+                    c.page,
+                    c.gpa,
+                    c.pinned.map_or("none".into(), |p| p.to_string()),
+                    c.mapped.map_or("none".into(), |p| p.to_string())
+                ),
+                None => format!("{n} pinned pages are no longer mapped"),
+            }
+        }
+    };
+    let unsupported = if r.unsupported > 0 {
+        format!(
+            "; {} device-write descriptors answered 'unsupported' (this pin mechanism cannot write), so only device reads were checked",
+            r.unsupported
+        )
+    } else {
+        String::new()
+    };
+    if r.write_lost_pages > 0 || r.read_stale_pages > 0 {
+        let mut dirs = Vec::new();
+        if r.write_lost_pages > 0 {
+            dirs.push(format!(
+                "device writes lost on {} pages (first: round {}, page {})",
+                r.write_lost_pages, r.first_write_lost[0], r.first_write_lost[1]
+            ));
+        }
+        if r.read_stale_pages > 0 {
+            dirs.push(format!(
+                "device reads stale on {} pages (first: round {}, page {})",
+                r.read_stale_pages, r.first_read_stale[0], r.first_read_stale[1]
+            ));
+        }
+        let disagree = if changed == 0 && unreadable.is_none() {
+            "; data and PFN evidence disagree: the data diverged but every pinned PFN is still mapped"
+        } else {
+            ""
+        };
+        return (
+            Verdict::Diverged,
+            Some(format!(
+                "{}; {pfn_note}{disagree}{unsupported}",
+                dirs.join("; ")
+            )),
+        );
+    }
+    if changed > 0 {
+        // Coherent data over remapped pages can happen (the pin moved with the data, or the
+        // guest never touched the page again); say it rather than hide it.
+        return (
+            Verdict::Coherent,
+            Some(format!("data coherent, but {pfn_note}{unsupported}")),
+        );
+    }
+    (
+        Verdict::Coherent,
+        (!unsupported.is_empty()).then(|| unsupported.trim_start_matches("; ").to_string()),
+    )
+}

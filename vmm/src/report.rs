@@ -1,0 +1,153 @@
+//! The run's report: one JSON object (`--json`) or a short human summary.
+//!
+//! This module only shapes and prints what the runner and the oracle found; it decides nothing.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::devices::iommu::PinEvidence;
+use crate::oracle::{GuestSummary, HostileRow};
+use crate::scenario::{PinKind, Verdict};
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Timings {
+    /// From process start (the launch) to the guest's "done".
+    pub launch_to_guest_done: Option<f64>,
+    /// From the launch to the end of the first verified DMA round.
+    pub launch_to_first_dma: Option<f64>,
+    /// From the launch to the vCPU's first instruction (VM built, RAM faulted in).
+    pub launch_to_guest_start: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DmaCounters {
+    pub descriptors: u64,
+    pub bytes_to_guest: u64,
+    pub bytes_from_guest: u64,
+    pub maps: u64,
+    pub unmaps: u64,
+    /// Rejected requests per status name.
+    pub rejects: BTreeMap<&'static str, u64>,
+}
+
+/// Everything one live run found.
+#[derive(Clone, Debug, Serialize)]
+pub struct Outcome {
+    pub scenario: String,
+    /// Always false: this is the live executor, not the model.
+    pub model: bool,
+    pub verdict: Verdict,
+    pub reason: Option<String>,
+    pub expected: Verdict,
+    pub pin: PinKind,
+    pub mode: crate::scenario::GuestMode,
+    pub rounds: u32,
+    pub memory_bytes: u64,
+    pub thp: bool,
+    /// Fraction of guest RAM backed by THP at boot (measured: pagemap + kpageflags).
+    pub thp_coverage: Option<f64>,
+    /// The same at the end of the run (after any perturbation).
+    pub thp_coverage_end: Option<f64>,
+    pub device_write_lost_pages: u32,
+    pub device_read_stale_pages: u32,
+    pub pinned_pfns_changed_pages: usize,
+    pub timings_ms: Timings,
+    pub dma: DmaCounters,
+    pub pins: Vec<PinEvidence>,
+    pub guest: Option<GuestSummary>,
+    pub hostile: Option<Vec<HostileRow>>,
+    pub perturb: Vec<crate::scenario::Action>,
+    pub evidence: Vec<serde_json::Value>,
+    pub console: Vec<String>,
+}
+
+impl Outcome {
+    /// A run that never started: what the host lacks, in one line.
+    pub fn skipped(scenario: &crate::scenario::Scenario, reason: String) -> Self {
+        let mut o = Outcome::empty(scenario);
+        o.verdict = Verdict::Skipped;
+        o.reason = Some(reason);
+        o
+    }
+
+    pub fn empty(s: &crate::scenario::Scenario) -> Self {
+        Outcome {
+            scenario: s.name.clone(),
+            model: false,
+            verdict: Verdict::Error,
+            reason: None,
+            expected: s.expected_live(),
+            pin: s.device.pin,
+            mode: s.workload.mode,
+            rounds: s.workload.rounds,
+            memory_bytes: s.vm.memory.0,
+            thp: s.vm.thp,
+            thp_coverage: None,
+            thp_coverage_end: None,
+            device_write_lost_pages: 0,
+            device_read_stale_pages: 0,
+            pinned_pfns_changed_pages: 0,
+            timings_ms: Timings::default(),
+            dma: DmaCounters::default(),
+            pins: Vec::new(),
+            guest: None,
+            hostile: None,
+            perturb: s.perturb.actions.clone(),
+            evidence: Vec::new(),
+            console: Vec::new(),
+        }
+    }
+
+    /// Whether the verdict is what the scenario expects (a skipped run always is: it says why).
+    pub fn as_expected(&self) -> bool {
+        self.verdict == Verdict::Skipped || self.verdict == self.expected
+    }
+
+    /// The short human summary.
+    pub fn human(&self) -> String {
+        let mut out = String::new();
+        let pct = |c: Option<f64>| c.map_or("n/a".to_string(), |c| format!("{:.1}%", c * 100.0));
+        out.push_str(&format!(
+            "pinlab run: scenario {} | pin {} | {} rounds | {} MiB RAM, THP {} (coverage {} at boot, {} at end)\n",
+            self.scenario,
+            self.pin,
+            self.rounds,
+            self.memory_bytes >> 20,
+            if self.thp { "on" } else { "off" },
+            pct(self.thp_coverage),
+            pct(self.thp_coverage_end),
+        ));
+        if !self.perturb.is_empty() {
+            let names: Vec<_> = self.perturb.iter().map(|a| a.name()).collect();
+            out.push_str(&format!("  perturbations: {}\n", names.join(", ")));
+        }
+        for line in &self.console {
+            out.push_str(&format!("  guest: {line}\n"));
+        }
+        out.push_str(&format!(
+            "  DMA: {} descriptors, {} MiB to guest, {} MiB from guest, {} rejected\n",
+            self.dma.descriptors,
+            self.dma.bytes_to_guest >> 20,
+            self.dma.bytes_from_guest >> 20,
+            self.dma.rejects.values().sum::<u64>()
+        ));
+        out.push_str(&format!(
+            "  lost device writes: {} pages | stale device reads: {} pages | pinned PFNs changed: {} pages\n",
+            self.device_write_lost_pages, self.device_read_stale_pages, self.pinned_pfns_changed_pages
+        ));
+        if let Some(t) = self.timings_ms.launch_to_guest_done {
+            out.push_str(&format!("  launch -> guest done: {t:.2} ms\n"));
+        }
+        out.push_str(&format!(
+            "verdict: {} (expected {}){}\n",
+            self.verdict,
+            self.expected,
+            self.reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        ));
+        out
+    }
+}
