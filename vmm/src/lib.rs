@@ -3,3 +3,4 @@
 //! See `DESIGN.md` for the architecture. This file is the module list.
 
 pub mod addr;
+pub mod host;
