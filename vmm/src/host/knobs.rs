@@ -246,6 +246,7 @@ mod tests {
         if !knob.exists() {
             return;
         }
+        let _lock = super::super::lock::SystemLock::acquire().unwrap();
         let before = read_knob(knob).unwrap();
         match KnobGuard::set(knob, "not-a-number") {
             Err(Error::Write { source, .. }) => {

@@ -187,7 +187,8 @@ mod tests {
     use std::process::{Command, Stdio};
     use std::time::Instant;
 
-    /// Selects the child mode of [`signal_child_entry`]; its value is what the child does.
+    /// Selects the child mode of [`signal_child_entry`]: "signal" waits to be signalled, "panic"
+    /// panics with its guards forgotten.
     const CHILD_ENV: &str = "PINLAB_SIGNAL_TEST_CHILD";
     const KSM: &str = "/sys/kernel/mm/ksm";
     /// (knob, value the child sets)
@@ -209,9 +210,7 @@ mod tests {
         let Ok(mode) = std::env::var(CHILD_ENV) else {
             return;
         };
-        if mode == "handlers" {
-            install_restore_handlers().unwrap();
-        }
+        install_restore_handlers().unwrap();
         let guards: Vec<KnobGuard> = CHILD_KNOBS
             .iter()
             .map(|(k, v)| KnobGuard::set(ksm_knob(k), v).unwrap())
@@ -219,6 +218,15 @@ mod tests {
         let grandchild = Command::new("sleep").arg("60").spawn().unwrap();
         registry::register_child(grandchild.id() as i32);
         println!("ready {}", grandchild.id());
+        if mode == "panic" {
+            // Only the panic hook can restore now: the guards will never drop.
+            std::mem::forget(guards);
+            let mut grandchild = grandchild;
+            let _ = grandchild.kill();
+            let _ = grandchild.wait();
+            registry::unregister_child(grandchild.id() as i32);
+            panic!("deliberate panic with forgotten guards");
+        }
         std::thread::sleep(Duration::from_secs(60));
         let mut grandchild = grandchild;
         let _ = grandchild.kill();
@@ -235,7 +243,7 @@ mod tests {
     }
 
     /// Starts the child in `mode`, waits for "ready", records the knobs as the child set them,
-    /// sends `signal`, and waits (deadline 30 s) for the child to exit.
+    /// sends `signal` (none when 0), and waits (deadline 30 s) for the child to exit.
     fn setup_run_child(mode: &str, signal: i32) -> ChildRun {
         let exe = std::env::current_exe().unwrap();
         let mut child = Command::new(exe)
@@ -254,7 +262,8 @@ mod tests {
         let grandchild_pid = loop {
             match lines.next() {
                 Some(Ok(line)) => {
-                    if let Some(pid) = line.strip_prefix("ready ") {
+                    // libtest prints "test <name> ... " without a newline before the test runs.
+                    if let Some((_, pid)) = line.split_once("ready ") {
                         break pid.trim().parse().unwrap();
                     }
                 }
@@ -269,8 +278,10 @@ mod tests {
             .iter()
             .map(|(k, _)| read_knob(&ksm_knob(k)).unwrap())
             .collect();
-        // SAFETY: kill(2) on the child we spawned and have not reaped.
-        assert_eq!(unsafe { libc::kill(child_pid as i32, signal) }, 0);
+        if signal != 0 {
+            // SAFETY: kill(2) on the child we spawned and have not reaped.
+            assert_eq!(unsafe { libc::kill(child_pid as i32, signal) }, 0);
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {
             if let Some(st) = child.try_wait().unwrap() {
@@ -321,7 +332,7 @@ mod tests {
                 .zip(&originals)
                 .map(|((k, _), o)| KnobGuard::set(ksm_knob(k), o).unwrap())
                 .collect();
-            let run = setup_run_child("handlers", signal);
+            let run = setup_run_child("signal", signal);
             let wanted: Vec<String> = CHILD_KNOBS.iter().map(|(_, v)| v.to_string()).collect();
             assert_eq!(run.set_values_seen, wanted, "child did not set the knobs");
             assert_eq!(run.status.code(), Some(want_status), "signal {signal}");
@@ -353,7 +364,7 @@ mod tests {
             .zip(&originals)
             .map(|((k, _), o)| KnobGuard::set(ksm_knob(k), o).unwrap())
             .collect();
-        let run = setup_run_child("handlers", libc::SIGKILL);
+        let run = setup_run_child("signal", libc::SIGKILL);
         assert_eq!(run.status.code(), None, "SIGKILL gives no exit code");
         // The grandchild was not ours to reap; it is the child's orphan now.
         let comm = std::fs::read_to_string(format!("/proc/{}/comm", run.grandchild_pid));
@@ -376,5 +387,35 @@ mod tests {
             .collect();
         assert_eq!(now, originals);
         assert!(!j.exists());
+    }
+
+    #[test]
+    fn panic_hook_restores_knobs_whose_guards_never_drop() {
+        if !ksm_knob("run").exists() {
+            eprintln!("skipped: no KSM");
+            return;
+        }
+        let _lock = SystemLock::acquire().unwrap();
+        let originals: Vec<String> = CHILD_KNOBS
+            .iter()
+            .map(|(k, _)| read_knob(&ksm_knob(k)).unwrap())
+            .collect();
+        let _net: Vec<KnobGuard> = CHILD_KNOBS
+            .iter()
+            .zip(&originals)
+            .map(|((k, _), o)| KnobGuard::set(ksm_knob(k), o).unwrap())
+            .collect();
+        let run = setup_run_child("panic", 0);
+        let wanted: Vec<String> = CHILD_KNOBS.iter().map(|(_, v)| v.to_string()).collect();
+        assert_eq!(run.set_values_seen, wanted, "child did not set the knobs");
+        // libtest reports a failed test run with 101.
+        assert_eq!(run.status.code(), Some(101));
+        let now: Vec<String> = CHILD_KNOBS
+            .iter()
+            .map(|(k, _)| read_knob(&ksm_knob(k)).unwrap())
+            .collect();
+        assert_eq!(now, originals, "panic hook did not restore");
+        let j = journal::journal_path(Path::new(RUN_DIR), run.child_pid);
+        assert!(!j.exists(), "journal {} left behind", j.display());
     }
 }
