@@ -540,6 +540,7 @@ mod tests {
             assert_eq!(c.fix.is_some(), !c.available, "{c:?}");
         }
         let text = caps.render_text();
+        eprintln!("{text}");
         assert_eq!(text.lines().count(), NAMES.len());
         let json: serde_json::Value = serde_json::from_str(&caps.to_json().unwrap()).unwrap();
         assert_eq!(json.as_array().unwrap().len(), NAMES.len());
