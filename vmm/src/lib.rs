@@ -5,6 +5,7 @@
 pub mod addr;
 pub mod config;
 pub mod devices;
+pub mod host;
 pub mod layout;
 pub mod memory;
 pub mod oracle;

@@ -1,0 +1,284 @@
+//! The process-global registry of what this process must undo before it dies: knob originals,
+//! children it started, swapfiles it activated.
+//!
+//! Owners (`KnobGuard`, `Swapfile`, the code that spawns a child) register here; their `Drop`
+//! undoes and unregisters. The registry exists for the paths on which `Drop` does not run: the
+//! panic hook and the SIGINT/SIGTERM thread (`signals.rs`) call [`restore_all_knobs`],
+//! [`kill_children`] and [`remove_swapfiles`]. Every change to the knob or swapfile lists is
+//! mirrored to the journal `/run/pinlab/knobs-<pid>.json` (`journal.rs`), written while anything is
+//! registered and removed when nothing is, for the path on which nothing in the process runs
+//! (SIGKILL).
+//!
+//! Each knob record is restored exactly once: it is written back and removed under the registry
+//! lock, whoever (guard drop, panic hook, signal thread) gets there first. Records on one path are
+//! restored as a stack whatever order their guards drop in: dropping an outer guard while an inner
+//! one lives only hands the outer original down to the inner record.
+//!
+//! Nothing here may panic while the lock is held (the panic hook takes the same lock). It never
+//! touches a PID that was not registered, i.e. one we did not start.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::time::{Duration, Instant};
+
+use super::{journal, knobs, swap, RUN_DIR};
+
+/// One knob's original value, held while a guard on it lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KnobRecord {
+    pub id: u64,
+    pub path: PathBuf,
+    pub original: String,
+}
+
+struct State {
+    next_id: u64,
+    knobs: Vec<KnobRecord>,
+    children: Vec<i32>,
+    swapfiles: Vec<PathBuf>,
+}
+
+static STATE: Mutex<State> = Mutex::new(State {
+    next_id: 1,
+    knobs: Vec::new(),
+    children: Vec::new(),
+    swapfiles: Vec::new(),
+});
+
+fn state() -> MutexGuard<'static, State> {
+    // A panic elsewhere must not stop the restore paths: the state stays consistent because
+    // nothing panics while holding the lock.
+    STATE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Like [`state`], but gives up after `timeout`: for the panic hook, which may run on a thread
+/// that already holds the lock.
+fn state_within(timeout: Duration) -> Option<MutexGuard<'static, State>> {
+    let start = Instant::now();
+    loop {
+        match STATE.try_lock() {
+            Ok(g) => return Some(g),
+            Err(TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) if start.elapsed() < timeout => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(TryLockError::WouldBlock) => return None,
+        }
+    }
+}
+
+fn sync_journal(s: &State) -> Result<(), journal::Error> {
+    let dir = Path::new(RUN_DIR);
+    if s.knobs.is_empty() && s.swapfiles.is_empty() {
+        return journal::remove(dir, std::process::id());
+    }
+    let j = journal::Journal::for_this_process(
+        s.knobs
+            .iter()
+            .map(|k| journal::JournalKnob {
+                path: k.path.clone(),
+                original: k.original.clone(),
+            })
+            .collect(),
+        s.swapfiles.clone(),
+    );
+    journal::write(dir, &j)
+}
+
+/// Records `original` for the knob at `path`; returns the record's id.
+pub(crate) fn register_knob(path: &Path, original: &str) -> Result<u64, journal::Error> {
+    let mut s = state();
+    let id = s.next_id;
+    s.next_id += 1;
+    s.knobs.push(KnobRecord {
+        id,
+        path: path.to_path_buf(),
+        original: original.to_string(),
+    });
+    if let Err(e) = sync_journal(&s) {
+        s.knobs.pop();
+        return Err(e);
+    }
+    Ok(id)
+}
+
+fn restore_locked(s: &mut State, idx: usize) -> knobs::Result<()> {
+    let rec = s.knobs[idx].clone();
+    let later = s.knobs[idx + 1..]
+        .iter()
+        .position(|k| k.path == rec.path)
+        .map(|p| p + idx + 1);
+    let res = match later {
+        // An inner guard on the same knob is live: it now owns the outermost original.
+        Some(j) => {
+            s.knobs[j].original = rec.original.clone();
+            Ok(())
+        }
+        None => knobs::write_knob(&rec.path, &rec.original),
+    };
+    s.knobs.remove(idx);
+    if let Err(e) = sync_journal(s) {
+        tracing::warn!("updating knob journal: {e}");
+    }
+    res
+}
+
+/// Writes the original of record `id` back and forgets it; `None` when it was already restored.
+pub(crate) fn restore_knob(id: u64) -> Option<knobs::Result<()>> {
+    let mut s = state();
+    let idx = s.knobs.iter().position(|k| k.id == id)?;
+    Some(restore_locked(&mut s, idx))
+}
+
+fn restore_all_locked(s: &mut State) -> Vec<knobs::Error> {
+    let mut errors = Vec::new();
+    while let Some(idx) = s.knobs.len().checked_sub(1) {
+        if let Err(e) = restore_locked(s, idx) {
+            errors.push(e);
+        }
+    }
+    errors
+}
+
+/// Restores every registered knob, newest first; returns the failures.
+pub(crate) fn restore_all_knobs() -> Vec<knobs::Error> {
+    restore_all_locked(&mut state())
+}
+
+/// For the panic hook: as [`restore_all_knobs`], unless the lock cannot be had within `timeout`
+/// (the panicking thread holds it), in which case it returns `None` and leaves it to `Drop`.
+pub(crate) fn restore_all_knobs_within(timeout: Duration) -> Option<Vec<knobs::Error>> {
+    state_within(timeout).map(|mut s| restore_all_locked(&mut s))
+}
+
+/// Registers a child process we started, to be killed and reaped on SIGINT/SIGTERM.
+pub fn register_child(pid: i32) {
+    let mut s = state();
+    if !s.children.contains(&pid) {
+        s.children.push(pid);
+    }
+}
+
+/// Forgets a child (after the owner reaped it itself).
+pub fn unregister_child(pid: i32) {
+    state().children.retain(|&p| p != pid);
+}
+
+/// Kills (SIGKILL) and reaps every registered child; returns the PIDs it reaped.
+pub(crate) fn kill_children() -> Vec<i32> {
+    let children = std::mem::take(&mut state().children);
+    for &pid in &children {
+        // SAFETY: kill(2) with a PID we registered as our own child; no memory is passed.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    for &pid in &children {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid out-pointer to a local.
+        while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+        {}
+    }
+    children
+}
+
+/// Registers an active (or about to be activated) swapfile.
+pub(crate) fn register_swapfile(path: &Path) -> Result<(), journal::Error> {
+    let mut s = state();
+    s.swapfiles.push(path.to_path_buf());
+    if let Err(e) = sync_journal(&s) {
+        s.swapfiles.pop();
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Forgets a swapfile its owner removed.
+pub(crate) fn unregister_swapfile(path: &Path) {
+    let mut s = state();
+    s.swapfiles.retain(|p| p != path);
+    if let Err(e) = sync_journal(&s) {
+        tracing::warn!("updating knob journal: {e}");
+    }
+}
+
+/// Swaps off and unlinks every registered swapfile; returns the failures.
+pub(crate) fn remove_swapfiles() -> Vec<swap::Error> {
+    let mut s = state();
+    let mut errors = Vec::new();
+    let mut kept = Vec::new();
+    for path in std::mem::take(&mut s.swapfiles) {
+        if let Err(e) = swap::deactivate_and_remove(&path) {
+            errors.push(e);
+            kept.push(path);
+        }
+    }
+    s.swapfiles = kept;
+    if let Err(e) = sync_journal(&s) {
+        tracing::warn!("updating knob journal: {e}");
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn setup_knob(dir: &Path, name: &str, value: &str) -> PathBuf {
+        let p = dir.join(name);
+        fs::write(&p, value).unwrap();
+        p
+    }
+
+    #[test]
+    fn out_of_order_restore_keeps_stack_semantics() {
+        // (drop order of three guards on one knob) -> the knob ends at its first value,
+        // whatever the order; a bug shows as a middle value left behind.
+        let orders: [[usize; 3]; 6] = [
+            [0, 1, 2],
+            [0, 2, 1],
+            [1, 0, 2],
+            [1, 2, 0],
+            [2, 0, 1],
+            [2, 1, 0],
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        for order in orders {
+            let knob = setup_knob(dir.path(), "k", "orig");
+            let ids: Vec<u64> = ["a", "b", "c"]
+                .iter()
+                .map(|v| {
+                    let orig = knobs::read_knob(&knob).unwrap();
+                    let id = register_knob(&knob, &orig).unwrap();
+                    knobs::write_knob(&knob, v).unwrap();
+                    id
+                })
+                .collect();
+            for i in order {
+                restore_knob(ids[i]).unwrap().unwrap();
+            }
+            assert_eq!(knobs::read_knob(&knob).unwrap(), "orig", "order {order:?}");
+            for id in ids {
+                assert!(restore_knob(id).is_none(), "restored twice");
+            }
+        }
+    }
+
+    #[test]
+    fn register_child_is_idempotent_and_unregister_forgets() {
+        register_child(i32::MAX - 7);
+        register_child(i32::MAX - 7);
+        assert_eq!(
+            state()
+                .children
+                .iter()
+                .filter(|&&p| p == i32::MAX - 7)
+                .count(),
+            1
+        );
+        unregister_child(i32::MAX - 7);
+        assert!(!state().children.contains(&(i32::MAX - 7)));
+    }
+}

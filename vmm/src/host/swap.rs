@@ -1,0 +1,377 @@
+//! `Swapfile`: a swapfile this process creates, activates, and on drop swaps off and unlinks.
+//!
+//! It owns the file, its swap header, and the `swapon(2)`/`swapoff(2)` calls; it registers the
+//! file with `registry.rs` (so SIGINT/SIGTERM and journal recovery remove it too) *before*
+//! `swapon`, so there is no moment when an active swapfile of ours is unrecorded. It does not
+//! decide what gets swapped out (`MADV_PAGEOUT` belongs to `perturb`).
+//!
+//! The file is written full of zeros rather than `fallocate`d: swapon refuses files with holes, and
+//! some filesystems refuse preallocated (unwritten) extents for swap; written blocks work on every
+//! filesystem that supports swapfiles at all (not tmpfs, not overlayfs upper dirs on some kernels).
+//!
+//! The header is written here instead of running `mkswap`: it is one page with a fixed layout (the
+//! kernel's `union swap_header`, `include/linux/swap.h`): the `info` struct at byte 1024
+//! (`version` = 1, `last_page`, `nr_badpages` = 0, a UUID and a label we leave zero), and the magic
+//! `SWAPSPACE2` in the last 10 bytes of the page. Doing it ourselves keeps util-linux out of the
+//! lab's requirements and keeps the header's meaning next to the code; the test compares it with
+//! `mkswap`'s when that program is present.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, BufRead, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::registry;
+
+/// Byte offset of `swap_header.info` in the header page.
+const INFO_OFFSET: usize = 1024;
+/// The swap header magic for version-1 swap space.
+const MAGIC: &[u8; 10] = b"SWAPSPACE2";
+/// Fewer pages than this and `swapon` refuses the file (the kernel wants at least a few usable
+/// pages besides the header); we ask for more than the minimum anyway.
+pub const MIN_PAGES: u64 = 16;
+
+/// Errors of this module; each names the operation that failed and the file.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("swapfile of {size} bytes is smaller than {min} pages")]
+    TooSmall { size: u64, min: u64 },
+    #[error("creating swapfile {path}: {source}")]
+    Create { path: PathBuf, source: io::Error },
+    #[error("writing swapfile {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("recording swapfile {path}: {source}")]
+    Journal {
+        path: PathBuf,
+        source: super::journal::Error,
+    },
+    #[error("swapon({path}): {source}")]
+    Swapon { path: PathBuf, source: io::Error },
+    #[error("swapoff({path}): {source}")]
+    Swapoff { path: PathBuf, source: io::Error },
+    #[error("unlinking swapfile {path}: {source}")]
+    Unlink { path: PathBuf, source: io::Error },
+    #[error("reading /proc/swaps: {0}")]
+    ProcSwaps(io::Error),
+}
+
+/// Result of this module.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// One line of `/proc/swaps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwapEntry {
+    pub path: PathBuf,
+    pub kind: String,
+    pub size_kib: u64,
+    pub used_kib: u64,
+    pub priority: i64,
+}
+
+/// Parses the contents of `/proc/swaps`.
+pub fn parse_proc_swaps(text: &str) -> Vec<SwapEntry> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 5 {
+                return None;
+            }
+            Some(SwapEntry {
+                // The kernel escapes spaces etc. as octal (\040); our own paths have none.
+                path: PathBuf::from(f[0]),
+                kind: f[1].to_string(),
+                size_kib: f[2].parse().ok()?,
+                used_kib: f[3].parse().ok()?,
+                priority: f[4].parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Active swap areas, from `/proc/swaps`.
+pub fn active_swaps() -> Result<Vec<SwapEntry>> {
+    let f = fs::File::open("/proc/swaps").map_err(Error::ProcSwaps)?;
+    let mut text = String::new();
+    for line in io::BufReader::new(f).lines() {
+        text.push_str(&line.map_err(Error::ProcSwaps)?);
+        text.push('\n');
+    }
+    Ok(parse_proc_swaps(&text))
+}
+
+/// The base page size.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let ps = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if ps > 0 {
+        ps as u64
+    } else {
+        4096
+    }
+}
+
+/// The header page for a swap area of `pages` pages (the header page included).
+pub fn swap_header(page_size: usize, pages: u64) -> Vec<u8> {
+    let mut page = vec![0u8; page_size];
+    let last_page = (pages - 1) as u32;
+    page[INFO_OFFSET..INFO_OFFSET + 4].copy_from_slice(&1u32.to_ne_bytes()); // version
+    page[INFO_OFFSET + 4..INFO_OFFSET + 8].copy_from_slice(&last_page.to_ne_bytes());
+    // nr_badpages (+8), uuid (+12..28), volume_name (+28..44): zero.
+    page[page_size - MAGIC.len()..].copy_from_slice(MAGIC);
+    page
+}
+
+fn cstring(path: &Path) -> std::ffi::CString {
+    // Paths we build never contain NUL; a journal path with one cannot match a swap area.
+    std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap_or_default()
+}
+
+fn is_active(path: &Path) -> Result<bool> {
+    Ok(active_swaps()?.iter().any(|s| s.path == path))
+}
+
+/// Swaps off `path` if it is an active swap area, then unlinks it if it exists. Used by the drop,
+/// the signal path and journal recovery.
+pub(crate) fn deactivate_and_remove(path: &Path) -> Result<()> {
+    if is_active(path)? {
+        let c = cstring(path);
+        // SAFETY: swapoff with a NUL-terminated path that lives across the call.
+        if unsafe { libc::swapoff(c.as_ptr()) } != 0 {
+            return Err(Error::Swapoff {
+                path: path.to_path_buf(),
+                source: io::Error::last_os_error(),
+            });
+        }
+    }
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::Unlink {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// An active swapfile; dropping it swaps it off and unlinks it.
+#[derive(Debug)]
+pub struct Swapfile {
+    path: PathBuf,
+    size: u64,
+}
+
+impl Swapfile {
+    /// Creates `dir/pinlab-swap-<pid>-<n>` of `size` bytes (rounded down to pages), mode 0600,
+    /// writes the swap header and activates it. Needs CAP_SYS_ADMIN and a filesystem that
+    /// supports swapfiles.
+    pub fn create(dir: &Path, size: u64) -> Result<Swapfile> {
+        let ps = page_size();
+        let pages = size / ps;
+        if pages < MIN_PAGES {
+            return Err(Error::TooSmall {
+                size,
+                min: MIN_PAGES,
+            });
+        }
+        let path = dir.join(format!(
+            "pinlab-swap-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let cerr = |source| Error::Create {
+            path: path.clone(),
+            source,
+        };
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(cerr)?;
+        // From here on the file exists: remove it on every error.
+        let fail = |e: Error| {
+            let _ = fs::remove_file(&path);
+            e
+        };
+        let werr = |source| Error::Write {
+            path: path.clone(),
+            source,
+        };
+        // The umask may have cleared bits but never adds any; make 0600 explicit anyway.
+        f.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(|e| fail(werr(e)))?;
+        f.write_all(&swap_header(ps as usize, pages))
+            .map_err(|e| fail(werr(e)))?;
+        let chunk = vec![0u8; 1 << 20];
+        let mut left = (pages - 1) * ps;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            f.write_all(&chunk[..n]).map_err(|e| fail(werr(e)))?;
+            left -= n as u64;
+        }
+        f.sync_all().map_err(|e| fail(werr(e)))?;
+        drop(f);
+
+        registry::register_swapfile(&path).map_err(|source| {
+            fail(Error::Journal {
+                path: path.clone(),
+                source,
+            })
+        })?;
+        let c = cstring(&path);
+        // SAFETY: swapon with a NUL-terminated path that lives across the call; flags 0 (kernel
+        // chosen priority, no discard).
+        if unsafe { libc::swapon(c.as_ptr(), 0) } != 0 {
+            let source = io::Error::last_os_error();
+            registry::unregister_swapfile(&path);
+            return Err(fail(Error::Swapon {
+                path: path.clone(),
+                source,
+            }));
+        }
+        Ok(Swapfile {
+            path,
+            size: pages * ps,
+        })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Its size in bytes, header page included.
+    pub fn size_bytes(&self) -> u64 {
+        self.size
+    }
+
+    /// Swaps off and unlinks now, reporting failures (drop only logs them).
+    pub fn remove(self) -> Result<()> {
+        let res = deactivate_and_remove(&self.path);
+        if res.is_ok() {
+            registry::unregister_swapfile(&self.path);
+        }
+        std::mem::forget(self);
+        res
+    }
+}
+
+impl Drop for Swapfile {
+    fn drop(&mut self) {
+        match deactivate_and_remove(&self.path) {
+            Ok(()) => registry::unregister_swapfile(&self.path),
+            // Left registered: the signal path and journal recovery try again.
+            Err(e) => tracing::warn!("removing swapfile on drop: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::lock::SystemLock;
+    use super::*;
+
+    #[test]
+    fn header_table() {
+        // (page size, pages) -> last_page at 1028, version 1 at 1024, magic at the page's end.
+        let cases = [(4096usize, 16u64), (4096, 4096), (16384, 100)];
+        for (ps, pages) in cases {
+            let h = swap_header(ps, pages);
+            assert_eq!(h.len(), ps);
+            assert_eq!(&h[ps - 10..], b"SWAPSPACE2");
+            assert_eq!(u32::from_ne_bytes(h[1024..1028].try_into().unwrap()), 1);
+            assert_eq!(
+                u32::from_ne_bytes(h[1028..1032].try_into().unwrap()) as u64,
+                pages - 1
+            );
+            assert!(h[..1024].iter().all(|&b| b == 0), "boot block not zero");
+        }
+    }
+
+    #[test]
+    fn header_matches_mkswap() {
+        let Ok(mkswap) = which("mkswap") else {
+            eprintln!("skipped: no mkswap");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("s");
+        let pages = 64u64;
+        let ps = page_size();
+        fs::write(&f, vec![0u8; (pages * ps) as usize]).unwrap();
+        let out = std::process::Command::new(mkswap)
+            .args(["-U", "clear", "-L", ""])
+            .arg(&f)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let theirs = fs::read(&f).unwrap();
+        let ours = swap_header(ps as usize, pages);
+        // Compare version, last_page, nr_badpages and the magic; uuid/label are both cleared.
+        assert_eq!(&theirs[1024..1036], &ours[1024..1036]);
+        assert_eq!(&theirs[ps as usize - 10..ps as usize], MAGIC);
+    }
+
+    fn which(name: &str) -> std::result::Result<PathBuf, ()> {
+        ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(name))
+            .find(|p| p.exists())
+            .ok_or(())
+    }
+
+    #[test]
+    fn proc_swaps_parse_table() {
+        let text = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n\
+                    /swapfile                               file\t\t1048572\t\t0\t\t-2\n\
+                    /dev/vda2                               partition\t2097148\t\t12\t\t-3\n\
+                    garbage line\n";
+        let got = parse_proc_swaps(text);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].path, Path::new("/swapfile"));
+        assert_eq!((got[0].size_kib, got[0].priority), (1048572, -2));
+        assert_eq!((got[1].kind.as_str(), got[1].used_kib), ("partition", 12));
+        assert!(parse_proc_swaps("Filename Type Size Used Priority\n").is_empty());
+    }
+
+    #[test]
+    fn too_small_is_refused_before_creating_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        match Swapfile::create(dir.path(), 4096) {
+            Err(Error::TooSmall { size: 4096, .. }) => {}
+            other => panic!("expected TooSmall, got {other:?}"),
+        }
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn create_activates_and_drop_removes() {
+        if !Path::new("/proc/swaps").exists() {
+            eprintln!("skipped: kernel without swap");
+            return;
+        }
+        let _lock = SystemLock::acquire().unwrap();
+        // /var/tmp: a disk filesystem (tmpfs cannot hold a swapfile).
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let sw = Swapfile::create(dir.path(), 16 << 20).unwrap();
+        let path = sw.path().to_path_buf();
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let entry = active_swaps()
+            .unwrap()
+            .into_iter()
+            .find(|s| s.path == path)
+            .expect("swapfile in /proc/swaps");
+        // The kernel reports the usable size: all pages but the header, in KiB.
+        assert_eq!(entry.size_kib, (sw.size_bytes() - page_size()) / 1024);
+        assert_eq!(entry.kind, "file");
+        drop(sw);
+        assert!(!active_swaps().unwrap().iter().any(|s| s.path == path));
+        assert!(!path.exists());
+    }
+}
