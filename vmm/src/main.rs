@@ -179,8 +179,16 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => cmd_run(args, launch),
         Command::Host { json } => {
-            let _ = json;
-            usage_error("host: not wired yet")
+            let caps = pinlab::host::Caps::probe();
+            if json {
+                match caps.to_json() {
+                    Ok(j) => println!("{j}"),
+                    Err(e) => return usage_error(format!("serializing capabilities: {e}")),
+                }
+            } else {
+                print!("{}", caps.render_text());
+            }
+            ExitCode::SUCCESS
         }
     }
 }
