@@ -9,6 +9,7 @@ pub mod host;
 pub mod layout;
 pub mod memory;
 pub mod oracle;
+pub mod perturb;
 pub mod pfn;
 pub mod pin;
 pub mod report;

@@ -142,7 +142,13 @@ fn cmd_run(args: RunArgs, launch: Instant) -> ExitCode {
             scenario.name
         ));
     }
-    let mut hook = pinlab::runner::NoActions;
+    if let Err(e) = pinlab::host::install_restore_handlers() {
+        return usage_error(format!(
+            "installing the signal handlers that restore host knobs: {e}"
+        ));
+    }
+    let _ = pinlab::host::recover_stale_journals();
+    let mut hook = pinlab::perturb::Schedule::new(&scenario);
     let outcome = pinlab::runner::run(&scenario, launch, &mut hook);
     if args.json {
         match serde_json::to_string(&outcome) {

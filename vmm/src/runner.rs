@@ -44,7 +44,7 @@ pub trait PhaseHook: Send {
 /// What a phase hook may touch.
 pub struct RunEnv<'a> {
     pub devices: &'a Arc<Devices>,
-    pub vm: &'a Vm,
+    pub vm: &'a Arc<Vm>,
     pub scenario: &'a Scenario,
 }
 
@@ -109,7 +109,7 @@ fn ms_since(launch: Instant, t: Instant) -> f64 {
 
 /// Runs `s` live. `launch` is when the process started (timings count from it).
 pub fn run(s: &Scenario, launch: Instant, hook: &mut dyn PhaseHook) -> Outcome {
-    if let Some(why) = missing_capability(s) {
+    if let Some(why) = missing_capability(s).or_else(|| crate::perturb::preflight(s)) {
         return Outcome::skipped(s, why);
     }
     let mut out = Outcome::empty(s);
@@ -129,6 +129,22 @@ fn run_inner(
     hook: &mut dyn PhaseHook,
     out: &mut Outcome,
 ) -> Result<(), String> {
+    // System-wide state (KSM, swap, drop_caches, compaction) is serialized across processes
+    // for the whole run; the swapfile, if any, lives exactly as long.
+    let touches_system =
+        s.host.swap.is_some() || s.perturb.actions.iter().any(|a| a.touches_system_knobs());
+    let _system_lock = if touches_system {
+        Some(crate::host::SystemLock::acquire().map_err(|e| format!("system lock: {e}"))?)
+    } else {
+        None
+    };
+    let _swap = match s.host.swap {
+        Some(size) => Some(
+            crate::host::Swapfile::create(std::path::Path::new("/var/tmp"), size.0)
+                .map_err(|e| format!("creating the [host] swapfile: {e}"))?,
+        ),
+        None => None,
+    };
     let ram = GuestRam::new(s.vm.memory.0, s.vm.thp, s.vm.dontfork).map_err(|e| e.to_string())?;
     if s.vm.prefault {
         ram.populate().map_err(|e| e.to_string())?;
@@ -138,6 +154,7 @@ fn run_inner(
     if s.vm.prefault {
         out.thp_coverage = crate::pfn::thp_coverage(ram.hva(), ram.size()).ok();
     }
+    let vm = Arc::new(vm);
     let ram = Arc::new(RwLock::new(ram));
     let devices = Arc::new(Devices::new(ram.clone(), s.device.pin));
 
@@ -280,7 +297,8 @@ fn run_inner(
     });
     out.verdict = verdict;
     out.reason = reason;
-    // The VM goes before guest RAM: drop order here is explicit.
+    // The VM goes before guest RAM: drop order here is explicit (every clone of the Arc was
+    // dropped with the perturbations' threads, joined in `hook.evidence()` above).
     drop(vm);
     Ok(())
 }

@@ -424,11 +424,16 @@ impl Scenario {
             return Err(invalid("workload.rounds", "must be at least 1"));
         }
         let p = &self.perturb;
-        if !p.actions.is_empty() && p.storm == 0 && (p.after_round == 0 || p.after_round > w.rounds)
+        if !p.actions.is_empty()
+            && p.storm == 0
+            && (p.after_round == 0 || p.after_round >= w.rounds)
         {
             return Err(invalid(
                 "perturb.after_round",
-                format!("must be within 1..={} (workload.rounds)", w.rounds),
+                format!(
+                    "must be within 1..={}: the guest needs a round after the actions to see their effect",
+                    w.rounds.saturating_sub(1)
+                ),
             ));
         }
         if p.storm > 0 && p.interval.is_zero() {

@@ -1,0 +1,566 @@
+//! Fork actions: the COW cases of seeds 000 and 002, Kirill's split-then-fork sequence, and the
+//! GUP_PIN_COUNTING_BIAS false positive of seed 001.
+//!
+//! The VMM is multi-threaded, so a fork child may only run async-signal-safe code. The child
+//! executes a plan of steps prepared before the fork (every path, buffer and fd allocated in the
+//! parent): read its own pagemap into shared memory, write a range, unmap a range, signal a
+//! pipe, wait for a pipe to close, then `_exit`. It never allocates or takes a lock. Every
+//! child is registered with `host` (reaped on SIGINT/SIGTERM) and reaped here with a deadline.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::{last_os, madvise, Ctx, Done, Error, Result};
+use crate::addr::{Hva, Pfn, HUGE_PAGE_SIZE, PAGE_SIZE};
+use crate::scenario::{Action, PinKind};
+
+/// Shared memory the child reports into (MAP_SHARED, so the parent sees the child's writes).
+struct Shared {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; it is only read after the child
+// signalled or exited.
+unsafe impl Send for Shared {}
+
+impl Shared {
+    fn new(action: Action, len: usize) -> Result<Shared> {
+        let len = len
+            .next_multiple_of(PAGE_SIZE as usize)
+            .max(PAGE_SIZE as usize);
+        // SAFETY: a fresh shared anonymous mapping.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(last_os(action, "mmap(MAP_SHARED)"));
+        }
+        Ok(Shared {
+            ptr: p as *mut u8,
+            len,
+        })
+    }
+
+    /// The pagemap entries the child stored at byte offset `off`, decoded to PFNs.
+    fn pfns(&self, off: usize, pages: usize) -> Vec<Option<Pfn>> {
+        (0..pages)
+            .map(|i| {
+                let at = off + i * 8;
+                if at + 8 > self.len {
+                    return None;
+                }
+                // SAFETY: inside the mapping; the child wrote it before signalling/exiting.
+                let e = unsafe { std::ptr::read_volatile(self.ptr.add(at) as *const u64) };
+                (e >> 63 == 1 && e & ((1 << 55) - 1) != 0).then_some(Pfn(e & ((1 << 55) - 1)))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping.
+        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+    }
+}
+
+/// One step of a child's plan. Everything it needs is allocated before the fork.
+enum Step {
+    /// pread this process's pagemap entries for `[hva, hva+pages*4K)` into shared memory.
+    ReadPagemap { hva: Hva, pages: usize, into: usize },
+    /// Write `byte` over `[hva, hva+len)`.
+    Write { hva: Hva, len: u64, byte: u8 },
+    /// munmap `[hva, hva+len)` in the child.
+    Munmap { hva: Hva, len: u64 },
+    /// Write one byte to `fd`.
+    Signal { fd: i32 },
+    /// Close `fd`.
+    Close { fd: i32 },
+    /// Block until `fd` reads EOF.
+    WaitEof { fd: i32 },
+}
+
+/// Runs in the child after fork: async-signal-safe syscalls only, then `_exit`.
+fn run_child(plan: &[Step], pagemap_path: &CString, shared: &Shared) -> ! {
+    for (i, step) in plan.iter().enumerate() {
+        let ok = match *step {
+            Step::ReadPagemap { hva, pages, into } => {
+                // SAFETY: open/pread/close on a path and into shared memory prepared before
+                // the fork; `into + pages*8` was sized by the parent.
+                unsafe {
+                    let fd = libc::open(pagemap_path.as_ptr(), libc::O_RDONLY);
+                    let want = pages * 8;
+                    let got = libc::pread(
+                        fd,
+                        shared.ptr.add(into) as *mut libc::c_void,
+                        want,
+                        (hva.raw() / PAGE_SIZE * 8) as libc::off_t,
+                    );
+                    libc::close(fd);
+                    fd >= 0 && got == want as isize
+                }
+            }
+            Step::Write { hva, len, byte } => {
+                let mut p = hva.as_ptr();
+                // SAFETY: the range is the child's copy of guest RAM (it exists: the plan only
+                // has this step when guest RAM is not MADV_DONTFORK).
+                unsafe {
+                    let end = p.add(len as usize);
+                    while p < end {
+                        std::ptr::write_volatile(p, byte);
+                        p = p.add(1);
+                    }
+                }
+                true
+            }
+            // SAFETY: unmapping part of the child's own address space.
+            Step::Munmap { hva, len } => unsafe {
+                libc::munmap(hva.as_ptr() as *mut libc::c_void, len as usize) == 0
+            },
+            Step::Signal { fd } => {
+                let b = 1u8;
+                // SAFETY: a one-byte write from a local.
+                unsafe { libc::write(fd, &b as *const u8 as *const libc::c_void, 1) == 1 }
+            }
+            // SAFETY: closing an inherited fd.
+            Step::Close { fd } => unsafe { libc::close(fd) == 0 },
+            Step::WaitEof { fd } => {
+                let mut b = 0u8;
+                loop {
+                    // SAFETY: a one-byte read into a local.
+                    let r = unsafe { libc::read(fd, &mut b as *mut u8 as *mut libc::c_void, 1) };
+                    if r == 0 {
+                        break true;
+                    }
+                    if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR)
+                    {
+                        break false;
+                    }
+                }
+            }
+        };
+        if !ok {
+            // SAFETY: _exit is async-signal-safe; the status names the failed step.
+            unsafe { libc::_exit(10 + i as i32) };
+        }
+    }
+    // SAFETY: as above.
+    unsafe { libc::_exit(0) }
+}
+
+fn pipe(action: Action) -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 fills two fds.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(last_os(action, "pipe2"));
+    }
+    // SAFETY: two new fds owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// A forked child: reaped (with a deadline, then SIGKILL) when waited or dropped.
+struct Child {
+    pid: i32,
+    action: Action,
+}
+
+impl Child {
+    fn spawn(action: Action, plan: &[Step], shared: &Shared) -> Result<Child> {
+        let path = CString::new("/proc/self/pagemap").expect("no NUL");
+        // SAFETY: fork in a multi-threaded process; the child runs only `run_child`, which
+        // uses async-signal-safe syscalls on memory prepared before the fork (see module doc).
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(last_os(action, "fork"));
+        }
+        if pid == 0 {
+            run_child(plan, &path, shared);
+        }
+        crate::host::register_child(pid);
+        Ok(Child { pid, action })
+    }
+
+    /// Waits for the child's exit status (10 s, then SIGKILL).
+    fn wait(mut self) -> Result<i32> {
+        let r = self.reap(Duration::from_secs(10));
+        self.pid = 0;
+        r
+    }
+
+    fn reap(&self, limit: Duration) -> Result<i32> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
+            if r == self.pid {
+                crate::host::unregister_child(self.pid);
+                return if libc::WIFEXITED(status) {
+                    Ok(libc::WEXITSTATUS(status))
+                } else {
+                    Err(Error::Failed {
+                        action: self.action,
+                        why: format!("fork child died with wait status {status:#x}"),
+                    })
+                };
+            }
+            if r < 0 {
+                return Err(last_os(self.action, "waitpid"));
+            }
+            if Instant::now() > deadline {
+                // SAFETY: our own child, which has not been reaped.
+                unsafe { libc::kill(self.pid, libc::SIGKILL) };
+                let mut st = 0;
+                // SAFETY: as above.
+                unsafe { libc::waitpid(self.pid, &mut st, 0) };
+                crate::host::unregister_child(self.pid);
+                return Err(Error::Failed {
+                    action: self.action,
+                    why: "fork child did not exit in 10 s; killed".into(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if self.pid > 0 {
+            let _ = self.reap(Duration::from_secs(2));
+        }
+    }
+}
+
+fn wait_signal(action: Action, fd: &OwnedFd) -> Result<()> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, 10 s.
+    let n = unsafe { libc::poll(&mut pfd, 1, 10_000) };
+    if n != 1 {
+        return Err(Error::Failed {
+            action,
+            why: "the fork child did not report in 10 s".into(),
+        });
+    }
+    Ok(())
+}
+
+fn parent_pfns(hva: Hva, len: u64) -> Vec<Option<Pfn>> {
+    crate::pfn::pagemap(hva, len)
+        .map(|v| v.iter().map(|p| p.pfn).collect())
+        .unwrap_or_default()
+}
+
+fn copied(parent: &[Option<Pfn>], child: &[Option<Pfn>]) -> (usize, usize, usize) {
+    let mut copied = 0;
+    let mut shared = 0;
+    let mut absent = 0;
+    for (p, c) in parent.iter().zip(child) {
+        match (p, c) {
+            (Some(p), Some(c)) if p == c => shared += 1,
+            (Some(_), Some(_)) => copied += 1,
+            _ => absent += 1,
+        }
+    }
+    (copied, shared, absent)
+}
+
+/// fork-parent-write, fork-child-write, fork-child-exit.
+pub fn fork_action(ctx: &Ctx, action: Action) -> Result<Done> {
+    let (hva, len) = ctx.region();
+    let pages = (len / PAGE_SIZE) as usize;
+    let dontfork = ctx.scenario.vm.dontfork;
+    let shared = Shared::new(action, pages * 16)?;
+    let parent = parent_pfns(hva, len);
+    let (ready_r, ready_w) = pipe(action)?;
+    let (release_r, release_w) = pipe(action)?;
+    let mut plan = vec![Step::ReadPagemap {
+        hva,
+        pages,
+        into: 0,
+    }];
+    match action {
+        Action::ForkParentWrite => plan.extend([
+            Step::Signal {
+                fd: ready_w.as_raw_fd(),
+            },
+            Step::Close {
+                fd: release_w.as_raw_fd(),
+            },
+            Step::WaitEof {
+                fd: release_r.as_raw_fd(),
+            },
+        ]),
+        Action::ForkChildWrite if !dontfork => plan.extend([
+            Step::Write {
+                hva,
+                len,
+                byte: 0xc5,
+            },
+            Step::ReadPagemap {
+                hva,
+                pages,
+                into: pages * 8,
+            },
+        ]),
+        _ => {}
+    }
+    let child = Child::spawn(action, &plan, &shared)?;
+    drop(ready_w);
+    drop(release_r);
+    let at_fork = |shared: &Shared| {
+        let child = shared.pfns(0, pages);
+        let (c, s, a) = copied(&parent, &child);
+        (c, s, a)
+    };
+    let note = if dontfork {
+        " (guest RAM is MADV_DONTFORK: the child has none of it)"
+    } else {
+        ""
+    };
+    match action {
+        Action::ForkParentWrite => {
+            wait_signal(action, &ready_r)?;
+            let (c, s, a) = at_fork(&shared);
+            let pid = child.pid;
+            let mut done = Done::new(
+                format!("forked child {pid}{note}: at fork {c} region pages copied for the child, {s} shared COW, {a} not in the child; the child lives until after the guest's next round"),
+                json!({ "child": pid, "copied_at_fork": c, "shared_at_fork": s, "absent_in_child": a, "dontfork": dontfork }),
+            );
+            done.finish = Some(Box::new(move || {
+                let _shared = shared;
+                drop(release_w);
+                drop(ready_r);
+                let status = child.wait()?;
+                if status != 0 {
+                    return Err(Error::Failed {
+                        action,
+                        why: format!("fork child exited {status}"),
+                    });
+                }
+                Ok(json!({ "child_exit": status }))
+            }));
+            Ok(done)
+        }
+        _ => {
+            let pid = child.pid;
+            let status = child.wait()?;
+            if status != 0 {
+                return Err(Error::Failed {
+                    action,
+                    why: format!("fork child exited {status} (step {} failed)", status - 10),
+                });
+            }
+            let (c, s, a) = at_fork(&shared);
+            let wrote = action == Action::ForkChildWrite && !dontfork;
+            let after_write = if wrote {
+                let (c2, s2, _) = copied(&parent, &shared.pfns(pages * 8, pages));
+                format!("; after writing its copy the child has {c2} pages of its own, {s2} still shared")
+            } else {
+                String::new()
+            };
+            Ok(Done::new(
+                format!("forked child {pid}{note}: at fork {c} region pages copied for the child, {s} shared COW, {a} not in the child{after_write}; child exited 0"),
+                json!({ "child": pid, "copied_at_fork": c, "shared_at_fork": s, "absent_in_child": a, "child_wrote": wrote, "dontfork": dontfork }),
+            ))
+        }
+    }
+}
+
+/// Seed 002's sequence: PMD split, fork, the child unmaps the half of the THP holding the
+/// region, the parent discards the other half; the guest's next write faults on a page of a
+/// PTE-mapped THP whose every subpage is mapped once.
+pub fn kirill(ctx: &Ctx) -> Result<Done> {
+    let a = Action::Kirill;
+    let (huge, _) = ctx.region_huge_range();
+    let (hva, len) = ctx.region();
+    let half = HUGE_PAGE_SIZE / 2;
+    if hva.raw() + len > huge.raw() + half {
+        return Err(Error::Failed {
+            action: a,
+            why: "kirill needs the region inside the first half of its huge page (region + offset <= 1MiB)".into(),
+        });
+    }
+    // PMD split, keeping every page: an mprotect round trip on the second half's first page.
+    let second = Hva(huge.raw() + half);
+    for prot in [libc::PROT_READ, libc::PROT_READ | libc::PROT_WRITE] {
+        // SAFETY: guest RAM; protection restored by the second iteration.
+        if unsafe {
+            libc::mprotect(
+                second.as_ptr() as *mut libc::c_void,
+                PAGE_SIZE as usize,
+                prot,
+            )
+        } != 0
+        {
+            return Err(last_os(a, "mprotect"));
+        }
+    }
+    let pages = (len / PAGE_SIZE) as usize;
+    let shared = Shared::new(a, pages * 8)?;
+    let parent = parent_pfns(hva, len);
+    let (ready_r, ready_w) = pipe(a)?;
+    let (release_r, release_w) = pipe(a)?;
+    let plan = [
+        Step::ReadPagemap {
+            hva,
+            pages,
+            into: 0,
+        },
+        Step::Munmap {
+            hva: huge,
+            len: half,
+        },
+        Step::Signal {
+            fd: ready_w.as_raw_fd(),
+        },
+        Step::Close {
+            fd: release_w.as_raw_fd(),
+        },
+        Step::WaitEof {
+            fd: release_r.as_raw_fd(),
+        },
+    ];
+    let child = Child::spawn(a, &plan, &shared)?;
+    drop(ready_w);
+    drop(release_r);
+    wait_signal(a, &ready_r)?;
+    // The parent cannot munmap guest RAM (KVM maps it); it discards its half instead.
+    madvise(
+        a,
+        second,
+        half,
+        libc::MADV_DONTNEED,
+        "madvise(MADV_DONTNEED)",
+    )?;
+    let (c, s, ab) = copied(&parent, &shared.pfns(0, pages));
+    let pid = child.pid;
+    let mut done = Done::new(
+        format!("PMD split at {second}; forked child {pid} ({c} region pages copied at fork, {s} shared, {ab} absent); child unmapped the first half {huge}+{half:#x}; parent discarded the second half"),
+        json!({ "child": pid, "copied_at_fork": c, "shared_at_fork": s, "absent_in_child": ab }),
+    );
+    done.finish = Some(Box::new(move || {
+        let _shared = shared;
+        drop(release_w);
+        drop(ready_r);
+        let status = child.wait()?;
+        Ok(json!({ "child_exit": status }))
+    }));
+    Ok(done)
+}
+
+/// Seed 001: >= 1024 plain references (vmsplice) on one page beside the pinned region while
+/// the process holds a FOLL_PIN pin, then fork: does fork copy the page as if it were pinned?
+/// On a small page refcount >= GUP_PIN_COUNTING_BIAS looks pinned (a false positive); a large
+/// folio keeps an exact pin count. A finding, not a data verdict.
+pub fn bias_1024(ctx: &Ctx) -> Result<Done> {
+    let a = Action::Bias1024;
+    let (hva, len) = ctx.region();
+    let region_end = crate::layout::dma_region(&ctx.scenario);
+    let page_gpa = region_end.0.raw() + region_end.1;
+    let page = ctx
+        .hva_of(page_gpa, PAGE_SIZE)
+        .ok_or_else(|| Error::Failed {
+            action: a,
+            why: "no guest page after the region: raise vm.memory".into(),
+        })?;
+    let _ = (hva, len);
+    // Touch it so it is present.
+    // SAFETY: one byte of guest RAM beside the region, which the guest does not use.
+    unsafe { std::ptr::write_volatile(page.as_ptr(), 0x42) };
+    const REFS: usize = 1100;
+    let mut pipes = Vec::new();
+    let mut taken = 0;
+    while taken < REFS {
+        let (r, w) = pipe(a)?;
+        // SAFETY: F_SETPIPE_SZ on our own pipe; capped by pipe-max-size (1 MiB = 256 slots).
+        unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+        let mut in_pipe = 0;
+        loop {
+            let iov = libc::iovec {
+                iov_base: page.as_ptr() as *mut libc::c_void,
+                iov_len: PAGE_SIZE as usize,
+            };
+            // SAFETY: vmsplice of one page of our memory into our pipe (takes a reference).
+            let n = unsafe { libc::vmsplice(w.as_raw_fd(), &iov, 1, libc::SPLICE_F_NONBLOCK) };
+            if n != PAGE_SIZE as isize {
+                break;
+            }
+            in_pipe += 1;
+            taken += 1;
+            if taken == REFS {
+                break;
+            }
+        }
+        if in_pipe == 0 {
+            return Err(last_os(a, "vmsplice"));
+        }
+        pipes.push((r, w));
+    }
+    let flags = crate::pfn::snapshot(page, PAGE_SIZE)
+        .ok()
+        .and_then(|s| s.flags.first().copied().flatten());
+    let kind = match flags {
+        Some(f) if f.thp() || f.compound_head() || f.compound_tail() => "thp-subpage",
+        _ => "small",
+    };
+    let parent = parent_pfns(page, PAGE_SIZE);
+    let shared = Shared::new(a, 8)?;
+    let child = Child::spawn(
+        a,
+        &[Step::ReadPagemap {
+            hva: page,
+            pages: 1,
+            into: 0,
+        }],
+        &shared,
+    )?;
+    let status = child.wait()?;
+    let child_pfn = shared.pfns(0, 1);
+    drop(pipes);
+    if status != 0 {
+        return Err(Error::Failed {
+            action: a,
+            why: format!("fork child exited {status}"),
+        });
+    }
+    let copied_at_fork = match (parent.first().copied().flatten(), child_pfn[0]) {
+        (Some(p), Some(c)) => p != c,
+        _ => false,
+    };
+    let holds_pin = ctx.scenario.device.pin == PinKind::IoUring;
+    let finding = match (kind, copied_at_fork) {
+        ("small", true) => "fork copied the small page as if it were DMA-pinned: refcount >= 1024 (GUP_PIN_COUNTING_BIAS) from plain references is a false positive",
+        ("small", false) => "fork shared the small page: no false positive",
+        (_, false) => "fork shared the THP subpage: a large folio keeps an exact pin count, no false positive",
+        _ => "fork copied a THP subpage that is not pinned",
+    };
+    Ok(Done::new(
+        format!("{REFS} vmsplice references on a {kind} page at {page}; process holds a FOLL_PIN pin: {holds_pin}; {finding}"),
+        json!({
+            "references": REFS,
+            "page": page,
+            "page_kind": kind,
+            "process_holds_foll_pin": holds_pin,
+            "copied_at_fork": copied_at_fork,
+            "parent_pfn": parent.first().copied().flatten(),
+            "child_pfn": child_pfn[0],
+            "finding": finding,
+        }),
+    ))
+}

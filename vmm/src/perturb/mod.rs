@@ -1,0 +1,447 @@
+//! Host actions on guest RAM, run at exact guest phases (or as a storm on a timer), each
+//! leaving evidence that it really happened.
+//!
+//! `Schedule` is the live executor's phase hook: at the phase marker after round
+//! `perturb.after_round` it runs the scenario's actions in order, on the vCPU thread, with the
+//! guest stopped; an action may leave a `Finish` to run at a later phase (a fork child released
+//! after the guest's next round, a userfaultfd handler stopped at the end). Each action records
+//! /proc/vmstat deltas, the region's PFNs and THP flags before and after, and its own details.
+//! An action that provably did nothing (its syscall failed, no counter moved, no PFN changed)
+//! fails the run as `error`, never as a pass.
+//!
+//! This module must not touch the device state except through `Devices` (the IOMMU's rebase
+//! after a move), and it must leave the host as it found it: knob guards restore on drop, fork
+//! children are registered with `host` so a signal reaps them.
+
+mod fork;
+mod reclaim;
+mod remap;
+mod thp;
+mod uffd;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pinlab_abi as abi;
+use serde::Serialize;
+
+use crate::addr::{Hva, Pfn, HUGE_PAGE_SIZE, PAGE_SIZE};
+use crate::devices::Devices;
+use crate::host::{self, VmstatSnapshot};
+use crate::runner::{PhaseHook, RunEnv};
+use crate::scenario::{Action, Scenario};
+use crate::vm::Vm;
+
+/// Why an action could not be judged to have happened.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{action}: {call} failed: {source}")]
+    Syscall {
+        action: Action,
+        call: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{action} provably did nothing: {why}")]
+    NoEffect { action: Action, why: String },
+    #[error("{action}: {why}")]
+    Failed { action: Action, why: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn last_os(action: Action, call: &'static str) -> Error {
+    Error::Syscall {
+        action,
+        call,
+        source: std::io::Error::last_os_error(),
+    }
+}
+
+/// What an action changed, measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Evidence {
+    pub action: Action,
+    /// The guest round after which it ran.
+    pub after_round: u32,
+    /// Storm iteration (1-based), when run as a storm.
+    pub storm_iteration: Option<u32>,
+    pub summary: String,
+    /// /proc/vmstat (and KSM) counters that moved.
+    pub vmstat: BTreeMap<String, i64>,
+    /// Region pages whose PFN differs after the action from before it.
+    pub region_pfns_changed: usize,
+    pub region_thp_pages_before: usize,
+    pub region_thp_pages_after: usize,
+    pub details: serde_json::Value,
+    /// What the action's later half found (fork child reaped, uffd faults handled).
+    pub finish: Option<serde_json::Value>,
+}
+
+/// The part of an action that runs at a later phase.
+type Finish = Box<dyn FnOnce() -> Result<serde_json::Value> + Send>;
+
+/// What an action needs: guest RAM (through the devices), the VM (to re-point RAM), the
+/// scenario.
+#[derive(Clone)]
+pub struct Ctx {
+    pub devices: Arc<Devices>,
+    pub vm: Arc<Vm>,
+    pub scenario: Arc<Scenario>,
+}
+
+/// The region's pages as the host maps them now.
+#[derive(Clone, Debug)]
+pub struct Probe {
+    pub hva: Hva,
+    pub pfns: Vec<Option<Pfn>>,
+    pub thp: usize,
+}
+
+impl Ctx {
+    /// The DMA region's host address and length now (guest RAM may have moved).
+    pub fn region(&self) -> (Hva, u64) {
+        let (gpa, len) = crate::layout::dma_region(&self.scenario);
+        let ram = self.devices.ram.read().unwrap_or_else(|p| p.into_inner());
+        let hva = ram
+            .translate(gpa, len)
+            .expect("the region was validated against guest RAM");
+        (hva, len)
+    }
+
+    /// The host address of a GPA range (validated against RAM by the caller's layout).
+    pub fn hva_of(&self, gpa: u64, len: u64) -> Option<Hva> {
+        let ram = self.devices.ram.read().unwrap_or_else(|p| p.into_inner());
+        ram.translate(crate::addr::Gpa(gpa), len).ok()
+    }
+
+    /// The 2 MiB huge pages the region touches, as host addresses: `[first, end)`.
+    pub fn region_huge_range(&self) -> (Hva, u64) {
+        let (first, end) = crate::layout::region_huge_pages(&self.scenario);
+        let len = end.raw() - first.raw();
+        (
+            self.hva_of(first.raw(), len)
+                .expect("huge pages of the region are in RAM"),
+            len,
+        )
+    }
+
+    /// A 4 KiB page inside the region's huge pages but outside the region, if there is one.
+    pub fn page_beside_region(&self) -> Option<Hva> {
+        let (gpa, len) = crate::layout::dma_region(&self.scenario);
+        let (first, end) = crate::layout::region_huge_pages(&self.scenario);
+        let candidate = if gpa.raw() + len < end.raw() {
+            end.raw() - PAGE_SIZE
+        } else if gpa.raw() > first.raw() {
+            first.raw()
+        } else {
+            return None;
+        };
+        self.hva_of(candidate, PAGE_SIZE)
+    }
+
+    /// A huge page of guest RAM away from the region (after it), if RAM has one: the control
+    /// for actions that must act on unpinned memory (KSM merges it, reclaim swaps it).
+    pub fn decoy_huge_page(&self) -> Option<Hva> {
+        let (_, end) = crate::layout::region_huge_pages(&self.scenario);
+        let gpa = end.raw() + HUGE_PAGE_SIZE;
+        self.hva_of(gpa, HUGE_PAGE_SIZE)
+    }
+
+    pub fn probe(&self) -> Probe {
+        let (hva, len) = self.region();
+        match crate::pfn::snapshot(hva, len) {
+            Ok(s) => Probe {
+                hva,
+                pfns: s.pfns(),
+                thp: s.summary.thp as usize,
+            },
+            Err(e) => {
+                tracing::warn!("region snapshot failed: {e}");
+                Probe {
+                    hva,
+                    pfns: Vec::new(),
+                    thp: 0,
+                }
+            }
+        }
+    }
+}
+
+/// What one action returns: a summary, details, and maybe a later half.
+pub struct Done {
+    pub summary: String,
+    pub details: serde_json::Value,
+    pub finish: Option<Finish>,
+    /// Decide "provably did nothing" from the counters and PFNs: `Some(why)` fails the run.
+    pub no_effect: Option<String>,
+}
+
+impl Done {
+    fn new(summary: impl Into<String>, details: serde_json::Value) -> Self {
+        Done {
+            summary: summary.into(),
+            details,
+            finish: None,
+            no_effect: None,
+        }
+    }
+}
+
+/// Runs one action with before/after measurement.
+pub fn run_action(
+    ctx: &Ctx,
+    action: Action,
+    after_round: u32,
+    storm_iteration: Option<u32>,
+) -> Result<(Evidence, Option<Finish>)> {
+    let before = ctx.probe();
+    let vm_before = VmstatSnapshot::take().ok();
+    let done = match action {
+        Action::ForkParentWrite | Action::ForkChildWrite | Action::ForkChildExit => {
+            fork::fork_action(ctx, action)?
+        }
+        Action::Kirill => fork::kirill(ctx)?,
+        Action::Bias1024 => fork::bias_1024(ctx)?,
+        Action::MprotectRoundtrip => thp::mprotect_roundtrip(ctx)?,
+        Action::SplitPmd => thp::split_pmd(ctx)?,
+        Action::SplitFolio => thp::split_folio(ctx)?,
+        Action::Collapse => thp::collapse(ctx)?,
+        Action::Ksm => reclaim::ksm(ctx)?,
+        Action::Compact => reclaim::compact(ctx)?,
+        Action::Pageout => reclaim::pageout(ctx)?,
+        Action::Mremap | Action::MremapDontunmap => {
+            remap::mremap(ctx, action == Action::MremapDontunmap)?
+        }
+        Action::Dontneed => remap::dontneed(ctx)?,
+        Action::UffdWp => uffd::write_protect(ctx)?,
+    };
+    let after = ctx.probe();
+    let vmstat = match (vm_before, VmstatSnapshot::take().ok()) {
+        (Some(b), Some(a)) => host::delta(&b, &a)
+            .into_iter()
+            .filter(|(_, v)| *v != 0)
+            .collect(),
+        _ => BTreeMap::new(),
+    };
+    let changed = crate::pfn::diff_pfns(&before.pfns, &after.pfns).len();
+    if let Some(why) = done.no_effect {
+        return Err(Error::NoEffect { action, why });
+    }
+    Ok((
+        Evidence {
+            action,
+            after_round,
+            storm_iteration,
+            summary: done.summary,
+            vmstat,
+            region_pfns_changed: changed,
+            region_thp_pages_before: before.thp,
+            region_thp_pages_after: after.thp,
+            details: done.details,
+            finish: None,
+        },
+        done.finish,
+    ))
+}
+
+/// Why this host cannot run the scenario's actions, in one line, or `None`. Checked before
+/// the VM is built.
+pub fn preflight(s: &Scenario) -> Option<String> {
+    let caps = host::Caps::probe();
+    for &a in &s.perturb.actions {
+        let need = match a {
+            Action::Ksm => Some("ksm"),
+            Action::UffdWp => Some("userfaultfd"),
+            _ => None,
+        };
+        if let Some(cap) = need {
+            if !caps.available(cap) {
+                let detail = caps.get(cap).map(|c| c.detail.clone()).unwrap_or_default();
+                return Some(format!("{a} needs {cap}: {detail}"));
+            }
+        }
+        if a == Action::Pageout && s.host.swap.is_none() {
+            let active = host::active_swaps().map(|v| !v.is_empty()).unwrap_or(false);
+            if !active {
+                return Some(
+                    "pageout needs swap: none is active and the scenario sets no [host] swap"
+                        .to_string(),
+                );
+            }
+        }
+    }
+    None
+}
+
+/// The live executor's phase hook for a scenario's perturbations.
+pub struct Schedule {
+    actions: Vec<Action>,
+    after_round: u32,
+    storm: u32,
+    interval: Duration,
+    /// Later halves, each with the round after which it runs (`u32::MAX`: at the end).
+    pending: Vec<(u32, usize, Finish)>,
+    evidence: Vec<Evidence>,
+    storm_thread: Option<(Arc<AtomicBool>, std::thread::JoinHandle<StormResult>)>,
+}
+
+type StormResult = std::result::Result<Vec<Evidence>, String>;
+
+impl Schedule {
+    pub fn new(s: &Scenario) -> Self {
+        Schedule {
+            actions: s.perturb.actions.clone(),
+            after_round: s.perturb.after_round,
+            storm: s.perturb.storm,
+            interval: s.perturb.interval.0,
+            pending: Vec::new(),
+            evidence: Vec::new(),
+            storm_thread: None,
+        }
+    }
+
+    fn ctx(env: &RunEnv<'_>) -> Ctx {
+        Ctx {
+            devices: env.devices.clone(),
+            vm: env.vm.clone(),
+            scenario: Arc::new(env.scenario.clone()),
+        }
+    }
+
+    fn run_pending(&mut self, upto_round: u32) -> std::result::Result<(), String> {
+        let mut keep = Vec::new();
+        for (round, idx, finish) in self.pending.drain(..) {
+            if round <= upto_round {
+                let v = finish().map_err(|e| e.to_string())?;
+                self.evidence[idx].finish = Some(v);
+            } else {
+                keep.push((round, idx, finish));
+            }
+        }
+        self.pending = keep;
+        Ok(())
+    }
+
+    fn start_storm(&mut self, env: &RunEnv<'_>) {
+        let ctx = Self::ctx(env);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_t = stop.clone();
+        let (actions, n, interval) = (self.actions.clone(), self.storm, self.interval);
+        let handle = std::thread::spawn(move || -> StormResult {
+            let mut out = Vec::new();
+            for i in 1..=n {
+                if stop_t.load(Ordering::Acquire) {
+                    break;
+                }
+                std::thread::sleep(interval);
+                for &a in &actions {
+                    let (mut ev, finish) =
+                        run_action(&ctx, a, 0, Some(i)).map_err(|e| e.to_string())?;
+                    if let Some(f) = finish {
+                        ev.finish = Some(f().map_err(|e| e.to_string())?);
+                    }
+                    ctx.devices.progress.fetch_add(1, Ordering::Relaxed);
+                    out.push(ev);
+                }
+            }
+            Ok(out)
+        });
+        self.storm_thread = Some((stop, handle));
+    }
+
+    fn stop_storm(&mut self) -> std::result::Result<(), String> {
+        if let Some((stop, handle)) = self.storm_thread.take() {
+            stop.store(true, Ordering::Release);
+            let evs = handle
+                .join()
+                .map_err(|_| "the storm thread panicked".to_string())??;
+            self.evidence.extend(evs);
+        }
+        Ok(())
+    }
+}
+
+impl PhaseHook for Schedule {
+    fn at_phase(
+        &mut self,
+        phase: &abi::Phase,
+        env: &RunEnv<'_>,
+    ) -> std::result::Result<(), String> {
+        match phase.phase {
+            abi::PHASE_ROUNDS_START if self.storm > 0 && !self.actions.is_empty() => {
+                self.start_storm(env);
+            }
+            abi::PHASE_ROUND_DONE => {
+                self.run_pending(phase.round)?;
+                if self.storm == 0 && phase.round == self.after_round {
+                    let ctx = Self::ctx(env);
+                    for &a in &self.actions.clone() {
+                        let (ev, finish) =
+                            run_action(&ctx, a, phase.round, None).map_err(|e| e.to_string())?;
+                        let idx = self.evidence.len();
+                        self.evidence.push(ev);
+                        if let Some(f) = finish {
+                            // Released after the guest's next round (or at the end).
+                            let at = if phase.round < env.scenario.workload.rounds {
+                                phase.round + 1
+                            } else {
+                                u32::MAX
+                            };
+                            self.pending.push((at, idx, f));
+                        }
+                        env.devices.progress.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            abi::PHASE_UNMAPPED => {
+                self.stop_storm()?;
+                self.run_pending(u32::MAX)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn evidence(&mut self) -> Vec<serde_json::Value> {
+        // Whatever did not get its phase (the guest died early) is finished now, so no child
+        // or handler outlives the run.
+        let _ = self.stop_storm();
+        if let Err(e) = self.run_pending(u32::MAX) {
+            tracing::warn!("finishing perturbations: {e}");
+        }
+        self.evidence
+            .iter()
+            .filter_map(|e| serde_json::to_value(e).ok())
+            .collect()
+    }
+}
+
+/// madvise on a host range, as an action's step.
+fn madvise(action: Action, hva: Hva, len: u64, advice: i32, call: &'static str) -> Result<()> {
+    // SAFETY: the range is guest RAM (or part of it), owned by GuestRam for the whole run;
+    // madvise changes only how the kernel backs it.
+    let rc = unsafe { libc::madvise(hva.as_ptr() as *mut libc::c_void, len as usize, advice) };
+    if rc != 0 {
+        return Err(last_os(action, call));
+    }
+    Ok(())
+}
+
+fn vmstat_now() -> Option<VmstatSnapshot> {
+    VmstatSnapshot::take().ok()
+}
+
+fn moved(before: &Option<VmstatSnapshot>, names: &[&str]) -> BTreeMap<String, i64> {
+    let (Some(b), Some(a)) = (before, vmstat_now()) else {
+        return BTreeMap::new();
+    };
+    names
+        .iter()
+        .filter_map(|n| {
+            let d = a.get(n)? as i64 - b.get(n)? as i64;
+            Some((n.to_string(), d))
+        })
+        .collect()
+}

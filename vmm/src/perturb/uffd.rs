@@ -1,0 +1,216 @@
+//! userfaultfd write-protection of the DMA region, with a handler thread that removes the
+//! protection on each write fault (the guest's, taken by KVM on its behalf, or the VMM's).
+//!
+//! Hand-rolled over libc: five ioctls and three structs from <linux/userfaultfd.h>. The
+//! `userfaultfd` crate generates its bindings with bindgen (libclang at build time) and would
+//! bring that into every build for one action.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::{last_os, Ctx, Done, Error, Result};
+use crate::addr::Hva;
+use crate::scenario::Action;
+
+const UFFD_API: u64 = 0xaa;
+const UFFD_FEATURE_PAGEFAULT_FLAG_WP: u64 = 1 << 0;
+const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
+const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
+const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+const UFFD_PAGEFAULT_FLAG_WP: u64 = 1 << 1;
+// _IOWR(0xAA, nr, size)
+const fn iowr(nr: u64, size: u64) -> u64 {
+    (3 << 30) | (size << 16) | (0xaa << 8) | nr
+}
+const UFFDIO_API: u64 = iowr(0x3f, 24);
+const UFFDIO_REGISTER: u64 = iowr(0x00, 32);
+const UFFDIO_UNREGISTER: u64 = (2 << 30) | (16 << 16) | (0xaa << 8) | 0x01; // _IOR
+const UFFDIO_WRITEPROTECT: u64 = iowr(0x06, 24);
+
+#[repr(C)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+struct UffdioRange {
+    start: u64,
+    len: u64,
+}
+
+#[repr(C)]
+struct UffdioRegister {
+    range: UffdioRange,
+    mode: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+struct UffdioWriteprotect {
+    range: UffdioRange,
+    mode: u64,
+}
+
+/// `struct uffd_msg`: 32 bytes; for a page fault, flags at 8 and address at 16.
+#[repr(C)]
+#[derive(Default)]
+struct UffdMsg {
+    event: u8,
+    _reserved: [u8; 7],
+    flags: u64,
+    address: u64,
+    _rest: u64,
+}
+
+fn ioctl<T>(fd: i32, req: u64, arg: &mut T) -> std::io::Result<()> {
+    // SAFETY: `req` is a userfaultfd ioctl whose argument is `T` (checked by the caller's
+    // choice of struct, sized as the kernel's), and `arg` is a valid exclusive reference.
+    let rc = unsafe { libc::ioctl(fd, req as _, arg as *mut T) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn writeprotect(fd: i32, hva: Hva, len: u64, protect: bool) -> std::io::Result<()> {
+    let mut wp = UffdioWriteprotect {
+        range: UffdioRange {
+            start: hva.raw(),
+            len,
+        },
+        mode: if protect {
+            UFFDIO_WRITEPROTECT_MODE_WP
+        } else {
+            0
+        },
+    };
+    ioctl(fd, UFFDIO_WRITEPROTECT, &mut wp)
+}
+
+/// Write-protects the region; a handler thread unprotects on fault until the run ends.
+pub fn write_protect(ctx: &Ctx) -> Result<Done> {
+    let a = Action::UffdWp;
+    // SAFETY: userfaultfd(2) creates a new fd; no memory is touched.
+    let raw = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
+    if raw < 0 {
+        return Err(last_os(a, "userfaultfd"));
+    }
+    // SAFETY: `raw` is a new fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+    let mut api = UffdioApi {
+        api: UFFD_API,
+        features: UFFD_FEATURE_PAGEFAULT_FLAG_WP,
+        ioctls: 0,
+    };
+    ioctl(fd.as_raw_fd(), UFFDIO_API, &mut api).map_err(|source| Error::Syscall {
+        action: a,
+        call: "UFFDIO_API",
+        source,
+    })?;
+    let (hva, len) = ctx.region();
+    let mut reg = UffdioRegister {
+        range: UffdioRange {
+            start: hva.raw(),
+            len,
+        },
+        mode: UFFDIO_REGISTER_MODE_WP,
+        ioctls: 0,
+    };
+    ioctl(fd.as_raw_fd(), UFFDIO_REGISTER, &mut reg).map_err(|source| Error::Syscall {
+        action: a,
+        call: "UFFDIO_REGISTER",
+        source,
+    })?;
+    writeprotect(fd.as_raw_fd(), hva, len, true).map_err(|source| Error::Syscall {
+        action: a,
+        call: "UFFDIO_WRITEPROTECT",
+        source,
+    })?;
+
+    let faults = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let fd = Arc::new(fd);
+    let handler = {
+        let (faults, stop, fd) = (faults.clone(), stop.clone(), fd.clone());
+        std::thread::Builder::new()
+            .name("pinlab-uffd".into())
+            .spawn(move || handle_faults(&fd, &faults, &stop))
+            .map_err(|e| Error::Failed {
+                action: a,
+                why: format!("spawning the fault handler: {e}"),
+            })?
+    };
+    let finish = Box::new(move || -> Result<serde_json::Value> {
+        stop.store(true, Ordering::Release);
+        let handled = handler.join().map_err(|_| Error::Failed {
+            action: a,
+            why: "the fault handler panicked".into(),
+        })?;
+        // Unprotect and unregister (the range may have moved; errors here are only logged).
+        let _ = writeprotect(fd.as_raw_fd(), hva, len, false);
+        let mut range = UffdioRange {
+            start: hva.raw(),
+            len,
+        };
+        let _ = ioctl(fd.as_raw_fd(), UFFDIO_UNREGISTER, &mut range);
+        let n = faults.load(Ordering::Relaxed);
+        if n == 0 {
+            return Err(Error::NoEffect {
+                action: a,
+                why: "no write fault on the protected region reached the handler".into(),
+            });
+        }
+        Ok(json!({ "write_faults_handled": n, "handler": handled }))
+    });
+    let mut done = Done::new(
+        format!("userfaultfd write-protected the region ({len:#x} bytes at {hva}); a handler unprotects on fault"),
+        json!({ "region": hva, "len": len }),
+    );
+    done.finish = Some(finish);
+    Ok(done)
+}
+
+/// Polls the uffd; on each write-protect fault removes the protection of the faulting page and
+/// wakes the faulting thread.
+fn handle_faults(fd: &OwnedFd, faults: &AtomicU64, stop: &AtomicBool) -> String {
+    let raw = fd.as_raw_fd();
+    while !stop.load(Ordering::Acquire) {
+        let mut pfd = libc::pollfd {
+            fd: raw,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, 50 ms timeout.
+        let n = unsafe { libc::poll(&mut pfd, 1, 50) };
+        if n <= 0 {
+            continue;
+        }
+        let mut msg = UffdMsg::default();
+        // SAFETY: reading one uffd_msg (32 bytes) into a local of that size.
+        let r = unsafe {
+            libc::read(
+                raw,
+                &mut msg as *mut UffdMsg as *mut libc::c_void,
+                std::mem::size_of::<UffdMsg>(),
+            )
+        };
+        if r != std::mem::size_of::<UffdMsg>() as isize {
+            continue;
+        }
+        if msg.event == UFFD_EVENT_PAGEFAULT && msg.flags & UFFD_PAGEFAULT_FLAG_WP != 0 {
+            let page = Hva(msg.address & !(crate::addr::PAGE_SIZE - 1));
+            if let Err(e) = writeprotect(raw, page, crate::addr::PAGE_SIZE, false) {
+                return format!("unprotecting {page} failed: {e}");
+            }
+            faults.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    "stopped".into()
+}
+
+const _: () = assert!(std::mem::size_of::<UffdMsg>() == 32);
