@@ -42,7 +42,11 @@ pub fn ksm(ctx: &Ctx) -> Result<Done> {
             return Err(super::last_os(a, "mprotect"));
         }
     }
+    // The region's pages are identical among themselves; the control and the decoy share a
+    // different content. (With one content for all, a pinned region page that becomes the
+    // unstable tree's node for it makes every identical page's merge fail against it.)
     const SAME: u64 = 0x6b73_6d5f_7069_6e21;
+    const OTHER: u64 = 0x636f_6e74_726f_6c21;
     // The control: identical pages in a private mapping outside guest RAM. If KSM merges
     // them it ran over this process; guest RAM's decoy shows what it does to guest memory
     // (measured here: nothing; see the issue note), the region what it does to pinned pages.
@@ -51,7 +55,7 @@ pub fn ksm(ctx: &Ctx) -> Result<Done> {
             action: a,
             why: format!("control mapping: {e}"),
         })?;
-    fill(control.hva(), HUGE_PAGE_SIZE, SAME);
+    fill(control.hva(), HUGE_PAGE_SIZE, OTHER);
     madvise(
         a,
         control.hva(),
@@ -60,7 +64,7 @@ pub fn ksm(ctx: &Ctx) -> Result<Done> {
         "madvise(MADV_MERGEABLE)",
     )?;
     fill(region, len, SAME);
-    fill(decoy, HUGE_PAGE_SIZE, SAME);
+    fill(decoy, HUGE_PAGE_SIZE, OTHER);
     let before = vmstat_now();
     let sharing_before = Ksm::pages_sharing().unwrap_or(0);
     madvise(
