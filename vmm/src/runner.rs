@@ -25,7 +25,7 @@ use crate::vcpu::{self, Exit};
 use crate::vm::Vm;
 
 /// The seed of the run's patterns (fixed: runs are reproducible; rounds and directions vary it).
-const SEED: u64 = 0x5eed_0f_d1a6;
+const SEED: u64 = 0x005e_ed0f_d1a6;
 /// DMA descriptor size: a 2 MiB region is moved in 4 descriptors per direction per round.
 const TRANSFER_LEN: u64 = 512 << 10;
 /// How often the watchdog looks.

@@ -388,20 +388,20 @@ impl Scenario {
                 format!("{} is outside 8MiB..4GiB", self.vm.memory),
             ));
         }
-        if mem % HUGE_PAGE_SIZE != 0 {
+        if !mem.is_multiple_of(HUGE_PAGE_SIZE) {
             return Err(invalid("vm.memory", "must be a multiple of 2MiB"));
         }
         if self.vm.watchdog.is_zero() {
             return Err(invalid("vm.watchdog", "must be greater than zero"));
         }
         let w = &self.workload;
-        if w.region.0 == 0 || w.region.0 % PAGE_SIZE != 0 {
+        if w.region.0 == 0 || !w.region.0.is_multiple_of(PAGE_SIZE) {
             return Err(invalid(
                 "workload.region",
                 "must be a non-zero multiple of 4KiB",
             ));
         }
-        if w.region_offset.0 % PAGE_SIZE != 0 || w.region_offset.0 >= HUGE_PAGE_SIZE {
+        if !w.region_offset.0.is_multiple_of(PAGE_SIZE) || w.region_offset.0 >= HUGE_PAGE_SIZE {
             return Err(invalid(
                 "workload.region_offset",
                 "must be a multiple of 4KiB below 2MiB",

@@ -76,7 +76,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
         for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
-            if b != 0 && b % (1 << shift) == 0 {
+            if b != 0 && b.is_multiple_of(1 << shift) {
                 return write!(f, "{}{unit}", b >> shift);
             }
         }
@@ -132,7 +132,7 @@ impl fmt::Display for Duration {
             (1_000_000, "ms"),
             (1_000, "us"),
         ] {
-            if ns != 0 && ns % per == 0 {
+            if ns != 0 && ns.is_multiple_of(per) {
                 return write!(f, "{}{unit}", ns / per);
             }
         }

@@ -414,10 +414,8 @@ pub const fn pattern_word(seed: u64, word_index: u64) -> u64 {
 
 /// Fills `out` (a whole number of words) with pattern `seed` starting at word `first_word`.
 pub fn fill_pattern(out: &mut [u64], seed: u64, first_word: u64) {
-    let mut i = first_word;
-    for w in out.iter_mut() {
+    for (w, i) in out.iter_mut().zip(first_word..) {
         *w = pattern_word(seed, i);
-        i += 1;
     }
 }
 
@@ -446,7 +444,7 @@ const _: () = {
     assert!(PD_GPA + 4 * PAGE_SIZE <= BOOT_INFO_GPA);
     assert!(BOOT_INFO_GPA + BOOT_INFO_SIZE == TSS_GPA);
     assert!(TSS_GPA + TSS_SIZE <= RESERVED_END_GPA);
-    assert!(DMA_BASE_GPA % HUGE_PAGE_SIZE == 0);
+    assert!(DMA_BASE_GPA.is_multiple_of(HUGE_PAGE_SIZE));
     assert!(STACK_TOP_GPA < DMA_BASE_GPA);
 };
 

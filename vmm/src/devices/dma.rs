@@ -88,11 +88,11 @@ impl DmaEngine {
         if d.len == 0 || d.iova.checked_add(d.len).is_none() {
             return Err(abi::STATUS_BAD_LENGTH);
         }
-        if d.iova % PAGE_SIZE != 0 || d.len % PAGE_SIZE != 0 {
+        if !d.iova.is_multiple_of(PAGE_SIZE) || !d.len.is_multiple_of(PAGE_SIZE) {
             return Err(abi::STATUS_MISALIGNED);
         }
         if d.op == abi::OP_TO_GUEST {
-            self.to_guest(iommu, d.iova, d.len, d.arg)?;
+            self.dma_to_guest(iommu, d.iova, d.len, d.arg)?;
             stats.bytes_to_guest.fetch_add(d.len, Ordering::Relaxed);
         } else {
             let pages = d.len / PAGE_SIZE;
@@ -103,19 +103,25 @@ impl DmaEngine {
             if out_end > ram.size() {
                 return Err(abi::STATUS_OUT_OF_RANGE);
             }
-            if d.arg % 8 != 0 {
+            if !d.arg.is_multiple_of(8) {
                 return Err(abi::STATUS_MISALIGNED);
             }
             if forbidden.iter().any(|&r| overlaps((d.arg, out_end), r)) {
                 return Err(abi::STATUS_ALIASED);
             }
-            self.from_guest(ram, iommu, d.iova, d.len, d.arg)?;
+            self.dma_from_guest(ram, iommu, d.iova, d.len, d.arg)?;
             stats.bytes_from_guest.fetch_add(d.len, Ordering::Relaxed);
         }
         Ok(d.len)
     }
 
-    fn to_guest(&mut self, iommu: &mut Iommu, iova: u64, len: u64, seed: u64) -> Result<(), u32> {
+    fn dma_to_guest(
+        &mut self,
+        iommu: &mut Iommu,
+        iova: u64,
+        len: u64,
+        seed: u64,
+    ) -> Result<(), u32> {
         let (m, base) = iommu.lookup(iova, len, abi::PERM_WRITE)?;
         let mut done = 0;
         while done < len {
@@ -147,7 +153,7 @@ impl DmaEngine {
         Ok(())
     }
 
-    fn from_guest(
+    fn dma_from_guest(
         &mut self,
         ram: &GuestRam,
         iommu: &mut Iommu,

@@ -138,7 +138,10 @@ impl Iommu {
         }
         let gpa_end = gpa.checked_add(len).ok_or(abi::STATUS_BAD_LENGTH)?;
         let iova_end = iova.checked_add(len).ok_or(abi::STATUS_BAD_LENGTH)?;
-        if iova % PAGE_SIZE != 0 || gpa % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
+        if !iova.is_multiple_of(PAGE_SIZE)
+            || !gpa.is_multiple_of(PAGE_SIZE)
+            || !len.is_multiple_of(PAGE_SIZE)
+        {
             return Err(abi::STATUS_MISALIGNED);
         }
         if gpa_end > ram_size || iova_end > abi::IOVA_LIMIT {
@@ -278,7 +281,8 @@ mod tests {
     fn map_validation_boundaries() {
         let (_ram, iommu) = setup_iommu_with_one_map();
         let p = PAGE_SIZE;
-        let rows: &[(&str, (u64, u64, u64, u32), Option<u32>)] = &[
+        type Row = (&'static str, (u64, u64, u64, u32), Option<u32>);
+        let rows: &[Row] = &[
             ("a fresh page", (0x1000, 0x30_0000, p, RW), None),
             (
                 "zero length",
@@ -391,7 +395,8 @@ mod tests {
     #[test]
     fn lookup_and_unmap() {
         let (ram, mut iommu) = setup_iommu_with_one_map();
-        let rows: &[(&str, u64, u64, u32, Result<u64, u32>)] = &[
+        type Row = (&'static str, u64, u64, u32, Result<u64, u32>);
+        let rows: &[Row] = &[
             ("start", 0x10_0000, 0x1000, abi::PERM_READ, Ok(0)),
             ("inside", 0x10_4000, 0x1000, abi::PERM_WRITE, Ok(0x4000)),
             ("whole", 0x10_0000, 0x10_000, RW, Ok(0)),

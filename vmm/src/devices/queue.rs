@@ -38,7 +38,7 @@ impl Queue {
         if end > ram_size {
             return Err(abi::STATUS_OUT_OF_RANGE);
         }
-        if gpa % 16 != 0 {
+        if !gpa.is_multiple_of(16) {
             return Err(abi::STATUS_MISALIGNED);
         }
         if overlaps((gpa, end), (0, abi::RESERVED_END_GPA)) {
