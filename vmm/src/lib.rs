@@ -5,5 +5,6 @@
 pub mod addr;
 pub mod config;
 pub mod layout;
+pub mod model;
 pub mod scenario;
 pub mod units;
