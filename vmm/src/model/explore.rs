@@ -276,3 +276,53 @@ fn finish(
         states,
     })
 }
+
+/// Benchmark (not a test): explores every scenario in `dir` that has concurrent threads, under
+/// every era, repeatedly, and prints states per second and the time of one full exploration.
+pub fn bench(dir: &std::path::Path) {
+    use std::time::Instant;
+    let mut total_states = 0usize;
+    let mut total_time = std::time::Duration::ZERO;
+    println!("{}", super::report::HEADER);
+    for path in crate::config::scenario_files(dir).unwrap_or_default() {
+        let Ok(s) = crate::config::load(Some(&path)) else { continue };
+        let Ok(prog) = super::spec::program(&s) else { continue };
+        if prog.threads.len() < 2 {
+            continue;
+        }
+        for era in Era::ALL {
+            let start = Instant::now();
+            let mut runs = 0u32;
+            let mut states = 0usize;
+            let mut last = None;
+            while start.elapsed().as_millis() < 50 || runs < 10 {
+                match explore(&prog, era, false) {
+                    Ok(o) => {
+                        states += o.states;
+                        last = Some(o);
+                    }
+                    Err(_) => break,
+                }
+                runs += 1;
+            }
+            let el = start.elapsed();
+            total_states += states;
+            total_time += el;
+            if let Some(o) = last {
+                println!(
+                    "{:40} {:14} {:>6} states  {:>9.1} us/exploration  {:>6.2} M states/s  {:?}",
+                    s.name,
+                    era.name(),
+                    o.states,
+                    el.as_secs_f64() * 1e6 / runs as f64,
+                    states as f64 / el.as_secs_f64() / 1e6,
+                    o.conclusion
+                );
+            }
+        }
+    }
+    println!(
+        "overall: {:.2} M states/s",
+        total_states as f64 / total_time.as_secs_f64().max(1e-9) / 1e6
+    );
+}

@@ -554,7 +554,7 @@ pub fn fault(s: &mut State, ctx: &Ctx, proc: u8, slot: u8, write: bool, log: &mu
         return Ok(Flow::Blocked);
     }
     match s.lookup(proc, slot) {
-        Lookup::None => {
+        Lookup::None | Lookup::Pte(Pte::None) => {
             let f = new_page(s, rules, proc, vi, 0)?;
             map_pte(s, proc, slot, f, 0, vma.write);
             log.note(|| format!("P{proc} fault at slot {slot}: do_anonymous_page maps new page #{f}"));
@@ -660,7 +660,6 @@ pub fn fault(s: &mut State, ctx: &Ctx, proc: u8, slot: u8, write: bool, log: &mu
             }
         }
         Lookup::Pte(Pte::Migration { .. }) => Ok(Flow::Blocked),
-        Lookup::Pte(Pte::None) => unreachable!("handled as Lookup::None"),
     }
 }
 

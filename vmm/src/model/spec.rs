@@ -180,8 +180,11 @@ pub fn live_program(s: &Scenario) -> Program {
             Action::ForkParentWrite => fork(&mut host, &mut child),
             Action::ForkChildWrite => {
                 fork(&mut host, &mut child);
-                for i in 0..4 {
-                    host.push(Op::Write { proc: 1, slot: b + i });
+                // With MADV_DONTFORK guest RAM is not in the child: nothing to write.
+                for i in 0..4u8 {
+                    if !s.vm.dontfork {
+                        host.push(Op::Write { proc: 1, slot: b + i });
+                    }
                 }
                 host.push(Op::ChildExit);
                 child = false;
@@ -221,10 +224,12 @@ pub fn live_program(s: &Scenario) -> Program {
                     start: b + 2,
                     end: b + 4,
                 });
-                host.push(Op::Write {
-                    proc: 1,
-                    slot: b + 3,
-                });
+                if !s.vm.dontfork {
+                    host.push(Op::Write {
+                        proc: 1,
+                        slot: b + 3,
+                    });
+                }
             }
             Action::Collapse => {
                 host.push(Op::SplitPmd { slot: b });

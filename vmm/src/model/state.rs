@@ -29,7 +29,7 @@ pub const PROCS: usize = 2;
 /// VMAs per process.
 pub const VMAS: usize = 4;
 /// anon_vmas in the machine.
-pub const ANON_VMAS: usize = 4;
+pub const ANON_VMAS: usize = 8;
 /// VMAs an anon_vma can list.
 pub const AV_LIST: usize = 6;
 /// Device holders (pins or references).
