@@ -17,7 +17,10 @@ fn load(name: &str) -> Scenario {
     let s = config::load(Some(&configs().join(format!("{name}.toml"))))
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(!s.live, "{name}: model-only scenarios say live = false");
-    assert!(s.about.contains('"'), "{name}: the about paragraph quotes its seed");
+    assert!(
+        s.about.contains('"'),
+        "{name}: the about paragraph quotes its seed"
+    );
     s
 }
 
@@ -42,7 +45,11 @@ fn check(name: &str, rows: &[(&str, &str)]) {
             r.detail,
             r.trace.unwrap_or_default().join("\n")
         );
-        assert_ne!(r.met, Some(false), "{name} @ {e}: the config's own expectation");
+        assert_ne!(
+            r.met,
+            Some(false),
+            "{name} @ {e}: the config's own expectation"
+        );
     }
 }
 
@@ -51,7 +58,12 @@ fn seed002_thp_pte_wp() {
     // A pinned subpage of a PTE-mapped THP, write-protected and written: 4.5 copies it.
     check(
         "seed002-thp-pte-wp",
-        &[("4.4", "coherent"), ("4.5", "diverged"), ("4.6", "coherent"), ("5.19", "coherent")],
+        &[
+            ("4.4", "coherent"),
+            ("4.5", "diverged"),
+            ("4.6", "coherent"),
+            ("5.19", "coherent"),
+        ],
     );
 }
 
@@ -59,13 +71,19 @@ fn seed002_thp_pte_wp() {
 fn seed002_kirill_anon_vma() {
     check(
         "seed002-kirill-anon-vma",
-        &[("4.5+andrea-v1", "invariant-broken:anon-vma-reach"), ("4.6", "coherent")],
+        &[
+            ("4.5+andrea-v1", "invariant-broken:anon-vma-reach"),
+            ("4.6", "coherent"),
+        ],
     );
 }
 
 #[test]
 fn era59_mprotect_pinned() {
-    check("era59-mprotect-pinned", &[("5.9", "diverged"), ("5.19", "coherent")]);
+    check(
+        "era59-mprotect-pinned",
+        &[("5.9", "diverged"), ("5.19", "coherent")],
+    );
 }
 
 #[test]
@@ -76,7 +94,12 @@ fn seed000_gup_fast_vs_unmap() {
     );
     // The counterexample is the interleaving Nick describes: the count check, then gup_fast,
     // then the unmap.
-    let r = replay(&load("seed000-gup-fast-vs-unmap"), era("2.6.29+kosaki"), true).unwrap();
+    let r = replay(
+        &load("seed000-gup-fast-vs-unmap"),
+        era("2.6.29+kosaki"),
+        true,
+    )
+    .unwrap();
     let t = r.trace.unwrap().join("\n");
     let check_at = t.find("OK to unmap").expect(&t);
     let gup_at = t.find("gup_fast takes").expect(&t);
@@ -88,7 +111,11 @@ fn seed000_gup_fast_vs_unmap() {
 fn seed000_fork_parent_write() {
     check(
         "seed000-fork-parent-write",
-        &[("2.6.29", "diverged"), ("5.9", "coherent"), ("5.19", "coherent")],
+        &[
+            ("2.6.29", "diverged"),
+            ("5.9", "coherent"),
+            ("5.19", "coherent"),
+        ],
     );
 }
 
@@ -115,7 +142,10 @@ fn seed004_khugepaged_clear_flush() {
 #[test]
 fn seed003_mremap_order() {
     for e in ["2.6.29", "4.6", "5.19"] {
-        check("seed003-mremap-dst-first", &[(e, "invariant-broken:rmap-sees-migration")]);
+        check(
+            "seed003-mremap-dst-first",
+            &[(e, "invariant-broken:rmap-sees-migration")],
+        );
         check("seed003-mremap-src-first", &[(e, "coherent")]);
     }
 }
@@ -203,7 +233,10 @@ fn modern_era_agrees_with_the_planned_live_matrix() {
         s.name = format!("{pin} {action:?} dontfork={dontfork}");
         let r = model_verdict_for_live(&s, Era::MODERN).unwrap();
         if r.verdict.live() != Some(want) {
-            bad.push(format!("{}: model says {}, live expects {want}", s.name, r.verdict));
+            bad.push(format!(
+                "{}: model says {}, live expects {want}",
+                s.name, r.verdict
+            ));
         }
     }
     assert!(bad.is_empty(), "{}", bad.join("\n"));
@@ -224,12 +257,19 @@ fn every_live_combination_replays_under_every_era() {
                     s.vm.thp = thp;
                     s.perturb.actions = vec![a];
                     for e in Era::ALL {
-                        let r = model_verdict_for_live(&s, e)
-                            .unwrap_or_else(|err| panic!("{a} {pin} dontfork={dontfork} thp={thp}: {err}"));
+                        let r = model_verdict_for_live(&s, e).unwrap_or_else(|err| {
+                            panic!("{a} {pin} dontfork={dontfork} thp={thp}: {err}")
+                        });
                         if pin == PinKind::Mapping {
                             assert!(
-                                matches!(r.verdict, ModelVerdict::Coherent | ModelVerdict::NotApplicable | ModelVerdict::InvariantBroken(_)),
-                                "{a} mapping @ {e}: the control group never diverges, got {}", r.verdict
+                                matches!(
+                                    r.verdict,
+                                    ModelVerdict::Coherent
+                                        | ModelVerdict::NotApplicable
+                                        | ModelVerdict::InvariantBroken(_)
+                                ),
+                                "{a} mapping @ {e}: the control group never diverges, got {}",
+                                r.verdict
                             );
                         }
                     }

@@ -121,7 +121,9 @@ pub enum Wp {
 /// On a write fault to a write-protected huge PMD.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WpPmd {
-    Reuse { set_exclusive: bool },
+    Reuse {
+        set_exclusive: bool,
+    },
     /// Copy the whole THP into a new THP.
     CopyHuge,
     /// Split the PMD and handle the fault at PTE level (5.18+).
@@ -688,7 +690,7 @@ mod tests {
     fn write_fault_on_pinned_small_page() {
         // (era, refcount, exclusive, reuse?)
         let rows = [
-            (Era::V2_6_29, 2, false, true),       // mapcount rule ignores the GUP ref
+            (Era::V2_6_29, 2, false, true), // mapcount rule ignores the GUP ref
             (Era::V2_6_29Kosaki, 2, false, false), // count rule: the ref forces a copy
             (Era::V4_4, 2, false, true),
             (Era::V4_6, 2, false, true),

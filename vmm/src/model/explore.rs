@@ -105,14 +105,23 @@ fn run_seq(
         };
         let res = ops::step(s, &c, op, &mut log);
         if let Some(t) = trace.as_deref_mut() {
-            t.push(format!("[{label}] {}: {}", ops::op_name(op), log.notes.join("; ")));
+            t.push(format!(
+                "[{label}] {}: {}",
+                ops::op_name(op),
+                log.notes.join("; ")
+            ));
         }
         match res {
             Ok(Flow::Blocked) => {
-                return Err(Error::Deadlock(format!("{label}: `{}` blocked", ops::op_name(op))))
+                return Err(Error::Deadlock(format!(
+                    "{label}: `{}` blocked",
+                    ops::op_name(op)
+                )))
             }
             Ok(_) => {}
-            Err(stop @ (Stop::Broken(_) | Stop::NotApplicable(_))) => return Ok(Run::Stopped(stop)),
+            Err(stop @ (Stop::Broken(_) | Stop::NotApplicable(_))) => {
+                return Ok(Run::Stopped(stop))
+            }
             Err(e) => return Err(Error::Model(e)),
         }
     }
@@ -138,7 +147,7 @@ pub fn explore(prog: &Program, era: Era, want_trace: bool) -> Result<Outcome, Er
     if prog.threads.len() > THREADS {
         return Err(Error::TooManyThreads(prog.threads.len()));
     }
-    debug_assert!(SLOTS >= SUBS * 2);
+    const { assert!(SLOTS >= SUBS * 2) };
     let mut root = initial();
     if let Run::Stopped(stop) = run_seq(&mut root, prog, era, &prog.setup, 0, "setup", None)? {
         return finish(prog, era, want_trace, conclude(stop)?, Vec::new(), 1, 0);
@@ -176,7 +185,15 @@ pub fn explore(prog: &Program, era: Era, want_trace: bool) -> Result<Outcome, Er
                     let mut path = path_to(&nodes, id);
                     path.push(t as u8);
                     let states = seen.len();
-                    return finish(prog, era, want_trace, conclude(stop)?, path, states, findings);
+                    return finish(
+                        prog,
+                        era,
+                        want_trace,
+                        conclude(stop)?,
+                        path,
+                        states,
+                        findings,
+                    );
                 }
                 Err(e) => return Err(Error::Model(e)),
             }
@@ -191,7 +208,15 @@ pub fn explore(prog: &Program, era: Era, want_trace: bool) -> Result<Outcome, Er
                 Run::Stopped(stop) => {
                     let path = path_to(&nodes, id);
                     let states = seen.len();
-                    return finish(prog, era, want_trace, conclude(stop)?, path, states, findings);
+                    return finish(
+                        prog,
+                        era,
+                        want_trace,
+                        conclude(stop)?,
+                        path,
+                        states,
+                        findings,
+                    );
                 }
             }
         } else if !any {
@@ -202,9 +227,19 @@ pub fn explore(prog: &Program, era: Era, want_trace: bool) -> Result<Outcome, Er
             return Err(Error::Deadlock(format!("waiting: {}", who.join(", "))));
         }
     }
-    let path = first_terminal.map(|id| path_to(&nodes, id)).unwrap_or_default();
+    let path = first_terminal
+        .map(|id| path_to(&nodes, id))
+        .unwrap_or_default();
     let states = seen.len();
-    finish(prog, era, want_trace, Conclusion::Coherent, path, states, findings)
+    finish(
+        prog,
+        era,
+        want_trace,
+        Conclusion::Coherent,
+        path,
+        states,
+        findings,
+    )
 }
 
 fn path_to(nodes: &[(u32, u8)], mut id: u32) -> Vec<u8> {
@@ -285,8 +320,12 @@ pub fn bench(dir: &std::path::Path) {
     let mut total_time = std::time::Duration::ZERO;
     println!("{}", super::report::HEADER);
     for path in crate::config::scenario_files(dir).unwrap_or_default() {
-        let Ok(s) = crate::config::load(Some(&path)) else { continue };
-        let Ok(prog) = super::spec::program(&s) else { continue };
+        let Ok(s) = crate::config::load(Some(&path)) else {
+            continue;
+        };
+        let Ok(prog) = super::spec::program(&s) else {
+            continue;
+        };
         if prog.threads.len() < 2 {
             continue;
         }

@@ -156,7 +156,11 @@ mod tests {
     fn anon_vma_reach_rows() {
         // Listed: an rmap walk finds the PTE. Not listed: Kirill's bug, a walk misses it.
         for (listed, broken) in [(true, false), (false, true)] {
-            assert_eq!(anon_vma_reach(&mapped(listed)).is_some(), broken, "listed={listed}");
+            assert_eq!(
+                anon_vma_reach(&mapped(listed)).is_some(),
+                broken,
+                "listed={listed}"
+            );
         }
     }
 
@@ -165,7 +169,12 @@ mod tests {
         let names: Vec<_> = Invariant::ALL.iter().map(|i| i.name()).collect();
         assert_eq!(
             names,
-            ["pin-is-mapped", "no-lost-write", "anon-vma-reach", "rmap-sees-migration"]
+            [
+                "pin-is-mapped",
+                "no-lost-write",
+                "anon-vma-reach",
+                "rmap-sees-migration"
+            ]
         );
     }
 }

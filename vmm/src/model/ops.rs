@@ -36,8 +36,14 @@ pub enum Op {
         dontfork: bool,
         populate: bool,
     },
-    Write { proc: u8, slot: u8 },
-    Read { proc: u8, slot: u8 },
+    Write {
+        proc: u8,
+        slot: u8,
+    },
+    Read {
+        proc: u8,
+        slot: u8,
+    },
     /// Slow GUP (get_user_pages / pin_user_pages).
     Gup {
         slot: u8,
@@ -45,24 +51,56 @@ pub enum Op {
         write: bool,
         count: u16,
     },
-    GupFast { slot: u8, pin: bool, write: bool },
+    GupFast {
+        slot: u8,
+        pin: bool,
+        write: bool,
+    },
     Fork,
     ChildExit,
-    Munmap { proc: u8, start: u8, end: u8 },
-    Mprotect { start: u8, end: u8, write: bool },
-    SplitPmd { slot: u8 },
-    SplitFolio { slot: u8 },
-    Ksm { slot: u8 },
-    Collapse { slot: u8 },
+    Munmap {
+        proc: u8,
+        start: u8,
+        end: u8,
+    },
+    Mprotect {
+        start: u8,
+        end: u8,
+        write: bool,
+    },
+    SplitPmd {
+        slot: u8,
+    },
+    SplitFolio {
+        slot: u8,
+    },
+    Ksm {
+        slot: u8,
+    },
+    Collapse {
+        slot: u8,
+    },
     /// add_to_swap: the page enters the swapcache.
-    Swapout { slot: u8 },
+    Swapout {
+        slot: u8,
+    },
     /// try_to_unmap for reclaim.
-    TryToUnmap { slot: u8 },
+    TryToUnmap {
+        slot: u8,
+    },
     /// Reclaim a range (MADV_PAGEOUT): split, add to swap, try_to_unmap, as one step.
-    Pageout { start: u8, end: u8 },
-    Migrate { slot: u8 },
+    Pageout {
+        start: u8,
+        end: u8,
+    },
+    Migrate {
+        slot: u8,
+    },
     /// Migrate every folio in a range (compaction), as one step.
-    Compact { start: u8, end: u8 },
+    Compact {
+        start: u8,
+        end: u8,
+    },
     Mremap {
         start: u8,
         end: u8,
@@ -71,12 +109,22 @@ pub enum Op {
         /// The VMM re-points its memslot: guest RAM now starts at `dst`.
         repoint: bool,
     },
-    Dontneed { start: u8, end: u8 },
-    UffdWp { start: u8, end: u8 },
+    Dontneed {
+        start: u8,
+        end: u8,
+    },
+    UffdWp {
+        start: u8,
+        end: u8,
+    },
     /// One workload round over the DMA offsets.
     Round,
-    DeviceWrite { off: u8 },
-    DeviceRead { off: u8 },
+    DeviceWrite {
+        off: u8,
+    },
+    DeviceRead {
+        off: u8,
+    },
 }
 
 /// How the device reaches guest RAM and which directions a round runs.
@@ -267,9 +315,12 @@ fn anon_vma_prepare(s: &mut State, proc: u8, vi: usize) -> R<u8> {
 }
 
 fn vma_of(s: &State, proc: u8, slot: u8, op: &'static str) -> R<usize> {
-    s.procs[proc as usize]
-        .vma_at(slot)
-        .ok_or_else(|| err(op, format!("slot {slot} of process {proc} is not in a VMA (SIGSEGV)")))
+    s.procs[proc as usize].vma_at(slot).ok_or_else(|| {
+        err(
+            op,
+            format!("slot {slot} of process {proc} is not in a VMA (SIGSEGV)"),
+        )
+    })
 }
 
 /// __split_vma: `[start, at)` stays, `[at, end)` becomes a new VMA on the same anon_vmas.
@@ -455,7 +506,9 @@ fn split_pmd(s: &mut State, rules: &Rules, proc: u8, pmd: usize, log: &mut Log) 
         log.note(|| format!("split_huge_pmd: PMD {pmd} of P{proc} -> {SUBS} PTEs mapping THP #{folio} (refcount {})", s.folio(folio).refcount));
         Ok(())
     } else {
-        log.note(|| format!("split_huge_page_pmd (old THP refcounting): splits THP #{folio} itself"));
+        log.note(|| {
+            format!("split_huge_page_pmd (old THP refcounting): splits THP #{folio} itself")
+        });
         split_folio_now(s, rules, folio, log)
     }
 }
@@ -548,7 +601,10 @@ pub fn fault(s: &mut State, ctx: &Ctx, proc: u8, slot: u8, write: bool, log: &mu
     let vi = vma_of(s, proc, slot, "handle_mm_fault")?;
     let vma = s.procs[proc as usize].vmas[vi];
     if write && !vma.write {
-        return Err(err("handle_mm_fault", format!("write to read-only slot {slot} (SIGSEGV)")));
+        return Err(err(
+            "handle_mm_fault",
+            format!("write to read-only slot {slot} (SIGSEGV)"),
+        ));
     }
     if s.procs[proc as usize].pmd[slot as usize / SUBS] == Pmd::Detached {
         return Ok(Flow::Blocked);
@@ -557,7 +613,9 @@ pub fn fault(s: &mut State, ctx: &Ctx, proc: u8, slot: u8, write: bool, log: &mu
         Lookup::None | Lookup::Pte(Pte::None) => {
             let f = new_page(s, rules, proc, vi, 0)?;
             map_pte(s, proc, slot, f, 0, vma.write);
-            log.note(|| format!("P{proc} fault at slot {slot}: do_anonymous_page maps new page #{f}"));
+            log.note(|| {
+                format!("P{proc} fault at slot {slot}: do_anonymous_page maps new page #{f}")
+            });
             Ok(Flow::Done)
         }
         Lookup::Huge {
@@ -572,7 +630,10 @@ pub fn fault(s: &mut State, ctx: &Ctx, proc: u8, slot: u8, write: bool, log: &mu
             let pmd = slot as usize / SUBS;
             if uffd {
                 uffd_resolve(s, ctx, proc, slot, log);
-                if matches!(s.procs[proc as usize].pmd[pmd], Pmd::Huge { write: true, .. }) {
+                if matches!(
+                    s.procs[proc as usize].pmd[pmd],
+                    Pmd::Huge { write: true, .. }
+                ) {
                     return Ok(Flow::Done);
                 }
             }
@@ -625,7 +686,10 @@ pub fn fault(s: &mut State, ctx: &Ctx, proc: u8, slot: u8, write: bool, log: &mu
             }
             if uffd {
                 uffd_resolve(s, ctx, proc, slot, log);
-                if matches!(s.procs[proc as usize].pte[slot as usize], Pte::Present { write: true, .. }) {
+                if matches!(
+                    s.procs[proc as usize].pte[slot as usize],
+                    Pte::Present { write: true, .. }
+                ) {
                     return Ok(Flow::Done);
                 }
             }
@@ -640,10 +704,17 @@ pub fn fault(s: &mut State, ctx: &Ctx, proc: u8, slot: u8, write: bool, log: &mu
             s.procs[proc as usize].pte[slot as usize] = Pte::None;
             map_pte(s, proc, slot, folio, sub, false);
             s.folio_mut(folio).subs[sub as usize].exclusive = exclusive;
-            log.note(|| format!("P{proc} fault at slot {slot}: do_swap_page maps back {}", page_desc(s, folio, sub)));
+            log.note(|| {
+                format!(
+                    "P{proc} fault at slot {slot}: do_swap_page maps back {}",
+                    page_desc(s, folio, sub)
+                )
+            });
             if write {
                 if (rules.swapin_reuse)(s, folio, sub, exclusive) {
-                    if let Pte::Present { write, .. } = &mut s.procs[proc as usize].pte[slot as usize] {
+                    if let Pte::Present { write, .. } =
+                        &mut s.procs[proc as usize].pte[slot as usize]
+                    {
                         *write = true;
                     }
                     if rules.features.anon_exclusive {
@@ -652,7 +723,12 @@ pub fn fault(s: &mut State, ctx: &Ctx, proc: u8, slot: u8, write: bool, log: &mu
                     log.note(|| format!("{}: do_swap_page reuses it writable", rules.name));
                     Ok(Flow::Done)
                 } else {
-                    log.note(|| format!("{}: do_swap_page may not reuse it -> write fault", rules.name));
+                    log.note(|| {
+                        format!(
+                            "{}: do_swap_page may not reuse it -> write fault",
+                            rules.name
+                        )
+                    });
                     wp_pte(s, ctx, proc, slot, vi, log)
                 }
             } else {
@@ -675,7 +751,16 @@ fn uffd_resolve(s: &mut State, ctx: &Ctx, proc: u8, slot: u8, log: &mut Log) {
                 write: w,
                 uffd: false,
             };
-            log.note(|| format!("uffd handler: UFFDIO_WRITEPROTECT(0) on PMD {pmd}: {}", if w { "made writable (exclusive)" } else { "write bit left to the fault" }));
+            log.note(|| {
+                format!(
+                    "uffd handler: UFFDIO_WRITEPROTECT(0) on PMD {pmd}: {}",
+                    if w {
+                        "made writable (exclusive)"
+                    } else {
+                        "write bit left to the fault"
+                    }
+                )
+            });
         }
         _ => {
             if let Pte::Present { folio, sub, .. } = s.procs[proc as usize].pte[slot as usize] {
@@ -686,7 +771,16 @@ fn uffd_resolve(s: &mut State, ctx: &Ctx, proc: u8, slot: u8, log: &mut Log) {
                     write: w,
                     uffd: false,
                 };
-                log.note(|| format!("uffd handler: UFFDIO_WRITEPROTECT(0) on slot {slot}: {}", if w { "made writable (exclusive)" } else { "write bit left to the fault" }));
+                log.note(|| {
+                    format!(
+                        "uffd handler: UFFDIO_WRITEPROTECT(0) on slot {slot}: {}",
+                        if w {
+                            "made writable (exclusive)"
+                        } else {
+                            "write bit left to the fault"
+                        }
+                    )
+                });
             }
         }
     }
@@ -698,7 +792,11 @@ fn wp_pte(s: &mut State, ctx: &Ctx, proc: u8, slot: u8, vi: usize, log: &mut Log
     let Pte::Present { folio, sub, .. } = s.procs[proc as usize].pte[slot as usize] else {
         return Err(err("do_wp_page", "no present PTE"));
     };
-    let before = if log.on { page_desc(s, folio, sub) } else { String::new() };
+    let before = if log.on {
+        page_desc(s, folio, sub)
+    } else {
+        String::new()
+    };
     match (rules.wp_pte)(s, folio, sub) {
         Wp::Reuse {
             move_anon_vma,
@@ -812,7 +910,10 @@ fn cpu_read(s: &mut State, ctx: &Ctx, proc: u8, slot: u8, log: &mut Log) -> R<Fl
 }
 
 fn holder_for(s: &State, off: u8) -> Option<Holder> {
-    s.holders.iter().find(|h| h.live && h.proc == 0 && h.off == off).copied()
+    s.holders
+        .iter()
+        .find(|h| h.live && h.proc == 0 && h.off == off)
+        .copied()
 }
 
 /// `pin-is-mapped` at a DMA step: the held page must be the page mapped at its address.
@@ -838,7 +939,12 @@ fn device_write(s: &mut State, ctx: &Ctx, off: u8, log: &mut Log) -> R<Flow> {
     let v = s.new_version();
     s.folio_mut(h.folio).subs[h.sub as usize].version = v;
     s.expected[off as usize] = v;
-    log.note(|| format!("device DMA-writes v{v} at offset {off} through its hold on page #{}", h.folio));
+    log.note(|| {
+        format!(
+            "device DMA-writes v{v} at offset {off} through its hold on page #{}",
+            h.folio
+        )
+    });
     Ok(Flow::Done)
 }
 
@@ -856,7 +962,12 @@ fn device_read(s: &mut State, ctx: &Ctx, off: u8, log: &mut Log) -> R<Flow> {
         log.note(|| format!("device DMA-reads v{v} at offset {off} from page #{}, but the guest last wrote v{want}", h.folio));
         return Err(Stop::Broken(Invariant::NoLostWrite));
     }
-    log.note(|| format!("device DMA-reads v{v} at offset {off} from page #{}: as written", h.folio));
+    log.note(|| {
+        format!(
+            "device DMA-reads v{v} at offset {off} from page #{}: as written",
+            h.folio
+        )
+    });
     Ok(Flow::Done)
 }
 
@@ -933,11 +1044,36 @@ fn gup_slow(
     if pin && rules.features.foll_pin {
         s.procs[0].has_pinned = true;
     }
-    log.note(|| format!("GUP ({}{}{}) takes {} on {}", if pin { "FOLL_PIN|FOLL_LONGTERM" } else { "FOLL_GET" }, if write { "|FOLL_WRITE" } else { "" }, if count > 1 { format!(" x{count}") } else { String::new() }, if pin { "a pin" } else { "a reference" }, page_desc(s, f, sub)));
+    log.note(|| {
+        format!(
+            "GUP ({}{}{}) takes {} on {}",
+            if pin {
+                "FOLL_PIN|FOLL_LONGTERM"
+            } else {
+                "FOLL_GET"
+            },
+            if write { "|FOLL_WRITE" } else { "" },
+            if count > 1 {
+                format!(" x{count}")
+            } else {
+                String::new()
+            },
+            if pin { "a pin" } else { "a reference" },
+            page_desc(s, f, sub)
+        )
+    });
     Ok(Flow::Done)
 }
 
-fn gup_fast(s: &mut State, ctx: &Ctx, r: &mut super::state::Regs, slot: u8, pin: bool, write: bool, log: &mut Log) -> R<Flow> {
+fn gup_fast(
+    s: &mut State,
+    ctx: &Ctx,
+    r: &mut super::state::Regs,
+    slot: u8,
+    pin: bool,
+    write: bool,
+    log: &mut Log,
+) -> R<Flow> {
     let rules = ctx.rules;
     let kind = if pin { HoldKind::Pin } else { HoldKind::Get };
     let bit = 1u8 << ctx.tid;
@@ -945,21 +1081,37 @@ fn gup_fast(s: &mut State, ctx: &Ctx, r: &mut super::state::Regs, slot: u8, pin:
         0 => {
             let found = match s.lookup(0, slot) {
                 Lookup::Huge {
-                    folio, sub, write: w, ..
+                    folio,
+                    sub,
+                    write: w,
+                    ..
                 } => Some((folio, sub, w)),
                 Lookup::Pte(Pte::Present {
-                    folio, sub, write: w, ..
+                    folio,
+                    sub,
+                    write: w,
+                    ..
                 }) => Some((folio, sub, w)),
                 _ => None,
             };
             match found {
                 Some((f, sub, w))
-                    if !(rules.gup_fault_first)(pin, write, w, s.folio(f).subs[sub as usize].exclusive) =>
+                    if !(rules.gup_fault_first)(
+                        pin,
+                        write,
+                        w,
+                        s.folio(f).subs[sub as usize].exclusive,
+                    ) =>
                 {
                     r.reg = [f, sub, 0];
                     s.irqoff |= bit;
                     r.phase = 1;
-                    log.note(|| format!("gup_fast (interrupts off) reads the PTE of slot {slot}: {}", page_desc(s, f, sub)));
+                    log.note(|| {
+                        format!(
+                            "gup_fast (interrupts off) reads the PTE of slot {slot}: {}",
+                            page_desc(s, f, sub)
+                        )
+                    });
                 }
                 _ => {
                     r.phase = 3;
@@ -972,7 +1124,13 @@ fn gup_fast(s: &mut State, ctx: &Ctx, r: &mut super::state::Regs, slot: u8, pin:
             let f = r.reg[0];
             take_refs(s, rules, f, kind, 1);
             r.phase = 2;
-            log.note(|| format!("gup_fast takes {} on page #{f}: refcount now {}", if pin { "a pin" } else { "a reference" }, s.folio(f).refcount));
+            log.note(|| {
+                format!(
+                    "gup_fast takes {} on page #{f}: refcount now {}",
+                    if pin { "a pin" } else { "a reference" },
+                    s.folio(f).refcount
+                )
+            });
             Ok(Flow::Next)
         }
         2 => {
@@ -988,7 +1146,16 @@ fn gup_fast(s: &mut State, ctx: &Ctx, r: &mut super::state::Regs, slot: u8, pin:
             if pin && rules.features.foll_pin {
                 s.procs[0].has_pinned = true;
             }
-            log.note(|| format!("gup_fast {}: done, interrupts on; the device holds page #{f}", if rules.features.gup_fast_recheck { "rechecks the PTE (unchanged)" } else { "(no recheck in this era)" }));
+            log.note(|| {
+                format!(
+                    "gup_fast {}: done, interrupts on; the device holds page #{f}",
+                    if rules.features.gup_fast_recheck {
+                        "rechecks the PTE (unchanged)"
+                    } else {
+                        "(no recheck in this era)"
+                    }
+                )
+            });
             Ok(Flow::Done)
         }
         _ => gup_slow(s, ctx, slot, pin, write, 1, log),
@@ -1011,7 +1178,12 @@ fn fork(s: &mut State, ctx: &Ctx, log: &mut Log) -> R<Flow> {
         let v = s.procs[0].vmas[vi];
         if !v.live || v.dontfork {
             if v.live {
-                log.note(|| format!("fork: VMA [{}, {}) is MADV_DONTFORK: not in the child", v.start, v.end));
+                log.note(|| {
+                    format!(
+                        "fork: VMA [{}, {}) is MADV_DONTFORK: not in the child",
+                        v.start, v.end
+                    )
+                });
             }
             continue;
         }
@@ -1019,14 +1191,12 @@ fn fork(s: &mut State, ctx: &Ctx, log: &mut Log) -> R<Flow> {
         // parent's on every anon_vma the parent chains to; before, the child shares the
         // parent's anon_vma.
         let mut cv = v;
-        if v.anon_vma != NONE {
-            if rules.features.anon_vma_chains {
-                let av = s
-                    .alloc_anon_vma()
-                    .ok_or_else(|| err("anon_vma_fork", "no free anon_vma"))?;
-                cv.anon_vma = av;
-                cv.chain = v.chain | (1 << av);
-            }
+        if v.anon_vma != NONE && rules.features.anon_vma_chains {
+            let av = s
+                .alloc_anon_vma()
+                .ok_or_else(|| err("anon_vma_fork", "no free anon_vma"))?;
+            cv.anon_vma = av;
+            cv.chain = v.chain | (1 << av);
         }
         s.procs[1].vmas[vi] = cv;
         for av in chain_avs(cv.chain) {
@@ -1034,7 +1204,7 @@ fn fork(s: &mut State, ctx: &Ctx, log: &mut Log) -> R<Flow> {
         }
         for slot in v.start..v.end {
             let pmd = slot as usize / SUBS;
-            if slot as usize % SUBS == 0 {
+            if (slot as usize).is_multiple_of(SUBS) {
                 if let Pmd::Huge { folio, .. } = s.procs[0].pmd[pmd] {
                     if (rules.fork_copy)(s, 0, folio, 0) {
                         // copy_huge_pmd: a maybe-pinned THP is split, then copied at PTE level.
@@ -1055,7 +1225,9 @@ fn fork(s: &mut State, ctx: &Ctx, log: &mut Log) -> R<Flow> {
                         for sub in f.subs.iter_mut() {
                             sub.exclusive = false;
                         }
-                        log.note(|| format!("fork: THP #{folio} shared by PMD, write-protected in both"));
+                        log.note(|| {
+                            format!("fork: THP #{folio} shared by PMD, write-protected in both")
+                        });
                         continue;
                     }
                 }
@@ -1064,7 +1236,9 @@ fn fork(s: &mut State, ctx: &Ctx, log: &mut Log) -> R<Flow> {
                 continue;
             }
             match s.procs[0].pte[slot as usize] {
-                Pte::Present { folio, sub, uffd, .. } => {
+                Pte::Present {
+                    folio, sub, uffd, ..
+                } => {
                     if (rules.fork_copy)(s, 0, folio, sub) {
                         let version = s.folio(folio).subs[sub as usize].version;
                         let n = new_page(s, rules, 1, vi, version)?;
@@ -1074,7 +1248,12 @@ fn fork(s: &mut State, ctx: &Ctx, log: &mut Log) -> R<Flow> {
                             s.findings |= FINDING_BIAS_FALSE_POSITIVE;
                             log.note(|| format!("fork: {} has NO pin but refcount >= {PIN_BIAS}: page_maybe_dma_pinned says pinned -> copied for the child as page #{n} (seed 001's false positive)", page_desc(s, folio, sub)));
                         } else {
-                            log.note(|| format!("fork: {} may be pinned -> copied for the child as page #{n}", page_desc(s, folio, sub)));
+                            log.note(|| {
+                                format!(
+                                    "fork: {} may be pinned -> copied for the child as page #{n}",
+                                    page_desc(s, folio, sub)
+                                )
+                            });
                         }
                     } else {
                         if let Pte::Present { write, .. } = &mut s.procs[0].pte[slot as usize] {
@@ -1160,7 +1339,14 @@ fn child_exit(s: &mut State, ctx: &Ctx, log: &mut Log) -> R<Flow> {
 }
 
 /// Splits huge PMDs that `[start, end)` covers only in part.
-fn split_partial_pmds(s: &mut State, rules: &Rules, proc: u8, start: u8, end: u8, log: &mut Log) -> R<()> {
+fn split_partial_pmds(
+    s: &mut State,
+    rules: &Rules,
+    proc: u8,
+    start: u8,
+    end: u8,
+    log: &mut Log,
+) -> R<()> {
     for pmd in 0..super::state::PMDS {
         let (ps, pe) = ((pmd * SUBS) as u8, ((pmd + 1) * SUBS) as u8);
         let overlaps = start < pe && end > ps;
@@ -1182,7 +1368,7 @@ fn mprotect(s: &mut State, ctx: &Ctx, start: u8, end: u8, write: bool, log: &mut
     for slot in start..end {
         let pmd = slot as usize / SUBS;
         match s.procs[0].pmd[pmd] {
-            Pmd::Huge { folio, uffd, .. } if slot as usize % SUBS == 0 => {
+            Pmd::Huge { folio, uffd, .. } if (slot as usize).is_multiple_of(SUBS) => {
                 let w = write && (rules.make_writable)(s, folio, 0);
                 made += w as u32;
                 s.procs[0].pmd[pmd] = Pmd::Huge {
@@ -1192,7 +1378,10 @@ fn mprotect(s: &mut State, ctx: &Ctx, start: u8, end: u8, write: bool, log: &mut
                 };
             }
             Pmd::Table => {
-                if let Pte::Present { folio, sub, uffd, .. } = s.procs[0].pte[slot as usize] {
+                if let Pte::Present {
+                    folio, sub, uffd, ..
+                } = s.procs[0].pte[slot as usize]
+                {
                     let w = write && (rules.make_writable)(s, folio, sub);
                     made += w as u32;
                     s.procs[0].pte[slot as usize] = Pte::Present {
@@ -1255,13 +1444,21 @@ fn split_folio_op(s: &mut State, ctx: &Ctx, slot: u8, log: &mut Log) -> R<Flow> 
         return Ok(Flow::Done);
     };
     if !s.folio(f).large() {
-        log.note(|| format!("split_huge_page: page #{f} at slot {slot} is not a THP; nothing to split"));
+        log.note(|| {
+            format!("split_huge_page: page #{f} at slot {slot} is not a THP; nothing to split")
+        });
         return Ok(Flow::Done);
     }
     if (ctx.rules.may_split)(s, f) {
         split_folio_now(s, ctx.rules, f, log)?;
     } else {
-        log.note(|| format!("split_huge_page on {}: {} refuses (extra references: -EBUSY)", page_desc(s, f, 0), ctx.rules.name));
+        log.note(|| {
+            format!(
+                "split_huge_page on {}: {} refuses (extra references: -EBUSY)",
+                page_desc(s, f, 0),
+                ctx.rules.name
+            )
+        });
     }
     Ok(Flow::Done)
 }
@@ -1278,7 +1475,12 @@ fn swapout(s: &mut State, slot: u8, log: &mut Log) -> R<Flow> {
         fo.swapcache = true;
         fo.refcount += 1;
     }
-    log.note(|| format!("add_to_swap: page #{f} enters the swapcache (refcount {})", s.folio(f).refcount));
+    log.note(|| {
+        format!(
+            "add_to_swap: page #{f} enters the swapcache (refcount {})",
+            s.folio(f).refcount
+        )
+    });
     Ok(Flow::Done)
 }
 
@@ -1305,7 +1507,13 @@ fn unmap_to_swap(s: &mut State, f: u8) {
 }
 
 /// try_to_unmap for reclaim, as the era orders its check and its unmap.
-fn try_to_unmap(s: &mut State, ctx: &Ctx, r: &mut super::state::Regs, slot: u8, log: &mut Log) -> R<Flow> {
+fn try_to_unmap(
+    s: &mut State,
+    ctx: &Ctx,
+    r: &mut super::state::Regs,
+    slot: u8,
+    log: &mut Log,
+) -> R<Flow> {
     let rules = ctx.rules;
     let f = if r.phase == 0 {
         match s.mapped_page(0, slot) {
@@ -1320,7 +1528,11 @@ fn try_to_unmap(s: &mut State, ctx: &Ctx, r: &mut super::state::Regs, slot: u8, 
             if flush_blocked(s, ctx.tid) {
                 return Ok(Flow::Blocked);
             }
-            let before = if log.on { page_desc(s, f, 0) } else { String::new() };
+            let before = if log.on {
+                page_desc(s, f, 0)
+            } else {
+                String::new()
+            };
             unmap_to_swap(s, f);
             log.note(|| format!("try_to_unmap: ptep_clear_flush (the IPI waits for gup_fast) and install swap entries for {before}"));
             Ok(Flow::Done)
@@ -1348,7 +1560,11 @@ fn try_to_unmap(s: &mut State, ctx: &Ctx, r: &mut super::state::Regs, slot: u8, 
                 return Ok(Flow::Done);
             }
             unmap_to_swap(s, f);
-            log.note(|| format!("try_to_unmap: clear+flush, share check passes -> swap entries for page #{f}"));
+            log.note(|| {
+                format!(
+                    "try_to_unmap: clear+flush, share check passes -> swap entries for page #{f}"
+                )
+            });
             Ok(Flow::Done)
         }
     }
@@ -1359,21 +1575,30 @@ fn pageout(s: &mut State, ctx: &Ctx, start: u8, end: u8, log: &mut Log) -> R<Flo
     let rules = ctx.rules;
     let mut seen = Vec::new();
     for slot in start..end {
-        let Some((f, _)) = s.mapped_page(0, slot) else { continue };
+        let Some((f, _)) = s.mapped_page(0, slot) else {
+            continue;
+        };
         if seen.contains(&f) {
             continue;
         }
         seen.push(f);
         if s.folio(f).large() {
             if !(rules.may_split)(s, f) {
-                log.note(|| format!("reclaim: {} cannot be split (extra references): not reclaimed", page_desc(s, f, 0)));
+                log.note(|| {
+                    format!(
+                        "reclaim: {} cannot be split (extra references): not reclaimed",
+                        page_desc(s, f, 0)
+                    )
+                });
                 continue;
             }
             split_folio_now(s, rules, f, log)?;
         }
     }
     for slot in start..end {
-        let Some((f, _)) = s.mapped_page(0, slot) else { continue };
+        let Some((f, _)) = s.mapped_page(0, slot) else {
+            continue;
+        };
         swapout(s, slot, log)?;
         let fo = *s.folio(f);
         let ok = match rules.unmap {
@@ -1385,7 +1610,12 @@ fn pageout(s: &mut State, ctx: &Ctx, start: u8, end: u8, log: &mut Log) -> R<Flo
             unmap_to_swap(s, f);
             log.note(|| format!("reclaim: page #{f} at slot {slot} unmapped to a swap entry (stays in the swapcache while referenced)"));
         } else {
-            log.note(|| format!("reclaim: try_to_unmap refuses page #{f} at slot {slot} ({})", rules.name));
+            log.note(|| {
+                format!(
+                    "reclaim: try_to_unmap refuses page #{f} at slot {slot} ({})",
+                    rules.name
+                )
+            });
         }
     }
     Ok(Flow::Done)
@@ -1408,7 +1638,9 @@ fn migrate_now(s: &mut State, from: u8, log: &mut Log) -> R<u8> {
         }
         for e in s.procs[p].pte.iter_mut() {
             match e {
-                Pte::Present { folio, .. } | Pte::Swap { folio, .. } | Pte::Migration { folio, .. }
+                Pte::Present { folio, .. }
+                | Pte::Swap { folio, .. }
+                | Pte::Migration { folio, .. }
                     if *folio == from =>
                 {
                     *folio = to
@@ -1425,7 +1657,9 @@ fn migrate_now(s: &mut State, from: u8, log: &mut Log) -> R<u8> {
 fn compact(s: &mut State, ctx: &Ctx, start: u8, end: u8, log: &mut Log) -> R<Flow> {
     let mut seen = Vec::new();
     for slot in start..end {
-        let Some((f, _)) = s.mapped_page(0, slot) else { continue };
+        let Some((f, _)) = s.mapped_page(0, slot) else {
+            continue;
+        };
         if seen.contains(&f) {
             continue;
         }
@@ -1434,7 +1668,12 @@ fn compact(s: &mut State, ctx: &Ctx, start: u8, end: u8, log: &mut Log) -> R<Flo
             seen.push(to);
         } else {
             seen.push(f);
-            log.note(|| format!("compaction: {} has extra references: not migrated", page_desc(s, f, 0)));
+            log.note(|| {
+                format!(
+                    "compaction: {} has extra references: not migrated",
+                    page_desc(s, f, 0)
+                )
+            });
         }
     }
     Ok(Flow::Done)
@@ -1442,7 +1681,13 @@ fn compact(s: &mut State, ctx: &Ctx, start: u8, end: u8, log: &mut Log) -> R<Flo
 
 /// Migration of a small page in steps: unmap to migration entries | copy | remove_migration_ptes
 /// (one VMA of the anon_vma's list per step, under the anon_vma lock).
-fn migrate(s: &mut State, ctx: &Ctx, r: &mut super::state::Regs, slot: u8, log: &mut Log) -> R<Flow> {
+fn migrate(
+    s: &mut State,
+    ctx: &Ctx,
+    r: &mut super::state::Regs,
+    slot: u8,
+    log: &mut Log,
+) -> R<Flow> {
     let rules = ctx.rules;
     match r.phase {
         0 => {
@@ -1464,7 +1709,10 @@ fn migrate(s: &mut State, ctx: &Ctx, r: &mut super::state::Regs, slot: u8, log: 
             s.folio_mut(f).refcount += 1;
             for p in 0..PROCS {
                 for sl in 0..SLOTS {
-                    if let Pte::Present { folio, sub, write, .. } = s.procs[p].pte[sl] {
+                    if let Pte::Present {
+                        folio, sub, write, ..
+                    } = s.procs[p].pte[sl]
+                    {
                         if folio == f {
                             let excl = s.folio(f).subs[sub as usize].exclusive;
                             s.procs[p].pte[sl] = Pte::Migration {
@@ -1497,9 +1745,13 @@ fn migrate(s: &mut State, ctx: &Ctx, r: &mut super::state::Regs, slot: u8, log: 
                 s.folio_mut(n).subs[0].version = old.subs[0].version;
                 s.folio_mut(n).swapcache = false;
                 r.reg[1] = n;
-                log.note(|| format!("migrate_folio: refcount frozen, contents copied to page #{n}"));
+                log.note(|| {
+                    format!("migrate_folio: refcount frozen, contents copied to page #{n}")
+                });
             } else {
-                log.note(|| format!("migrate_folio: page #{f} has extra references -> keep it, restore"));
+                log.note(|| {
+                    format!("migrate_folio: page #{f} has extra references -> keep it, restore")
+                });
             }
             r.phase = 2;
             Ok(Flow::Next)
@@ -1519,7 +1771,13 @@ fn migrate(s: &mut State, ctx: &Ctx, r: &mut super::state::Regs, slot: u8, log: 
                 let v = s.procs[p as usize].vmas[vi];
                 let mut found = 0;
                 for sl in v.start..v.end {
-                    if let Pte::Migration { folio, sub, write, exclusive } = s.procs[p as usize].pte[sl as usize] {
+                    if let Pte::Migration {
+                        folio,
+                        sub,
+                        write,
+                        exclusive,
+                    } = s.procs[p as usize].pte[sl as usize]
+                    {
                         if folio == f {
                             s.procs[p as usize].pte[sl as usize] = Pte::None;
                             map_pte(s, p, sl, n, sub.min(s.folio(n).nr - 1), write);
@@ -1542,7 +1800,9 @@ fn migrate(s: &mut State, ctx: &Ctx, r: &mut super::state::Regs, slot: u8, log: 
             } else {
                 s.folio_mut(f).refcount -= 1;
             }
-            log.note(|| "remove_migration_ptes is done: every migration entry was found".to_string());
+            log.note(|| {
+                "remove_migration_ptes is done: every migration entry was found".to_string()
+            });
             Ok(Flow::Done)
         }
     }
@@ -1559,7 +1819,10 @@ fn ksm(s: &mut State, ctx: &Ctx, r: &mut super::state::Regs, slot: u8, log: &mut
     let order = ctx.variant.clear_order;
     let tid1 = ctx.tid as u8 + 1;
     let clear = |s: &mut State, r: &mut super::state::Regs| {
-        if let Pte::Present { folio, sub, write, .. } = s.procs[0].pte[slot as usize] {
+        if let Pte::Present {
+            folio, sub, write, ..
+        } = s.procs[0].pte[slot as usize]
+        {
             r.reg = [folio, sub, write as u8];
             s.procs[0].pte[slot as usize] = Pte::None;
         }
@@ -1581,7 +1844,12 @@ fn ksm(s: &mut State, ctx: &Ctx, r: &mut super::state::Regs, slot: u8, log: &mut
                 if s.folio(f).large() {
                     // try_to_merge_one_page: a THP is split first.
                     if !(rules.may_split)(s, f) {
-                        log.note(|| format!("ksm: split_huge_page of {} refused: not merged", page_desc(s, f, 0)));
+                        log.note(|| {
+                            format!(
+                                "ksm: split_huge_page of {} refused: not merged",
+                                page_desc(s, f, 0)
+                            )
+                        });
                         return Ok(Flow::Done);
                     }
                     split_folio_now(s, rules, f, log)?;
@@ -1607,10 +1875,20 @@ fn ksm(s: &mut State, ctx: &Ctx, r: &mut super::state::Regs, slot: u8, log: &mut
                     r.reg = [f, sub, 0];
                     if !(rules.may_merge)(s, f, sub) {
                         s.ptl = 0;
-                        log.note(|| format!("ksm (check first): {}: count check fails -> not merged", page_desc(s, f, sub)));
+                        log.note(|| {
+                            format!(
+                                "ksm (check first): {}: count check fails -> not merged",
+                                page_desc(s, f, sub)
+                            )
+                        });
                         return Ok(Flow::Done);
                     }
-                    log.note(|| format!("ksm (check BEFORE clear): {}: count check passes, PTE still present", page_desc(s, f, sub)));
+                    log.note(|| {
+                        format!(
+                            "ksm (check BEFORE clear): {}: count check passes, PTE still present",
+                            page_desc(s, f, sub)
+                        )
+                    });
                 }
             }
             r.phase = 1;
@@ -1657,10 +1935,19 @@ fn ksm(s: &mut State, ctx: &Ctx, r: &mut super::state::Regs, slot: u8, log: &mut
     }
 }
 
-fn collapse(s: &mut State, ctx: &Ctx, r: &mut super::state::Regs, slot: u8, log: &mut Log) -> R<Flow> {
+fn collapse(
+    s: &mut State,
+    ctx: &Ctx,
+    r: &mut super::state::Regs,
+    slot: u8,
+    log: &mut Log,
+) -> R<Flow> {
     let rules = ctx.rules;
     if !rules.features.khugepaged {
-        return Err(Stop::NotApplicable(format!("{} has no khugepaged", rules.name)));
+        return Err(Stop::NotApplicable(format!(
+            "{} has no khugepaged",
+            rules.name
+        )));
     }
     let pmd = slot as usize / SUBS;
     let base = (pmd * SUBS) as u8;
@@ -1680,9 +1967,16 @@ fn collapse(s: &mut State, ctx: &Ctx, r: &mut super::state::Regs, slot: u8, log:
                 return Ok(Flow::Blocked);
             }
             if s.procs[0].pmd[pmd] != Pmd::Table
-                || (0..SUBS).any(|i| !matches!(s.procs[0].pte[base as usize + i], Pte::Present { .. } | Pte::None))
+                || (0..SUBS).any(|i| {
+                    !matches!(
+                        s.procs[0].pte[base as usize + i],
+                        Pte::Present { .. } | Pte::None
+                    )
+                })
             {
-                log.note(|| format!("collapse: PMD {pmd} is not a table of present pages: nothing to do"));
+                log.note(|| {
+                    format!("collapse: PMD {pmd} is not a table of present pages: nothing to do")
+                });
                 return Ok(Flow::Done);
             }
             match order {
@@ -1698,7 +1992,10 @@ fn collapse(s: &mut State, ctx: &Ctx, r: &mut super::state::Regs, slot: u8, log:
                     s.mmap_lock = tid1;
                     if !check(s) {
                         s.mmap_lock = 0;
-                        log.note(|| "khugepaged (check first): page_count check fails -> no collapse".to_string());
+                        log.note(|| {
+                            "khugepaged (check first): page_count check fails -> no collapse"
+                                .to_string()
+                        });
                         return Ok(Flow::Done);
                     }
                     log.note(|| "khugepaged (check BEFORE clear): page_count == 1 + swapcache for every page, PMD still mapped".to_string());
@@ -1723,7 +2020,11 @@ fn collapse(s: &mut State, ctx: &Ctx, r: &mut super::state::Regs, slot: u8, log:
                         return Ok(Flow::Blocked);
                     }
                     s.procs[0].pmd[pmd] = Pmd::Detached;
-                    log.note(|| format!("khugepaged: pmdp_collapse_flush detaches PMD {pmd} (after the check)"));
+                    log.note(|| {
+                        format!(
+                            "khugepaged: pmdp_collapse_flush detaches PMD {pmd} (after the check)"
+                        )
+                    });
                 }
             }
             r.phase = 2;
@@ -1737,7 +2038,10 @@ fn collapse(s: &mut State, ctx: &Ctx, r: &mut super::state::Regs, slot: u8, log:
                 .ok_or_else(|| err("collapse_huge_page", "no free folio"))?;
             for i in 0..SUBS {
                 let e = s.procs[0].pte[base as usize + i];
-                let version = e.page().map(|(f, sub)| s.folio(f).subs[sub as usize].version).unwrap_or(0);
+                let version = e
+                    .page()
+                    .map(|(f, sub)| s.folio(f).subs[sub as usize].version)
+                    .unwrap_or(0);
                 s.folio_mut(n).subs[i].version = version;
                 s.folio_mut(n).subs[i].exclusive = rules.features.anon_exclusive;
                 zap_pte(s, 0, base + i as u8);
@@ -1772,7 +2076,10 @@ fn mremap(
 ) -> R<Flow> {
     let rules = ctx.rules;
     if dontunmap && !rules.features.mremap_dontunmap {
-        return Err(Stop::NotApplicable(format!("{} has no MREMAP_DONTUNMAP", rules.name)));
+        return Err(Stop::NotApplicable(format!(
+            "{} has no MREMAP_DONTUNMAP",
+            rules.name
+        )));
     }
     let len = end - start;
     match r.phase {
@@ -1787,7 +2094,9 @@ fn mremap(
             }
             let src = vma_of(s, 0, start, "mremap")?;
             let v = s.procs[0].vmas[src];
-            if (dst..dst + len).any(|sl| s.procs[0].vma_at(sl).is_some()) || dst as usize + len as usize > SLOTS {
+            if (dst..dst + len).any(|sl| s.procs[0].vma_at(sl).is_some())
+                || dst as usize + len as usize > SLOTS
+            {
                 return Err(err("mremap", "destination busy or out of range"));
             }
             let ni = s.procs[0]
@@ -1807,7 +2116,17 @@ fn mremap(
             }
             r.reg = [src as u8, ni as u8, 0];
             r.phase = 1;
-            log.note(|| format!("mremap copy_vma: new VMA [{dst}, {}) linked on the anon_vma {} the old one", dst + len, if ctx.variant.mremap_dst_first { "BEFORE" } else { "after" }));
+            log.note(|| {
+                format!(
+                    "mremap copy_vma: new VMA [{dst}, {}) linked on the anon_vma {} the old one",
+                    dst + len,
+                    if ctx.variant.mremap_dst_first {
+                        "BEFORE"
+                    } else {
+                        "after"
+                    }
+                )
+            });
             Ok(Flow::Next)
         }
         1 => {
@@ -1817,13 +2136,20 @@ fn mremap(
             if !lock_free(s.ptl, ctx.tid) {
                 return Ok(Flow::Blocked);
             }
-            if from as usize % SUBS == 0 && to as usize % SUBS == 0 && i + SUBS as u8 <= len {
+            if (from as usize).is_multiple_of(SUBS)
+                && (to as usize).is_multiple_of(SUBS)
+                && i + SUBS as u8 <= len
+            {
                 if let Pmd::Huge { .. } = s.procs[0].pmd[fp] {
                     if s.procs[0].pmd[tp] == Pmd::None {
                         s.procs[0].pmd[tp] = s.procs[0].pmd[fp];
                         s.procs[0].pmd[fp] = Pmd::None;
                         r.reg[2] += SUBS as u8;
-                        log.note(|| format!("move_page_tables: huge PMD moved from slot {from} to slot {to}"));
+                        log.note(|| {
+                            format!(
+                                "move_page_tables: huge PMD moved from slot {from} to slot {to}"
+                            )
+                        });
                         if r.reg[2] >= len {
                             r.phase = 2;
                         }
@@ -1843,12 +2169,17 @@ fn mremap(
                 s.procs[0].pte[from as usize] = Pte::None;
             }
             r.reg[2] += 1;
-            log.note(|| format!("move_ptes: slot {from} -> slot {to} ({})", match e {
-                Pte::Migration { .. } => "a MIGRATION ENTRY moves",
-                Pte::Present { .. } => "a present PTE moves",
-                Pte::Swap { .. } => "a swap entry moves",
-                Pte::None => "empty",
-            }));
+            log.note(|| {
+                format!(
+                    "move_ptes: slot {from} -> slot {to} ({})",
+                    match e {
+                        Pte::Migration { .. } => "a MIGRATION ENTRY moves",
+                        Pte::Present { .. } => "a present PTE moves",
+                        Pte::Swap { .. } => "a swap entry moves",
+                        Pte::None => "empty",
+                    }
+                )
+            });
             if r.reg[2] >= len {
                 r.phase = 2;
             }
@@ -1865,7 +2196,21 @@ fn mremap(
             if repoint {
                 s.guest_base = dst;
             }
-            log.note(|| format!("mremap: {}{}", if dontunmap { "old VMA kept, empty (MREMAP_DONTUNMAP)" } else { "old VMA unlinked" }, if repoint { "; the VMM re-points the memslot to the new address" } else { "" }));
+            log.note(|| {
+                format!(
+                    "mremap: {}{}",
+                    if dontunmap {
+                        "old VMA kept, empty (MREMAP_DONTUNMAP)"
+                    } else {
+                        "old VMA unlinked"
+                    },
+                    if repoint {
+                        "; the VMM re-points the memslot to the new address"
+                    } else {
+                        ""
+                    }
+                )
+            });
             Ok(Flow::Done)
         }
     }
@@ -1873,10 +2218,21 @@ fn mremap(
 
 // ---------------------------------------------------------------------------------------------
 
-fn mmap(s: &mut State, ctx: &Ctx, (start, end): (u8, u8), thp: bool, dontfork: bool, populate: bool, log: &mut Log) -> R<Flow> {
+fn mmap(
+    s: &mut State,
+    ctx: &Ctx,
+    (start, end): (u8, u8),
+    thp: bool,
+    dontfork: bool,
+    populate: bool,
+    log: &mut Log,
+) -> R<Flow> {
     let rules = ctx.rules;
     if end as usize > SLOTS || start >= end {
-        return Err(err("mmap", format!("range [{start}, {end}) outside 0..{SLOTS}")));
+        return Err(err(
+            "mmap",
+            format!("range [{start}, {end}) outside 0..{SLOTS}"),
+        ));
     }
     let vi = s.procs[0]
         .vmas
@@ -1897,7 +2253,7 @@ fn mmap(s: &mut State, ctx: &Ctx, (start, end): (u8, u8), thp: bool, dontfork: b
     if populate {
         let mut slot = start;
         while slot < end {
-            if huge && slot as usize % SUBS == 0 && slot + SUBS as u8 <= end {
+            if huge && (slot as usize).is_multiple_of(SUBS) && slot + SUBS as u8 <= end {
                 let av = anon_vma_prepare(s, 0, vi)?;
                 let f = s
                     .alloc_folio(SUBS as u8, av)
@@ -1921,7 +2277,14 @@ fn mmap(s: &mut State, ctx: &Ctx, (start, end): (u8, u8), thp: bool, dontfork: b
             }
         }
     }
-    log.note(|| format!("mmap [{start}, {end}){}{}, populated by write faults{}", if huge { " MADV_HUGEPAGE" } else { "" }, if dontfork { " MADV_DONTFORK" } else { "" }, if huge { " (a THP per PMD)" } else { "" }));
+    log.note(|| {
+        format!(
+            "mmap [{start}, {end}){}{}, populated by write faults{}",
+            if huge { " MADV_HUGEPAGE" } else { "" },
+            if dontfork { " MADV_DONTFORK" } else { "" },
+            if huge { " (a THP per PMD)" } else { "" }
+        )
+    });
     Ok(Flow::Done)
 }
 
@@ -1974,7 +2337,10 @@ pub fn step(s: &mut State, ctx: &Ctx, op: &Op, log: &mut Log) -> R<Flow> {
         Op::Dontneed { start, end } => dontneed(s, ctx, start, end, log)?,
         Op::UffdWp { start, end } => {
             if !ctx.rules.features.uffd_wp {
-                return Err(Stop::NotApplicable(format!("{} has no userfaultfd write-protect", ctx.rules.name)));
+                return Err(Stop::NotApplicable(format!(
+                    "{} has no userfaultfd write-protect",
+                    ctx.rules.name
+                )));
             }
             uffd_wp(s, start, end, log)?
         }
@@ -2012,13 +2378,38 @@ pub fn op_name(op: &Op) -> String {
         Op::Write { slot, .. } => format!("child write {slot}"),
         Op::Read { proc: 0, slot } => format!("read {slot}"),
         Op::Read { slot, .. } => format!("child read {slot}"),
-        Op::Gup { slot, pin, write, count } => format!("{} {} {slot}{}", if *pin { "pin" } else { "get" }, if *write { "write" } else { "read" }, if *count > 1 { format!(" x{count}") } else { String::new() }),
-        Op::GupFast { slot, pin, write } => format!("gup-fast {} {} {slot}", if *pin { "pin" } else { "get" }, if *write { "write" } else { "read" }),
+        Op::Gup {
+            slot,
+            pin,
+            write,
+            count,
+        } => format!(
+            "{} {} {slot}{}",
+            if *pin { "pin" } else { "get" },
+            if *write { "write" } else { "read" },
+            if *count > 1 {
+                format!(" x{count}")
+            } else {
+                String::new()
+            }
+        ),
+        Op::GupFast { slot, pin, write } => format!(
+            "gup-fast {} {} {slot}",
+            if *pin { "pin" } else { "get" },
+            if *write { "write" } else { "read" }
+        ),
         Op::Fork => "fork".into(),
         Op::ChildExit => "child exit".into(),
-        Op::Munmap { proc: 0, start, end } => format!("munmap {start}..{end}"),
+        Op::Munmap {
+            proc: 0,
+            start,
+            end,
+        } => format!("munmap {start}..{end}"),
         Op::Munmap { start, end, .. } => format!("child munmap {start}..{end}"),
-        Op::Mprotect { start, end, write } => format!("mprotect {start}..{end} {}", if *write { "rw" } else { "ro" }),
+        Op::Mprotect { start, end, write } => format!(
+            "mprotect {start}..{end} {}",
+            if *write { "rw" } else { "ro" }
+        ),
         Op::SplitPmd { slot } => format!("split-pmd {slot}"),
         Op::SplitFolio { slot } => format!("split-folio {slot}"),
         Op::Ksm { slot } => format!("ksm {slot}"),
@@ -2028,7 +2419,16 @@ pub fn op_name(op: &Op) -> String {
         Op::Pageout { start, end } => format!("pageout {start}..{end}"),
         Op::Migrate { slot } => format!("migrate {slot}"),
         Op::Compact { start, end } => format!("compact {start}..{end}"),
-        Op::Mremap { start, end, dst, dontunmap, .. } => format!("mremap {start}..{end} {dst}{}", if *dontunmap { " dontunmap" } else { "" }),
+        Op::Mremap {
+            start,
+            end,
+            dst,
+            dontunmap,
+            ..
+        } => format!(
+            "mremap {start}..{end} {dst}{}",
+            if *dontunmap { " dontunmap" } else { "" }
+        ),
         Op::Dontneed { start, end } => format!("dontneed {start}..{end}"),
         Op::UffdWp { start, end } => format!("uffd-wp {start}..{end}"),
         Op::Round => "round".into(),
@@ -2049,28 +2449,47 @@ pub fn parse_op(text: &str) -> Result<Op, String> {
     let verb = *words.first().ok_or("empty step")?;
     let args = &words[1..];
     let num = |i: usize| -> Result<u8, String> {
-        let w = args.get(i).ok_or_else(|| format!("`{verb}` needs argument {}", i + 1))?;
-        let n: u8 = w.parse().map_err(|_| format!("`{w}` is not a slot number"))?;
+        let w = args
+            .get(i)
+            .ok_or_else(|| format!("`{verb}` needs argument {}", i + 1))?;
+        let n: u8 = w
+            .parse()
+            .map_err(|_| format!("`{w}` is not a slot number"))?;
         if n as usize >= SLOTS {
             return Err(format!("slot {n} is outside 0..{SLOTS}"));
         }
         Ok(n)
     };
     let range = |i: usize| -> Result<(u8, u8), String> {
-        let w = args.get(i).ok_or_else(|| format!("`{verb}` needs a range A..B"))?;
-        let (a, b) = w.split_once("..").ok_or_else(|| format!("`{w}` is not a range A..B"))?;
-        let a: u8 = a.parse().map_err(|_| format!("`{w}` is not a range A..B"))?;
-        let b: u8 = b.parse().map_err(|_| format!("`{w}` is not a range A..B"))?;
+        let w = args
+            .get(i)
+            .ok_or_else(|| format!("`{verb}` needs a range A..B"))?;
+        let (a, b) = w
+            .split_once("..")
+            .ok_or_else(|| format!("`{w}` is not a range A..B"))?;
+        let a: u8 = a
+            .parse()
+            .map_err(|_| format!("`{w}` is not a range A..B"))?;
+        let b: u8 = b
+            .parse()
+            .map_err(|_| format!("`{w}` is not a range A..B"))?;
         if a >= b || b as usize > SLOTS {
             return Err(format!("range `{w}` is empty or outside 0..{SLOTS}"));
         }
         Ok((a, b))
     };
-    let flags: Vec<&str> = args.iter().copied().filter(|w| w.chars().next().is_some_and(|c| c.is_ascii_alphabetic())).collect();
+    let flags: Vec<&str> = args
+        .iter()
+        .copied()
+        .filter(|w| w.chars().next().is_some_and(|c| c.is_ascii_alphabetic()))
+        .collect();
     let known = |allowed: &[&str]| -> Result<(), String> {
         for f in &flags {
             if !allowed.contains(f) && !f.starts_with('x') {
-                return Err(format!("`{verb}` does not take `{f}` (allowed: {})", allowed.join(", ")));
+                return Err(format!(
+                    "`{verb}` does not take `{f}` (allowed: {})",
+                    allowed.join(", ")
+                ));
             }
         }
         Ok(())
@@ -2095,27 +2514,45 @@ pub fn parse_op(text: &str) -> Result<Op, String> {
                 populate: !flags.contains(&"empty"),
             }
         }
-        "write" => Op::Write { proc, slot: num(0)? },
-        "read" => Op::Read { proc, slot: num(0)? },
+        "write" => Op::Write {
+            proc,
+            slot: num(0)?,
+        },
+        "read" => Op::Read {
+            proc,
+            slot: num(0)?,
+        },
         "pin" | "get" => {
             no_child()?;
             known(&["read", "write"])?;
-            let slot_idx = args.iter().position(|w| w.parse::<u8>().is_ok()).ok_or("missing slot")?;
+            let slot_idx = args
+                .iter()
+                .position(|w| w.parse::<u8>().is_ok())
+                .ok_or("missing slot")?;
             let count = match args.iter().find(|w| w.starts_with('x')) {
-                Some(w) => w[1..].parse::<u16>().map_err(|_| format!("`{w}` is not a count xN"))?,
+                Some(w) => w[1..]
+                    .parse::<u16>()
+                    .map_err(|_| format!("`{w}` is not a count xN"))?,
                 None => 1,
             };
             Op::Gup {
                 slot: num(slot_idx)?,
                 pin: verb == "pin",
-                write: if verb == "pin" { !flags.contains(&"read") } else { flags.contains(&"write") },
+                write: if verb == "pin" {
+                    !flags.contains(&"read")
+                } else {
+                    flags.contains(&"write")
+                },
                 count,
             }
         }
         "gup-fast" => {
             no_child()?;
             known(&["pin", "get", "read", "write"])?;
-            let slot_idx = args.iter().position(|w| w.parse::<u8>().is_ok()).ok_or("missing slot")?;
+            let slot_idx = args
+                .iter()
+                .position(|w| w.parse::<u8>().is_ok())
+                .ok_or("missing slot")?;
             Op::GupFast {
                 slot: num(slot_idx)?,
                 pin: !flags.contains(&"get"),
@@ -2181,8 +2618,15 @@ pub fn parse_op(text: &str) -> Result<Op, String> {
         "device-read" => Op::DeviceRead { off: num(0)? },
         other => return Err(format!("unknown step `{other}`")),
     };
-    if child && !matches!(op, Op::Write { .. } | Op::Read { .. } | Op::Munmap { .. } | Op::ChildExit) {
-        return Err(format!("`child {verb}`: the child can write, read, munmap or exit"));
+    if child
+        && !matches!(
+            op,
+            Op::Write { .. } | Op::Read { .. } | Op::Munmap { .. } | Op::ChildExit
+        )
+    {
+        return Err(format!(
+            "`child {verb}`: the child can write, read, munmap or exit"
+        ));
     }
     Ok(op)
 }
@@ -2195,13 +2639,54 @@ mod tests {
     #[test]
     fn parse_rows() {
         let rows: &[(&str, Option<Op>)] = &[
-            ("mmap 0..4 thp", Some(Op::Mmap { start: 0, end: 4, thp: true, dontfork: false, populate: true })),
-            ("pin 0", Some(Op::Gup { slot: 0, pin: true, write: true, count: 1 })),
-            ("get 8 x1024", Some(Op::Gup { slot: 8, pin: false, write: false, count: 1024 })),
-            ("gup-fast pin write 0", Some(Op::GupFast { slot: 0, pin: true, write: true })),
+            (
+                "mmap 0..4 thp",
+                Some(Op::Mmap {
+                    start: 0,
+                    end: 4,
+                    thp: true,
+                    dontfork: false,
+                    populate: true,
+                }),
+            ),
+            (
+                "pin 0",
+                Some(Op::Gup {
+                    slot: 0,
+                    pin: true,
+                    write: true,
+                    count: 1,
+                }),
+            ),
+            (
+                "get 8 x1024",
+                Some(Op::Gup {
+                    slot: 8,
+                    pin: false,
+                    write: false,
+                    count: 1024,
+                }),
+            ),
+            (
+                "gup-fast pin write 0",
+                Some(Op::GupFast {
+                    slot: 0,
+                    pin: true,
+                    write: true,
+                }),
+            ),
             ("child write 2", Some(Op::Write { proc: 1, slot: 2 })),
             ("child exit", Some(Op::ChildExit)),
-            ("mremap 0..1 4", Some(Op::Mremap { start: 0, end: 1, dst: 4, dontunmap: false, repoint: false })),
+            (
+                "mremap 0..1 4",
+                Some(Op::Mremap {
+                    start: 0,
+                    end: 1,
+                    dst: 4,
+                    dontunmap: false,
+                    repoint: false,
+                }),
+            ),
             ("child fork", None),
             ("mmap 4..2", None),
             ("frobnicate 1", None),

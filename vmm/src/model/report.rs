@@ -202,9 +202,8 @@ pub fn replay(s: &Scenario, era: Era, want_trace: bool) -> Result<Replay, Error>
     })?;
     let mut r = outcome_to_replay(s, era, o);
     let stated = s.expect.model.get(era.name()).cloned();
-    let expected = stated.or_else(|| {
-        (s.live && era == Era::MODERN).then(|| s.expected_live().to_string())
-    });
+    let expected =
+        stated.or_else(|| (s.live && era == Era::MODERN).then(|| s.expected_live().to_string()));
     if let Some(text) = expected {
         let exp = Expectation::parse(&text).map_err(|reason| Error::Expect {
             scenario: s.name.clone(),
@@ -399,8 +398,14 @@ pub fn trace_text(r: &Replay) -> String {
         r.scenario,
         r.era,
         r.verdict,
-        r.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default(),
-        r.findings.iter().map(|f| format!(" +{f}")).collect::<String>(),
+        r.detail
+            .as_ref()
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default(),
+        r.findings
+            .iter()
+            .map(|f| format!(" +{f}"))
+            .collect::<String>(),
         r.states
     );
     match &r.trace {

@@ -121,13 +121,19 @@ fn model_program(s: &Scenario, m: &ModelSpec) -> Result<Program, Error> {
         ));
     }
     if let Some(offs) = &m.offsets {
-        if let Some(i) = offs.iter().position(|&o| o as usize >= super::state::SUBS * 2) {
+        if let Some(i) = offs
+            .iter()
+            .position(|&o| o as usize >= super::state::SUBS * 2)
+        {
             return Err(error(format!("model.offsets[{i}]"), "offsets are 0..8"));
         }
     }
     let mut threads = Vec::new();
     for (i, t) in m.threads.iter().enumerate() {
-        threads.push((t.name.clone(), steps(&t.steps, &format!("model.threads[{i}].steps"))?));
+        threads.push((
+            t.name.clone(),
+            steps(&t.steps, &format!("model.threads[{i}].steps"))?,
+        ));
     }
     Ok(Program {
         setup: steps(&m.setup, "model.setup")?,
@@ -183,7 +189,10 @@ pub fn live_program(s: &Scenario) -> Program {
                 // With MADV_DONTFORK guest RAM is not in the child: nothing to write.
                 for i in 0..4u8 {
                     if !s.vm.dontfork {
-                        host.push(Op::Write { proc: 1, slot: b + i });
+                        host.push(Op::Write {
+                            proc: 1,
+                            slot: b + i,
+                        });
                     }
                 }
                 host.push(Op::ChildExit);
@@ -316,7 +325,11 @@ mod tests {
         ];
         for (text, key) in rows {
             let err = program(&scenario(text)).unwrap_err();
-            assert!(err.key.starts_with(key), "{text}: blamed `{}`: {err}", err.key);
+            assert!(
+                err.key.starts_with(key),
+                "{text}: blamed `{}`: {err}",
+                err.key
+            );
         }
     }
 

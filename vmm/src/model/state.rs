@@ -459,14 +459,22 @@ mod tests {
         for (what, f, total, extra, thm) in rows {
             assert_eq!(f.total_mapcount(), *total, "{what}: total_mapcount");
             assert_eq!(f.extra_refs(), *extra, "{what}: extra refs");
-            assert_eq!(f.trans_huge_mapcount(0), *thm, "{what}: trans_huge_mapcount");
+            assert_eq!(
+                f.trans_huge_mapcount(0),
+                *thm,
+                "{what}: trans_huge_mapcount"
+            );
         }
     }
 
     #[test]
     fn state_is_small_and_hashes_stably() {
         let s = State::default();
-        assert!(std::mem::size_of::<State>() < 1024, "state grew: {}", std::mem::size_of::<State>());
+        assert!(
+            std::mem::size_of::<State>() < 1024,
+            "state grew: {}",
+            std::mem::size_of::<State>()
+        );
         assert_eq!(state_hash(&s), state_hash(&s.clone()));
     }
 }
