@@ -8,6 +8,7 @@ pub mod devices;
 pub mod host;
 pub mod layout;
 pub mod memory;
+pub mod model;
 pub mod oracle;
 pub mod perturb;
 pub mod pfn;

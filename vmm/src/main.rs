@@ -86,6 +86,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Replay scenarios under each kernel era's rules (the model executor: simulated).
+    Replay {
+        /// Scenario files (default: every scenario in configs/).
+        scenarios: Vec<PathBuf>,
+        /// Kernel era (repeatable): 2.6.29, 2.6.29+kosaki, 4.4, 4.5, 4.5+andrea-v1, 4.6, 5.8,
+        /// 5.9, 5.19. Default: all.
+        #[arg(long = "era")]
+        eras: Vec<String>,
+        /// Scenario directory when no file is given.
+        #[arg(long, default_value = "configs")]
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
@@ -184,6 +198,15 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run(args) => cmd_run(args, launch),
+        Command::Replay {
+            scenarios,
+            eras,
+            dir,
+            json,
+        } => match pinlab::model::replay_command(&scenarios, &eras, json, &dir) {
+            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+            Err(e) => usage_error(format!("{e:#}")),
+        },
         Command::Host { json } => {
             let caps = pinlab::host::Caps::probe();
             if json {

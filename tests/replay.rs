@@ -1,0 +1,287 @@
+//! The model executor's must-reproduce cases, one test per seed claim, plus the cross-check of
+//! the modern era against every live scenario's expectation. Every case replays a config from
+//! `configs/` (the same files the CLI reads), so a test failure names the scenario to replay:
+//! `pinlab replay configs/NAME.toml`.
+
+use std::path::{Path, PathBuf};
+
+use pinlab::config;
+use pinlab::model::{model_verdict_for_live, replay, Era, ModelVerdict};
+use pinlab::scenario::Scenario;
+
+fn configs() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs")
+}
+
+fn load(name: &str) -> Scenario {
+    let s = config::load(Some(&configs().join(format!("{name}.toml"))))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!s.live, "{name}: model-only scenarios say live = false");
+    assert!(
+        s.about.contains('"'),
+        "{name}: the about paragraph quotes its seed"
+    );
+    s
+}
+
+fn era(name: &str) -> Era {
+    name.parse().unwrap()
+}
+
+/// Replays `name` under each `(era, verdict key)` row; prints the trace on a mismatch.
+fn check(name: &str, rows: &[(&str, &str)]) {
+    let s = load(name);
+    for (e, want) in rows {
+        let r = replay(&s, era(e), true).unwrap_or_else(|err| panic!("{err}"));
+        let mut got = r.verdict.key();
+        for f in &r.findings {
+            got.push('+');
+            got.push_str(f);
+        }
+        assert_eq!(
+            &got,
+            want,
+            "{name} @ {e}: {:?}\n{}",
+            r.detail,
+            r.trace.unwrap_or_default().join("\n")
+        );
+        assert_ne!(
+            r.met,
+            Some(false),
+            "{name} @ {e}: the config's own expectation"
+        );
+    }
+}
+
+#[test]
+fn seed002_thp_pte_wp() {
+    // A pinned subpage of a PTE-mapped THP, write-protected and written: 4.5 copies it.
+    check(
+        "seed002-thp-pte-wp",
+        &[
+            ("4.4", "coherent"),
+            ("4.5", "diverged"),
+            ("4.6", "coherent"),
+            ("5.19", "coherent"),
+        ],
+    );
+}
+
+#[test]
+fn seed002_kirill_anon_vma() {
+    check(
+        "seed002-kirill-anon-vma",
+        &[
+            ("4.5+andrea-v1", "invariant-broken:anon-vma-reach"),
+            ("4.6", "coherent"),
+        ],
+    );
+}
+
+#[test]
+fn era59_mprotect_pinned() {
+    check(
+        "era59-mprotect-pinned",
+        &[("5.9", "diverged"), ("5.19", "coherent")],
+    );
+}
+
+#[test]
+fn seed000_gup_fast_vs_unmap() {
+    check(
+        "seed000-gup-fast-vs-unmap",
+        &[("2.6.29+kosaki", "diverged"), ("5.19", "coherent")],
+    );
+    // The counterexample is the interleaving Nick describes: the count check, then gup_fast,
+    // then the unmap.
+    let r = replay(
+        &load("seed000-gup-fast-vs-unmap"),
+        era("2.6.29+kosaki"),
+        true,
+    )
+    .unwrap();
+    let t = r.trace.unwrap().join("\n");
+    let check_at = t.find("OK to unmap").expect(&t);
+    let gup_at = t.find("gup_fast takes").expect(&t);
+    let unmap_at = t.find("install swap entries").expect(&t);
+    assert!(check_at < gup_at && gup_at < unmap_at, "{t}");
+}
+
+#[test]
+fn seed000_fork_parent_write() {
+    check(
+        "seed000-fork-parent-write",
+        &[
+            ("2.6.29", "diverged"),
+            ("5.9", "coherent"),
+            ("5.19", "coherent"),
+        ],
+    );
+}
+
+const WITH_KSM: [&str; 7] = ["4.4", "4.5", "4.5+andrea-v1", "4.6", "5.8", "5.9", "5.19"];
+
+#[test]
+fn seed004_ksm_clear_flush() {
+    let mut rows: Vec<(&str, &str)> = WITH_KSM.iter().map(|e| (*e, "coherent")).collect();
+    rows.push(("2.6.29", "n/a"));
+    check("seed004-ksm-clear-flush", &rows);
+    let swapped: Vec<(&str, &str)> = WITH_KSM.iter().map(|e| (*e, "diverged")).collect();
+    check("seed004-ksm-check-before-clear", &swapped);
+}
+
+#[test]
+fn seed004_khugepaged_clear_flush() {
+    let mut rows: Vec<(&str, &str)> = WITH_KSM.iter().map(|e| (*e, "coherent")).collect();
+    rows.push(("2.6.29+kosaki", "n/a"));
+    check("seed004-khugepaged-clear-flush", &rows);
+    let swapped: Vec<(&str, &str)> = WITH_KSM.iter().map(|e| (*e, "diverged")).collect();
+    check("seed004-khugepaged-check-before-clear", &swapped);
+}
+
+#[test]
+fn seed003_mremap_order() {
+    for e in ["2.6.29", "4.6", "5.19"] {
+        check(
+            "seed003-mremap-dst-first",
+            &[(e, "invariant-broken:rmap-sees-migration")],
+        );
+        check("seed003-mremap-src-first", &[(e, "coherent")]);
+    }
+}
+
+#[test]
+fn seed001_bias_1024() {
+    check(
+        "seed001-bias-1024",
+        &[
+            ("4.6", "coherent"),
+            ("5.8", "coherent"),
+            ("5.9", "coherent+bias-false-positive"),
+            ("5.19", "coherent+bias-false-positive"),
+        ],
+    );
+}
+
+/// Every live scenario in configs/: the modern era's verdict equals the live expectation.
+#[test]
+fn modern_era_agrees_with_every_live_scenario() {
+    let mut checked = 0;
+    let mut bad = Vec::new();
+    for path in config::scenario_files(&configs()).unwrap() {
+        let s = config::load(Some(&path)).unwrap_or_else(|e| panic!("{e}"));
+        if !s.live {
+            continue;
+        }
+        let r = model_verdict_for_live(&s, Era::MODERN).unwrap_or_else(|e| panic!("{e}"));
+        checked += 1;
+        if r.verdict.live() != Some(s.expected_live()) {
+            bad.push(format!(
+                "{}: model {} says {}, live expects {}",
+                path.display(),
+                Era::MODERN,
+                r.verdict,
+                s.expected_live()
+            ));
+        }
+    }
+    assert!(checked >= 1, "no live scenario in configs/");
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+/// The planned live matrix (the lead's list), built in memory so it is checked even before the
+/// live configs exist: pin kind x action x dontfork -> the 6.18 expectation.
+#[test]
+fn modern_era_agrees_with_the_planned_live_matrix() {
+    use pinlab::scenario::{Action as A, PinKind as P, Verdict as V};
+    let rows: &[(P, Option<A>, bool, V)] = &[
+        (P::IoUring, None, false, V::Coherent),
+        (P::IoUring, Some(A::ForkParentWrite), false, V::Coherent),
+        (P::Vmsplice, Some(A::ForkParentWrite), false, V::Diverged),
+        (P::IoUring, Some(A::ForkChildWrite), false, V::Coherent),
+        (P::Vmsplice, Some(A::ForkChildWrite), false, V::Diverged),
+        (P::IoUring, Some(A::ForkChildExit), false, V::Coherent),
+        (P::Vmsplice, Some(A::ForkChildExit), false, V::Diverged),
+        (P::IoUring, Some(A::MprotectRoundtrip), false, V::Coherent),
+        (P::IoUring, Some(A::SplitPmd), false, V::Coherent),
+        (P::IoUring, Some(A::SplitFolio), false, V::Coherent),
+        (P::IoUring, Some(A::Kirill), false, V::Coherent),
+        (P::IoUring, Some(A::Collapse), false, V::Coherent),
+        (P::IoUring, Some(A::Ksm), false, V::Coherent),
+        (P::Vmsplice, Some(A::Ksm), false, V::Coherent),
+        (P::IoUring, Some(A::Compact), false, V::Coherent),
+        (P::IoUring, Some(A::Pageout), false, V::Coherent),
+        (P::IoUring, Some(A::Mremap), false, V::Coherent),
+        (P::IoUring, Some(A::MremapDontunmap), false, V::Coherent),
+        (P::IoUring, Some(A::UffdWp), false, V::Coherent),
+        (P::IoUring, Some(A::Dontneed), false, V::Diverged),
+        (P::Vmsplice, Some(A::Dontneed), false, V::Diverged),
+        (P::Vmsplice, Some(A::ForkParentWrite), true, V::Coherent),
+        (P::Mapping, Some(A::Dontneed), false, V::Coherent),
+        (P::Mapping, Some(A::ForkParentWrite), false, V::Coherent),
+        (P::IoUring, Some(A::Bias1024), false, V::Coherent),
+    ];
+    let mut bad = Vec::new();
+    for &(pin, action, dontfork, want) in rows {
+        let mut s: Scenario = toml::from_str("").unwrap();
+        s.device.pin = pin;
+        s.vm.dontfork = dontfork;
+        if pin == P::Vmsplice {
+            s.workload.directions = pinlab::scenario::Directions::FromGuest;
+        }
+        s.perturb.actions = action.into_iter().collect();
+        s.name = format!("{pin} {action:?} dontfork={dontfork}");
+        let r = model_verdict_for_live(&s, Era::MODERN).unwrap();
+        if r.verdict.live() != Some(want) {
+            bad.push(format!(
+                "{}: model says {}, live expects {want}",
+                s.name, r.verdict
+            ));
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+/// Every action x pin kind x dontfork has a model verdict under every era (n/a only where the
+/// era lacks the feature), and the model never errors.
+#[test]
+fn every_live_combination_replays_under_every_era() {
+    use pinlab::scenario::{Action, PinKind};
+    for a in Action::ALL {
+        for pin in PinKind::ALL {
+            for dontfork in [false, true] {
+                for thp in [false, true] {
+                    let mut s: Scenario = toml::from_str("").unwrap();
+                    s.device.pin = pin;
+                    s.vm.dontfork = dontfork;
+                    s.vm.thp = thp;
+                    s.perturb.actions = vec![a];
+                    for e in Era::ALL {
+                        let r = model_verdict_for_live(&s, e).unwrap_or_else(|err| {
+                            panic!("{a} {pin} dontfork={dontfork} thp={thp}: {err}")
+                        });
+                        if pin == PinKind::Mapping {
+                            assert!(
+                                matches!(
+                                    r.verdict,
+                                    ModelVerdict::Coherent
+                                        | ModelVerdict::NotApplicable
+                                        | ModelVerdict::InvariantBroken(_)
+                                ),
+                                "{a} mapping @ {e}: the control group never diverges, got {}",
+                                r.verdict
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Benchmark, not a test: `cargo test -p pinlab --release --test replay -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_explorer() {
+    pinlab::model::explore::bench(&configs());
+}

@@ -1,0 +1,367 @@
+//! The explorer: every interleaving of a program's concurrent threads, breadth-first with a
+//! visited set, stopping at the first broken invariant. A SIMULATION's search, not a kernel's.
+//!
+//! Why breadth-first: the first violation found is at the smallest number of interleaved steps,
+//! so the trace printed is a shortest one without a second search; the state spaces of the seeds'
+//! races are tiny (tens to hundreds of states), so BFS's memory is no concern. States are hashed
+//! with the in-crate `FxHasher`; the visited map keys are the states themselves (exact: no
+//! false "already seen" from a hash collision).
+//!
+//! A program is `setup` (run once, in order), `threads` (interleaved), `after` (run in order once
+//! every thread is done, on every terminal state). A trace is replayed from the start with
+//! logging on, so exploring never formats a string.
+
+use std::collections::{HashMap, VecDeque};
+
+use super::era::Era;
+use super::invariant::Invariant;
+use super::ops::{self, Ctx, Flow, Log, Op, RoundSpec, Stop, Variant};
+use super::state::{FxBuild, State, SLOTS, SUBS, THREADS};
+
+/// What the explorer runs.
+#[derive(Clone, Debug, Default)]
+pub struct Program {
+    pub setup: Vec<Op>,
+    /// Thread names and their ops.
+    pub threads: Vec<(String, Vec<Op>)>,
+    pub after: Vec<Op>,
+    pub round: RoundSpec,
+    pub variant: Variant,
+}
+
+/// What the model concluded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Conclusion {
+    Coherent,
+    /// A data invariant broke (the live executor's `diverged`).
+    Diverged(Invariant),
+    /// A structural invariant broke.
+    Broken(Invariant),
+    /// The era lacks what the scenario needs.
+    NotApplicable(String),
+}
+
+/// The result of exploring one program under one era.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub conclusion: Conclusion,
+    /// `FINDING_*` bits seen on any complete run.
+    pub findings: u8,
+    /// The steps of the violating run (shortest), or of the first complete run.
+    pub trace: Option<Vec<String>>,
+    /// Distinct states visited.
+    pub states: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("explore: {0}")]
+    Model(Stop),
+    #[error("explore: deadlock: no thread can step ({0})")]
+    Deadlock(String),
+    #[error("explore: {0} threads, the model has room for {THREADS}")]
+    TooManyThreads(usize),
+}
+
+fn initial() -> State {
+    State {
+        guest_base: 0,
+        guest_len: (SUBS * 2) as u8,
+        ..State::default()
+    }
+}
+
+fn ctx<'a>(prog: &'a Program, era: Era, tid: usize) -> Ctx<'a> {
+    Ctx {
+        rules: era.rules(),
+        variant: prog.variant,
+        round: &prog.round,
+        tid,
+    }
+}
+
+enum Run {
+    Ok,
+    Stopped(Stop),
+}
+
+/// Runs ops in order on thread `tid` until each is done; logs into `trace` when given.
+fn run_seq(
+    s: &mut State,
+    prog: &Program,
+    era: Era,
+    ops: &[Op],
+    tid: usize,
+    label: &str,
+    mut trace: Option<&mut Vec<String>>,
+) -> Result<Run, Error> {
+    let c = ctx(prog, era, tid);
+    s.threads[tid] = Default::default();
+    while (s.threads[tid].pc as usize) < ops.len() {
+        let op = &ops[s.threads[tid].pc as usize];
+        let mut log = Log {
+            on: trace.is_some(),
+            notes: Vec::new(),
+        };
+        let res = ops::step(s, &c, op, &mut log);
+        if let Some(t) = trace.as_deref_mut() {
+            t.push(format!(
+                "[{label}] {}: {}",
+                ops::op_name(op),
+                log.notes.join("; ")
+            ));
+        }
+        match res {
+            Ok(Flow::Blocked) => {
+                return Err(Error::Deadlock(format!(
+                    "{label}: `{}` blocked",
+                    ops::op_name(op)
+                )))
+            }
+            Ok(_) => {}
+            Err(stop @ (Stop::Broken(_) | Stop::NotApplicable(_))) => {
+                return Ok(Run::Stopped(stop))
+            }
+            Err(e) => return Err(Error::Model(e)),
+        }
+    }
+    s.threads[tid] = Default::default();
+    Ok(Run::Ok)
+}
+
+fn conclude(stop: Stop) -> Result<Conclusion, Error> {
+    match stop {
+        Stop::Broken(i) if i.is_data() => Ok(Conclusion::Diverged(i)),
+        Stop::Broken(i) => Ok(Conclusion::Broken(i)),
+        Stop::NotApplicable(why) => Ok(Conclusion::NotApplicable(why)),
+        e => Err(Error::Model(e)),
+    }
+}
+
+fn done(s: &State, prog: &Program, t: usize) -> bool {
+    s.threads[t].pc as usize >= prog.threads[t].1.len()
+}
+
+/// Explores `prog` under `era`. With `want_trace`, the outcome carries a readable trace.
+pub fn explore(prog: &Program, era: Era, want_trace: bool) -> Result<Outcome, Error> {
+    if prog.threads.len() > THREADS {
+        return Err(Error::TooManyThreads(prog.threads.len()));
+    }
+    const { assert!(SLOTS >= SUBS * 2) };
+    let mut root = initial();
+    if let Run::Stopped(stop) = run_seq(&mut root, prog, era, &prog.setup, 0, "setup", None)? {
+        return finish(prog, era, want_trace, conclude(stop)?, Vec::new(), 1, 0);
+    }
+    // BFS. `nodes[i]` = (parent, thread that stepped); `seen` maps a state to its node.
+    let mut nodes: Vec<(u32, u8)> = vec![(u32::MAX, 0)];
+    let mut seen: HashMap<State, u32, FxBuild> = HashMap::default();
+    seen.insert(root.clone(), 0);
+    let mut queue: VecDeque<(State, u32)> = VecDeque::from([(root, 0)]);
+    let mut findings = 0u8;
+    let mut first_terminal: Option<u32> = None;
+    while let Some((s, id)) = queue.pop_front() {
+        let mut any = false;
+        let mut all_done = true;
+        for t in 0..prog.threads.len() {
+            if done(&s, prog, t) {
+                continue;
+            }
+            all_done = false;
+            let mut next = s.clone();
+            let op = &prog.threads[t].1[s.threads[t].pc as usize];
+            let res = ops::step(&mut next, &ctx(prog, era, t), op, &mut Log::default());
+            match res {
+                Ok(Flow::Blocked) => continue,
+                Ok(_) => {
+                    any = true;
+                    if !seen.contains_key(&next) {
+                        let nid = nodes.len() as u32;
+                        nodes.push((id, t as u8));
+                        seen.insert(next.clone(), nid);
+                        queue.push_back((next, nid));
+                    }
+                }
+                Err(stop @ (Stop::Broken(_) | Stop::NotApplicable(_))) => {
+                    let mut path = path_to(&nodes, id);
+                    path.push(t as u8);
+                    let states = seen.len();
+                    return finish(
+                        prog,
+                        era,
+                        want_trace,
+                        conclude(stop)?,
+                        path,
+                        states,
+                        findings,
+                    );
+                }
+                Err(e) => return Err(Error::Model(e)),
+            }
+        }
+        if all_done {
+            let mut end = s.clone();
+            match run_seq(&mut end, prog, era, &prog.after, 0, "after", None)? {
+                Run::Ok => {
+                    findings |= end.findings;
+                    first_terminal.get_or_insert(id);
+                }
+                Run::Stopped(stop) => {
+                    let path = path_to(&nodes, id);
+                    let states = seen.len();
+                    return finish(
+                        prog,
+                        era,
+                        want_trace,
+                        conclude(stop)?,
+                        path,
+                        states,
+                        findings,
+                    );
+                }
+            }
+        } else if !any {
+            let who: Vec<_> = (0..prog.threads.len())
+                .filter(|&t| !done(&s, prog, t))
+                .map(|t| prog.threads[t].0.clone())
+                .collect();
+            return Err(Error::Deadlock(format!("waiting: {}", who.join(", "))));
+        }
+    }
+    let path = first_terminal
+        .map(|id| path_to(&nodes, id))
+        .unwrap_or_default();
+    let states = seen.len();
+    finish(
+        prog,
+        era,
+        want_trace,
+        Conclusion::Coherent,
+        path,
+        states,
+        findings,
+    )
+}
+
+fn path_to(nodes: &[(u32, u8)], mut id: u32) -> Vec<u8> {
+    let mut path = Vec::new();
+    while id != 0 {
+        let (parent, t) = nodes[id as usize];
+        path.push(t);
+        id = parent;
+    }
+    path.reverse();
+    path
+}
+
+/// Replays `path` with logging to build the trace, and packs the outcome.
+fn finish(
+    prog: &Program,
+    era: Era,
+    want_trace: bool,
+    conclusion: Conclusion,
+    path: Vec<u8>,
+    states: usize,
+    findings: u8,
+) -> Result<Outcome, Error> {
+    let mut findings = findings;
+    let trace = if want_trace {
+        let mut lines = Vec::new();
+        let mut s = initial();
+        let mut stopped = matches!(
+            run_seq(&mut s, prog, era, &prog.setup, 0, "setup", Some(&mut lines))?,
+            Run::Stopped(_)
+        );
+        if !stopped {
+            for &t in &path {
+                let t = t as usize;
+                let op = &prog.threads[t].1[s.threads[t].pc as usize];
+                let mut log = Log {
+                    on: true,
+                    notes: Vec::new(),
+                };
+                let res = ops::step(&mut s, &ctx(prog, era, t), op, &mut log);
+                lines.push(format!(
+                    "[{}] {}: {}",
+                    prog.threads[t].0,
+                    ops::op_name(op),
+                    log.notes.join("; ")
+                ));
+                if res.is_err() {
+                    stopped = true;
+                    break;
+                }
+            }
+        }
+        if !stopped && (0..prog.threads.len()).all(|t| done(&s, prog, t)) {
+            run_seq(&mut s, prog, era, &prog.after, 0, "after", Some(&mut lines))?;
+            findings |= s.findings;
+        }
+        Some(lines)
+    } else {
+        None
+    };
+    let trace = match conclusion {
+        Conclusion::NotApplicable(_) => None,
+        _ => trace,
+    };
+    Ok(Outcome {
+        conclusion,
+        findings,
+        trace,
+        states,
+    })
+}
+
+/// Benchmark (not a test): explores every scenario in `dir` that has concurrent threads, under
+/// every era, repeatedly, and prints states per second and the time of one full exploration.
+pub fn bench(dir: &std::path::Path) {
+    use std::time::Instant;
+    let mut total_states = 0usize;
+    let mut total_time = std::time::Duration::ZERO;
+    println!("{}", super::report::HEADER);
+    for path in crate::config::scenario_files(dir).unwrap_or_default() {
+        let Ok(s) = crate::config::load(Some(&path)) else {
+            continue;
+        };
+        let Ok(prog) = super::spec::program(&s) else {
+            continue;
+        };
+        if prog.threads.len() < 2 {
+            continue;
+        }
+        for era in Era::ALL {
+            let start = Instant::now();
+            let mut runs = 0u32;
+            let mut states = 0usize;
+            let mut last = None;
+            while start.elapsed().as_millis() < 50 || runs < 10 {
+                match explore(&prog, era, false) {
+                    Ok(o) => {
+                        states += o.states;
+                        last = Some(o);
+                    }
+                    Err(_) => break,
+                }
+                runs += 1;
+            }
+            let el = start.elapsed();
+            total_states += states;
+            total_time += el;
+            if let Some(o) = last {
+                println!(
+                    "{:40} {:14} {:>6} states  {:>9.1} us/exploration  {:>6.2} M states/s  {:?}",
+                    s.name,
+                    era.name(),
+                    o.states,
+                    el.as_secs_f64() * 1e6 / runs as f64,
+                    states as f64 / el.as_secs_f64() / 1e6,
+                    o.conclusion
+                );
+            }
+        }
+    }
+    println!(
+        "overall: {:.2} M states/s",
+        total_states as f64 / total_time.as_secs_f64().max(1e-9) / 1e6
+    );
+}
