@@ -194,7 +194,7 @@ pub struct MapReport {
     pub thp_coverage: Option<f64>,
     /// `Iommu::map`: ring setup, buffer registration (the pin), pagemap PFN evidence.
     pub iommu_map: Option<Stat>,
-    /// `pfn::pagemap` of the same range alone.
+    /// `pfn::pfns` (the pagemap read `Iommu::map` makes) of the same range alone.
     pub pagemap: Option<Stat>,
     /// `IoUring::new` + one `register_buffers` of the range.
     pub raw_register: Option<Stat>,
@@ -439,10 +439,10 @@ fn pin_pass(
 
 fn dma(opts: &BenchOptions) -> anyhow::Result<DmaReport> {
     let (region, desc) = (opts.region, opts.descriptor);
-    if region == 0 || region > MAX_BUFFER_LEN || region % (2 * MIB) != 0 {
+    if region == 0 || region > MAX_BUFFER_LEN || !region.is_multiple_of(2 * MIB) {
         bail!("region must be a non-zero multiple of 2 MiB up to 1 GiB, not {region:#x}");
     }
-    if desc == 0 || desc % crate::addr::PAGE_SIZE != 0 {
+    if desc == 0 || !desc.is_multiple_of(crate::addr::PAGE_SIZE) {
         bail!("descriptor must be a non-zero multiple of 4 KiB, not {desc:#x}");
     }
     let piece = desc.min(STAGING_MAX);
@@ -561,7 +561,7 @@ fn dma(opts: &BenchOptions) -> anyhow::Result<DmaReport> {
 
 fn map(opts: &BenchOptions) -> anyhow::Result<MapReport> {
     let size = opts.map_size;
-    if size == 0 || size > MAX_BUFFER_LEN || size % (2 * MIB) != 0 {
+    if size == 0 || size > MAX_BUFFER_LEN || !size.is_multiple_of(2 * MIB) {
         bail!("map size must be a non-zero multiple of 2 MiB up to 1 GiB, not {size:#x}");
     }
     let ram =
@@ -591,7 +591,7 @@ fn map(opts: &BenchOptions) -> anyhow::Result<MapReport> {
         let unmap_ms = ms(t);
 
         let t = Instant::now();
-        let pages = crate::pfn::pagemap(ram.hva(), size).context("pfn::pagemap")?;
+        let pages = crate::pfn::pfns(ram.hva(), size).context("pfn::pfns")?;
         std::hint::black_box(&pages);
         let pagemap_ms = ms(t);
         drop(pages);
@@ -813,7 +813,7 @@ impl BenchReport {
                     .map_or("?".into(), |c| format!("{:.0}%", c * 100.0))
             );
             o += &stat_line("Iommu::map (pin + pagemap)", m.iommu_map, "ms");
-            o += &stat_line("pfn::pagemap alone", m.pagemap, "ms");
+            o += &stat_line("pfn::pfns (pagemap) alone", m.pagemap, "ms");
             o += &stat_line("raw ring + register_buffers", m.raw_register, "ms");
             o += &stat_line("unmap (unpin)", m.unmap, "ms");
             o += &ratio_line("map/raw", m.map_vs_raw, "goal <= 1.5");
@@ -869,7 +869,8 @@ mod tests {
     /// as one middle element, or unsorted input summarised as given.
     #[test]
     fn stat_of_table() {
-        let table: [(&[f64], (f64, f64, f64)); 4] = [
+        type Row = (&'static [f64], (f64, f64, f64));
+        let table: [Row; 4] = [
             (&[3.0], (3.0, 3.0, 3.0)),
             (&[5.0, 1.0, 3.0], (3.0, 1.0, 5.0)),
             (&[4.0, 1.0, 2.0, 3.0], (2.5, 1.0, 4.0)),

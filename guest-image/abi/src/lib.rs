@@ -499,7 +499,7 @@ const _: () = {
     assert!(PD_GPA + 4 * PAGE_SIZE <= BOOT_INFO_GPA);
     assert!(BOOT_INFO_GPA + BOOT_INFO_SIZE == TSS_GPA);
     assert!(TSS_GPA + TSS_SIZE <= RESERVED_END_GPA);
-    assert!(DMA_BASE_GPA % HUGE_PAGE_SIZE == 0);
+    assert!(DMA_BASE_GPA.is_multiple_of(HUGE_PAGE_SIZE));
     assert!(STACK_TOP_GPA < DMA_BASE_GPA);
 };
 
