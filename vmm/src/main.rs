@@ -81,6 +81,8 @@ fn parse_verdict(s: &str) -> Result<Verdict, String> {
 enum Command {
     /// Boot the guest and run a scenario on the live kernel.
     Run(RunArgs),
+    /// Measure DMA throughput, IOMMU map cost and launch timings (ratios against raw baselines).
+    Bench(BenchArgs),
     /// Report what this host can do, one line per capability.
     Host {
         #[arg(long)]
@@ -101,6 +103,65 @@ enum Command {
         json: bool,
     },
 }
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// DMA region size, e.g. 256MiB (at most 1GiB).
+    #[arg(long)]
+    region: Option<ByteSize>,
+    /// DMA descriptor size, e.g. 8MiB.
+    #[arg(long)]
+    descriptor: Option<ByteSize>,
+    /// IOMMU map size, e.g. 1GiB.
+    #[arg(long)]
+    map_size: Option<ByteSize>,
+    /// Timed trials per measurement.
+    #[arg(long)]
+    trials: Option<usize>,
+    /// Spawns per launch measurement.
+    #[arg(long)]
+    launches: Option<usize>,
+    /// Sections to run (repeatable): dma, map, launch. Default: all.
+    #[arg(long, value_parser = ["dma", "map", "launch"])]
+    only: Vec<String>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn cmd_bench(args: BenchArgs) -> ExitCode {
+    let mut o = pinlab::bench::BenchOptions {
+        pinlab: std::env::current_exe().unwrap_or_else(|_| "pinlab".into()),
+        json: args.json,
+        ..Default::default()
+    };
+    o.region = args.region.map_or(o.region, |b| b.0);
+    o.descriptor = args.descriptor.map_or(o.descriptor, |b| b.0);
+    o.map_size = args.map_size.map_or(o.map_size, |b| b.0);
+    o.trials = args.trials.unwrap_or(o.trials);
+    o.launches = args.launches.unwrap_or(o.launches);
+    if !args.only.is_empty() {
+        let on = |s: &str| args.only.iter().any(|x| x == s);
+        (o.dma, o.map, o.launch) = (on("dma"), on("map"), on("launch"));
+    }
+    let report = match pinlab::bench::run(&o) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pinlab bench: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    if o.json {
+        match serde_json::to_string(&report) {
+            Ok(j) => println!("{j}"),
+            Err(e) => return usage_error(format!("serializing the report: {e}")),
+        }
+    } else {
+        print!("{}", report.render());
+    }
+    ExitCode::SUCCESS
+}
+
 
 fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("pinlab: {msg}");
@@ -198,6 +259,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run(args) => cmd_run(args, launch),
+        Command::Bench(args) => cmd_bench(args),
         Command::Replay {
             scenarios,
             eras,

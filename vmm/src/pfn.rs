@@ -14,7 +14,7 @@
 //! [`PageMapping::pfn`] = `None` on a present page), and `/proc/kpageflags` needs root; opening it
 //! fails with [`Error::OpenKpageflags`] so callers can degrade with a one-line reason.
 
-use procfs::process::{PageInfo, Process};
+use procfs::process::PageInfo;
 use procfs::{KPageFlags, PhysicalPageFlags, ProcError};
 use serde::{Serialize, Serializer};
 
@@ -25,14 +25,14 @@ use crate::addr::{Hva, Pfn, PAGE_SIZE};
 pub enum Error {
     /// `/proc/self/pagemap` could not be opened.
     #[error("open /proc/self/pagemap: {0}")]
-    OpenPagemap(#[source] ProcError),
+    OpenPagemap(#[source] std::io::Error),
     /// Reading the pagemap entries of a range failed.
-    #[error("read /proc/self/pagemap for {hva} (+{pages} pages): {source}")]
+    #[error("pread /proc/self/pagemap for {hva} (+{pages} pages): {source}")]
     ReadPagemap {
         hva: Hva,
         pages: u64,
         #[source]
-        source: ProcError,
+        source: std::io::Error,
     },
     /// `/proc/kpageflags` could not be opened: it needs root (CAP_SYS_ADMIN).
     #[error("open /proc/kpageflags (needs root with CAP_SYS_ADMIN): {0}")]
@@ -130,32 +130,69 @@ fn page_span(hva: Hva, len: u64) -> Result<(u64, u64)> {
     Ok((first, last - first))
 }
 
+/// The raw 64-bit pagemap entries of pages `first..first + count`, read with one pread(2).
+///
+/// The kernel's `pagemap_read` walks the whole request in one call (in PMD-sized steps), so one
+/// big read replaces the 8-byte `read_exact` per entry (through an 8 KiB buffer) that procfs's
+/// `get_range_info` does. Measured here (`pinlab bench --only map`, THP-backed GiB, release,
+/// medians of 7): the PFN read 2.8 ms -> 1.2 ms, `Iommu::map` 4.8 ms -> 2.7 ms (raw registration
+/// 1.4 ms); `thp_coverage` of 64 MiB 4.6 ms -> 2.5 ms.
+fn pagemap_entries(hva: Hva, first: u64, count: u64) -> Result<Vec<u64>> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open("/proc/self/pagemap").map_err(Error::OpenPagemap)?;
+    let read_error = |source| Error::ReadPagemap {
+        hva,
+        pages: count,
+        source,
+    };
+    // Page indices are below 2^52 on x86_64, so the byte offset and length cannot overflow.
+    let mut bytes = vec![0u8; (count * 8) as usize];
+    file.read_exact_at(&mut bytes, first * 8)
+        .map_err(read_error)?;
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|b| u64::from_ne_bytes(b.try_into().expect("chunks of 8 bytes")))
+        .collect())
+}
+
 /// The pagemap entry of every 4 KiB page overlapping `hva..hva+len`.
 ///
-/// Reads `/proc/self/pagemap` in one sequential pass (procfs buffers it; one read(2) per 1024
-/// entries). Pages of a PMD-mapped THP are reported one by one, each with its own subpage PFN.
+/// Reads `/proc/self/pagemap` with one pread(2) of the range ([`pagemap_entries`]). Pages of a
+/// PMD-mapped THP are reported one by one, each with its own subpage PFN.
 pub fn pagemap(hva: Hva, len: u64) -> Result<Vec<PageMapping>> {
     let (first, count) = page_span(hva, len)?;
     if count == 0 {
         return Ok(Vec::new());
     }
-    let mut map = Process::myself()
-        .and_then(|p| p.pagemap())
-        .map_err(Error::OpenPagemap)?;
-    // Page indices are below 2^52 on x86_64, so the casts are lossless.
-    let infos = map
-        .get_range_info(first as usize..(first + count) as usize)
-        .map_err(|source| Error::ReadPagemap {
-            hva,
-            pages: count,
-            source,
-        })?;
-    Ok(infos
+    Ok(pagemap_entries(hva, first, count)?
         .into_iter()
         .zip(first..)
-        .map(|(info, idx)| PageMapping::from_info(Hva(idx * PAGE_SIZE), info))
+        .map(|(e, idx)| PageMapping::from_info(Hva(idx * PAGE_SIZE), PageInfo::parse_info(e)))
         .collect())
 }
+
+/// The PFN of every 4 KiB page overlapping `hva..hva+len`, as [`pagemap`] reports it (`None`:
+/// not present, swapped, or hidden), without building the full [`PageMapping`]s: what a pin
+/// records as its evidence.
+pub fn pfns(hva: Hva, len: u64) -> Result<Vec<Option<Pfn>>> {
+    let (first, count) = page_span(hva, len)?;
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    Ok(pagemap_entries(hva, first, count)?
+        .into_iter()
+        .map(|e| {
+            let present = e & PM_PRESENT != 0 && e & PM_SWAP == 0;
+            let pfn = e & PM_PFN_MASK;
+            (present && pfn != 0).then_some(Pfn(pfn))
+        })
+        .collect())
+}
+
+/// Pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst): present, swapped, PFN.
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAP: u64 = 1 << 62;
+const PM_PFN_MASK: u64 = (1 << 55) - 1;
 
 /// Names of the stable KPF_* bits (include/uapi/linux/kernel-page-flags.h), by bit number.
 const KPF_NAMES: [&str; 27] = [
@@ -558,6 +595,24 @@ mod tests {
         for i in 1..512 {
             assert_eq!(pfns[i].unwrap().raw(), pfns[0].unwrap().raw() + i as u64);
         }
+    }
+
+    /// The PFN-only reader against the full one, on present, THP and discarded pages.
+    /// A bug: a pin recording PFNs that differ from what the evidence comparison reads later.
+    #[test]
+    fn pfns_agree_with_pagemap() {
+        let mut r = AnonRegion::new(4 * MIB, libc::MADV_HUGEPAGE);
+        r.fill(|i| i as u8);
+        r.madvise(3 * PAGE_SIZE, PAGE_SIZE, libc::MADV_DONTNEED);
+        let full: Vec<Option<Pfn>> = pagemap(r.hva, r.len)
+            .unwrap()
+            .iter()
+            .map(|p| p.pfn)
+            .collect();
+        assert_eq!(pfns(r.hva, r.len).unwrap(), full);
+        assert_eq!(full.len(), 1024);
+        assert!(full[3].is_none() && full[4].is_some());
+        assert!(pfns(r.hva, 0).unwrap().is_empty());
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::memory::GuestRam;
 use crate::pin::{self, Staging, Transfer};
 
 /// Largest staging area; longer descriptors are moved in pieces of this size.
-const STAGING_MAX: u64 = 8 << 20;
+pub const STAGING_MAX: u64 = 8 << 20;
 
 /// Counters, readable from any thread.
 #[derive(Default)]
@@ -178,7 +178,9 @@ impl DmaEngine {
                 status_of(&e)
             })?;
             let words = &as_words(staging.as_mut_slice())[..(chunk / 8) as usize];
-            sums.extend(words.chunks_exact(512).map(abi::page_checksum));
+            let first = sums.len();
+            sums.resize(first + (chunk / PAGE_SIZE) as usize, 0);
+            abi::page_checksums(words, &mut sums[first..]);
             done += chunk;
         }
         let bytes: Vec<u8> = sums.iter().flat_map(|s| s.to_le_bytes()).collect();

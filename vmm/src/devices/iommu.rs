@@ -74,11 +74,10 @@ impl Mapping {
         let now = ram
             .translate(self.gpa, self.len)
             .map_err(|e| e.to_string())
-            .and_then(|hva| crate::pfn::pagemap(hva, self.len).map_err(|e| e.to_string()));
+            .and_then(|hva| crate::pfn::pfns(hva, self.len).map_err(|e| e.to_string()));
         match now {
             Err(e) => ev.unreadable = Some(e),
-            Ok(pages) => {
-                let mapped: Vec<Option<Pfn>> = pages.iter().map(|p| p.pfn).collect();
+            Ok(mapped) => {
                 let diff = crate::pfn::diff_pfns(&self.pinned_pfns, &mapped);
                 ev.pinned_pfns_changed_pages = diff.len();
                 ev.changed = diff
@@ -183,8 +182,8 @@ impl Iommu {
             tracing::warn!("pinning {len:#x} bytes at {hva} failed: {e}");
             abi::STATUS_PIN_FAILED
         })?;
-        let (pinned_pfns, pfn_error) = match crate::pfn::pagemap(hva, len) {
-            Ok(pages) => (pages.iter().map(|p| p.pfn).collect(), None),
+        let (pinned_pfns, pfn_error) = match crate::pfn::pfns(hva, len) {
+            Ok(pfns) => (pfns, None),
             Err(e) => (Vec::new(), Some(e.to_string())),
         };
         self.mappings.insert(

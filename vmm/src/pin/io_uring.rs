@@ -33,7 +33,7 @@ pub const MAX_BUFFERS: usize = 1 << 14;
 /// 6.9, 16 MiB 6.3-6.6 / 6.8-7.0, 64 MiB 6.1-6.3 / 6.6-6.7: gains stop at 4 MiB.
 pub const CHUNK_LEN: u64 = 4 << 20;
 /// Submission queue depth.
-const RING_ENTRIES: u32 = 64;
+pub const RING_ENTRIES: u32 = 64;
 
 /// Errors of the io_uring pin.
 #[derive(Debug, thiserror::Error)]
