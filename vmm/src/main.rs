@@ -162,7 +162,6 @@ fn cmd_bench(args: BenchArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-
 fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("pinlab: {msg}");
     ExitCode::from(2)

@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use super::{last_os, madvise, moved, vmstat_now, Ctx, Done, Error, Result};
-use crate::addr::{Hva, HUGE_PAGE_SIZE, PAGE_SIZE};
+use crate::addr::{Hva, PAGE_SIZE};
 use crate::scenario::Action;
 
 fn mprotect(action: Action, hva: Hva, len: u64, prot: i32) -> Result<()> {
@@ -204,5 +204,3 @@ fn split_first(ctx: &Ctx) -> Result<String> {
         }
     }
 }
-
-const _: () = assert!(HUGE_PAGE_SIZE % PAGE_SIZE == 0);
