@@ -8,6 +8,7 @@ pub mod config;
 pub mod devices;
 pub mod host;
 pub mod layout;
+pub mod matrix;
 pub mod memory;
 pub mod model;
 pub mod oracle;
