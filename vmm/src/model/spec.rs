@@ -273,15 +273,10 @@ pub fn live_program(s: &Scenario) -> Program {
                 end: b + 2,
             }),
             Action::Bias1024 => {
-                host.push(Op::Mmap {
-                    start: 8,
-                    end: 9,
-                    thp: false,
-                    dontfork: false,
-                    populate: true,
-                });
+                // Live, the references go on the guest-RAM page right after the pinned region:
+                // unpinned, and a THP subpage exactly when guest RAM is THP.
                 host.push(Op::Gup {
-                    slot: 8,
+                    slot: b + 2,
                     pin: false,
                     write: false,
                     count: 1024,
