@@ -118,6 +118,9 @@ pub struct Facts<'a> {
     /// Why the run did not reach the guest's report, if it did not.
     pub failure: Option<String>,
     pub pins: &'a [PinEvidence],
+    /// The control group holds no pin: its "pinned" PFNs are only where the pages were at map
+    /// time, and the device follows the mapping when they move.
+    pub control_group: bool,
 }
 
 /// The verdict and its one-line reason.
@@ -192,6 +195,9 @@ pub fn judge(f: &Facts<'_>) -> (Verdict, Option<String>) {
     let pfn_note = match (&unreadable, changed) {
         (Some(why), _) => format!("PFN evidence unavailable: {why}"),
         (None, 0) => "pinned PFNs are still the mapped ones".to_string(),
+        (None, n) if f.control_group => format!(
+            "{n} pages moved since map time; the control group holds no pin and follows them"
+        ),
         (None, n) => {
             let first = f.pins.iter().find_map(|p| p.changed.first());
             match first {

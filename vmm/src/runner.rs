@@ -294,6 +294,7 @@ fn run_inner(
         guest: report.as_deref(),
         failure,
         pins: &out.pins,
+        control_group: s.device.pin == PinKind::Mapping,
     });
     out.verdict = verdict;
     out.reason = reason;

@@ -438,6 +438,31 @@ pub fn fill_pattern(out: &mut [u64], seed: u64, first_word: u64) {
 
 /// Words per 4 KiB page.
 const WORDS_PER_PAGE: usize = 512;
+
+/// Whether `words` equal pattern `seed` from word `first_word` on:
+/// `words[k] == pattern_word(seed, first_word + k)` for every k, computed as `fill_pattern`
+/// does (one page key per page, an add per word), so the guest's verify pass is cheap.
+pub fn pattern_matches(words: &[u64], seed: u64, first_word: u64) -> bool {
+    let mut i = first_word;
+    let mut rest = words;
+    while !rest.is_empty() {
+        let in_page = (WORDS_PER_PAGE as u64 - (i & (WORDS_PER_PAGE as u64 - 1))) as usize;
+        let (page, tail) = rest.split_at(in_page.min(rest.len()));
+        let key = mix64(seed ^ (i >> 9));
+        let mut m = i.wrapping_mul(PATTERN_MUL);
+        let mut diff = 0;
+        for &w in page {
+            diff |= w ^ key ^ m;
+            m = m.wrapping_add(PATTERN_MUL);
+        }
+        if diff != 0 {
+            return false;
+        }
+        i += page.len() as u64;
+        rest = tail;
+    }
+    true
+}
 /// The checksum's initial value.
 const CHECKSUM_INIT: u64 = 0x6a09_e667_f3bc_c908;
 
@@ -568,6 +593,21 @@ mod tests {
         assert_ne!(a, pattern_word(1, 1), "word");
         assert_ne!(pattern_seed(7, 1, 0), pattern_seed(7, 1, 1), "direction");
         assert_ne!(pattern_seed(7, 1, 0), pattern_seed(7, 2, 0), "round");
+    }
+
+    #[test]
+    fn pattern_matches_agrees_with_pattern_word() {
+        let mut buf = [0u64; 1500];
+        let first = 300; // not page aligned: the first page is partial
+        fill_pattern(&mut buf, 9, first);
+        assert!(pattern_matches(&buf, 9, first));
+        assert!(!pattern_matches(&buf, 10, first), "another seed");
+        assert!(!pattern_matches(&buf, 9, first + 1), "shifted by a word");
+        for k in [0, 211, 212, 723, 1499] {
+            let mut b = buf;
+            b[k] ^= 1 << 40;
+            assert!(!pattern_matches(&b, 9, first), "flip at {k}");
+        }
     }
 
     #[test]
