@@ -461,3 +461,55 @@ fn unmet_expectation_exits_1() {
     assert_eq!(j["expected"], "diverged", "{show}");
     assert_eq!(run.code(), Some(1), "{show}");
 }
+
+/// The oracle can fail: MADV_DONTNEED on the pinned region between two rounds. The pin keeps
+/// the old pages, the guest faults in new ones, so both directions diverge, every page is
+/// counted, and the PFN evidence says why (pinned PFN != mapped PFN). A lab that read through
+/// its own mapping, or that did not compare PFNs, would report coherent or say nothing of PFNs.
+#[test]
+fn discarding_the_pinned_range_diverges_with_pfn_evidence() {
+    let Some((run, j)) = run_vm(&["run", "--perturb", "dontneed", "--rounds", "4", "--json"])
+    else {
+        return;
+    };
+    assert_eq!(j["verdict"], "diverged", "{}", run.show());
+    assert_eq!(
+        j["expected"],
+        "diverged",
+        "the model predicts it: {}",
+        run.show()
+    );
+    assert_eq!(run.status.code(), Some(0), "{}", run.show());
+    let pages = 512;
+    assert_eq!(j["device_write_lost_pages"], pages, "{}", run.show());
+    assert_eq!(j["device_read_stale_pages"], pages, "{}", run.show());
+    assert_eq!(j["pinned_pfns_changed_pages"], pages, "{}", run.show());
+    let change = &j["pins"][0]["changed"][0];
+    assert!(
+        change["pinned"].is_u64()
+            && change["mapped"].is_u64()
+            && change["pinned"] != change["mapped"],
+        "pinned vs mapped PFN of the first changed page: {}",
+        run.show()
+    );
+    let reason = j["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("pinned pfn:") && reason.contains("mapped pfn:"),
+        "{reason}"
+    );
+    // The same discard through the control group's mapping is coherent: the divergence comes
+    // from the pin, not from the lab.
+    let Some((run, j)) = run_vm(&[
+        "run",
+        "--pin",
+        "mapping",
+        "--perturb",
+        "dontneed",
+        "--rounds",
+        "4",
+        "--json",
+    ]) else {
+        return;
+    };
+    assert_eq!(j["verdict"], "coherent", "{}", run.show());
+}

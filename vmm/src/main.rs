@@ -245,12 +245,38 @@ fn apply(args: &RunArgs, s: &mut Scenario) {
     }
 }
 
+/// The expectation of an ad-hoc composition: what the model's modern era (the rules 6.18
+/// follows) predicts for it, when it predicts a data verdict.
+fn model_expectation(s: &Scenario) -> Option<Verdict> {
+    use pinlab::model::{model_verdict_for_live, Era, ModelVerdict};
+    match model_verdict_for_live(s, Era::MODERN).ok()?.verdict {
+        ModelVerdict::Coherent => Some(Verdict::Coherent),
+        ModelVerdict::Diverged => Some(Verdict::Diverged),
+        _ => None,
+    }
+}
+
 fn cmd_run(args: RunArgs, launch: Instant) -> ExitCode {
     let mut scenario = match pinlab::config::load(args.config.as_deref()) {
         Ok(s) => s,
         Err(e) => return usage_error(e),
     };
+    let as_written = scenario.clone();
     apply(&args, &mut scenario);
+    // A composition the scenario's author did not write (other pin, added actions, dontfork)
+    // is not covered by its `expect.live`: ask the model, unless the user said.
+    let composed = scenario.device.pin != as_written.device.pin
+        || scenario.perturb.actions != as_written.perturb.actions
+        || scenario.vm.dontfork != as_written.vm.dontfork;
+    let mut expected_from = "scenario";
+    if args.expect.is_some() {
+        expected_from = "command line";
+    } else if composed {
+        if let Some(v) = model_expectation(&scenario) {
+            scenario.expect.live = Some(v);
+            expected_from = "model 5.19";
+        }
+    }
     if let Err(e) = scenario.validate() {
         return usage_error(format!("after command-line options: {e}"));
     }
@@ -267,7 +293,8 @@ fn cmd_run(args: RunArgs, launch: Instant) -> ExitCode {
     }
     let _ = pinlab::host::recover_stale_journals();
     let mut hook = pinlab::perturb::Schedule::new(&scenario);
-    let outcome = pinlab::runner::run(&scenario, launch, &mut hook);
+    let mut outcome = pinlab::runner::run(&scenario, launch, &mut hook);
+    outcome.expected_from = expected_from.to_string();
     if args.json {
         match serde_json::to_string(&outcome) {
             Ok(j) => println!("{j}"),

@@ -40,6 +40,9 @@ pub struct Outcome {
     pub verdict: Verdict,
     pub reason: Option<String>,
     pub expected: Verdict,
+    /// Where the expectation comes from: "scenario", "command line", or "model 5.19" (an
+    /// ad-hoc composition the scenario's own expectation does not cover).
+    pub expected_from: String,
     pub pin: PinKind,
     pub mode: crate::scenario::GuestMode,
     pub rounds: u32,
@@ -78,6 +81,7 @@ impl Outcome {
             verdict: Verdict::Error,
             reason: None,
             expected: s.expected_live(),
+            expected_from: "scenario".into(),
             pin: s.device.pin,
             mode: s.workload.mode,
             rounds: s.workload.rounds,
@@ -140,9 +144,10 @@ impl Outcome {
             out.push_str(&format!("  launch -> guest done: {t:.2} ms\n"));
         }
         out.push_str(&format!(
-            "verdict: {} (expected {}){}\n",
+            "verdict: {} (expected {}, from the {}){}\n",
             self.verdict,
             self.expected,
+            self.expected_from,
             self.reason
                 .as_ref()
                 .map(|r| format!(": {r}"))

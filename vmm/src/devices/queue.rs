@@ -167,6 +167,67 @@ mod tests {
         }
     }
 
+    /// Decoding a queue the guest wrote: descriptors come back in order from the device's own
+    /// consumer index, completions land in their slots, `head` is published; a forged `tail`
+    /// is flagged as a fault, not walked.
+    #[test]
+    fn pending_decodes_and_faults_on_a_forged_tail() {
+        let ram = GuestRam::new(16 << 20, false, false).unwrap();
+        let base = 0x10_0000u64;
+        let mut q = Queue::validate(base, 4, ram.size()).unwrap();
+        for i in 0..3u32 {
+            let d = abi::Descriptor {
+                op: abi::OP_NOP,
+                tag: 100 + i as u64,
+                ..Default::default()
+            };
+            ram.write_obj(Gpa(base + abi::descriptor_offset(i)), d)
+                .unwrap();
+        }
+        ram.atomic_u32(Gpa(base))
+            .unwrap()
+            .store(3, Ordering::Release);
+        let got = q.pending(&ram).unwrap();
+        assert_eq!(
+            got.iter().map(|(n, d)| (*n, d.tag)).collect::<Vec<_>>(),
+            [(0, 100), (1, 101), (2, 102)]
+        );
+        for (n, d) in &got {
+            q.complete(&ram, *n, d.tag, abi::STATUS_OK, 7);
+            q.publish(&ram, *n);
+        }
+        let c: abi::Completion = ram
+            .read_obj(Gpa(base + abi::completion_offset(4, 2)))
+            .unwrap();
+        assert_eq!((c.tag, c.status, c.result), (102, abi::STATUS_OK, 7));
+        assert_eq!(
+            ram.atomic_u32(Gpa(base + 4))
+                .unwrap()
+                .load(Ordering::Acquire),
+            3
+        );
+        // The guest scribbling on `head` changes nothing: the device keeps its own index.
+        ram.atomic_u32(Gpa(base + 4))
+            .unwrap()
+            .store(0, Ordering::Release);
+        assert!(q.pending(&ram).unwrap().is_empty());
+        // A tail more than `entries` ahead: fault, flagged in the header, nothing decoded.
+        ram.atomic_u32(Gpa(base))
+            .unwrap()
+            .store(3 + 5, Ordering::Release);
+        assert_eq!(q.pending(&ram), Err(abi::STATUS_BAD_RING));
+        let fault = ram
+            .atomic_u32(Gpa(base + 8))
+            .unwrap()
+            .load(Ordering::Acquire);
+        assert_eq!(fault, abi::STATUS_BAD_RING);
+        // Until the guest clears the fault the queue is ignored.
+        ram.atomic_u32(Gpa(base))
+            .unwrap()
+            .store(4, Ordering::Release);
+        assert!(q.pending(&ram).unwrap().is_empty());
+    }
+
     #[test]
     fn overlap_is_half_open() {
         assert!(overlaps((0, 10), (9, 20)));
