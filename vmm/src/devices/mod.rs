@@ -103,83 +103,86 @@ impl Devices {
 
     /// The IOMMU doorbell rang: execute every pending MAP/UNMAP.
     pub fn service_iommu(&self) {
-        self.progress.fetch_add(1, Ordering::Relaxed);
-        let ram = self.ram();
-        let mut guard = self.state();
-        let st = &mut *guard;
-        let Some(q) = st.iommu_queue.as_mut() else {
-            self.stats.reject(abi::STATUS_BAD_RING);
-            return;
-        };
-        let pending = match q.pending(&ram) {
-            Ok(p) => p,
-            Err(fault) => {
-                self.stats.reject(fault);
-                return;
-            }
-        };
-        for (n, d) in pending {
-            let r = match d.op {
-                abi::OP_MAP => st.iommu.map(&ram, d.iova, d.arg, d.len, d.flags),
-                abi::OP_UNMAP => st.iommu.unmap(&ram, d.iova, d.len),
-                _ => Err(abi::STATUS_BAD_OP),
+        self.service(Which::Iommu, |ram, st, d, _| {
+            let (r, counter) = match d.op {
+                abi::OP_MAP => (
+                    st.iommu.map(ram, d.iova, d.arg, d.len, d.flags),
+                    &self.stats.maps,
+                ),
+                abi::OP_UNMAP => (st.iommu.unmap(ram, d.iova, d.len), &self.stats.unmaps),
+                _ => return Err(abi::STATUS_BAD_OP),
             };
-            let status = match r {
-                Ok(()) => {
-                    let c = if d.op == abi::OP_MAP {
-                        &self.stats.maps
-                    } else {
-                        &self.stats.unmaps
-                    };
-                    c.fetch_add(1, Ordering::Relaxed);
-                    abi::STATUS_OK
-                }
-                Err(e) => {
-                    self.stats.reject(e);
-                    e
-                }
-            };
-            q.complete(&ram, n, d.tag, status, 0);
-            q.publish(&ram, n);
-        }
+            r.map(|()| {
+                counter.fetch_add(1, Ordering::Relaxed);
+                0
+            })
+        });
     }
 
     /// The DMA doorbell rang: execute every pending descriptor through the pins.
     pub fn service_dma(&self) {
+        self.service(Which::Dma, |ram, st, d, forbidden| {
+            self.stats.descriptors.fetch_add(1, Ordering::Relaxed);
+            st.dma
+                .execute(ram, &mut st.iommu, d, forbidden, &self.stats)
+        });
+    }
+
+    /// Consumes one queue: each pending descriptor goes to `exec`, whose `Ok(result)` or
+    /// `Err(status)` becomes its completion. A queue not set up, or malformed, is a reject.
+    /// `exec` also gets the ranges an output buffer may not overlap (the reserved low area and
+    /// both queues).
+    fn service(
+        &self,
+        which: Which,
+        mut exec: impl FnMut(&GuestRam, &mut State, &abi::Descriptor, &[(u64, u64)]) -> Result<u64, u32>,
+    ) {
         self.progress.fetch_add(1, Ordering::Relaxed);
         let ram = self.ram();
         let mut guard = self.state();
         let st = &mut *guard;
-        let Some(q) = st.dma_queue.as_mut() else {
+        let slot = match which {
+            Which::Iommu => &mut st.iommu_queue,
+            Which::Dma => &mut st.dma_queue,
+        };
+        // Taken out while it is serviced, so `exec` can have the rest of the state.
+        let Some(mut q) = slot.take() else {
             self.stats.reject(abi::STATUS_BAD_RING);
             return;
         };
-        let pending = match q.pending(&ram) {
-            Ok(p) => p,
-            Err(fault) => {
-                self.stats.reject(fault);
-                return;
-            }
-        };
         let mut forbidden = vec![(0, abi::RESERVED_END_GPA), q.range()];
-        if let Some(iq) = &st.iommu_queue {
-            forbidden.push(iq.range());
+        forbidden.extend(
+            st.iommu_queue
+                .iter()
+                .chain(&st.dma_queue)
+                .map(|o| o.range()),
+        );
+        match q.pending(&ram) {
+            Err(fault) => self.stats.reject(fault),
+            Ok(pending) => {
+                for (n, d) in pending {
+                    let (status, result) = match exec(&ram, st, &d, &forbidden) {
+                        Ok(result) => (abi::STATUS_OK, result),
+                        Err(e) => {
+                            self.stats.reject(e);
+                            (e, 0)
+                        }
+                    };
+                    q.complete(&ram, n, d.tag, status, result);
+                    q.publish(&ram, n);
+                }
+            }
         }
-        for (n, d) in pending {
-            self.stats.descriptors.fetch_add(1, Ordering::Relaxed);
-            let (status, result) =
-                match st
-                    .dma
-                    .execute(&ram, &mut st.iommu, &d, &forbidden, &self.stats)
-                {
-                    Ok(bytes) => (abi::STATUS_OK, bytes),
-                    Err(e) => {
-                        self.stats.reject(e);
-                        (e, 0)
-                    }
-                };
-            q.complete(&ram, n, d.tag, status, result);
-            q.publish(&ram, n);
+        match which {
+            Which::Iommu => st.iommu_queue = Some(q),
+            Which::Dma => st.dma_queue = Some(q),
         }
     }
+}
+
+/// Which of the two queues a doorbell is for.
+#[derive(Clone, Copy)]
+enum Which {
+    Iommu,
+    Dma,
 }

@@ -169,6 +169,56 @@ fn pipe(action: Action) -> Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// The parent/child handshake of a child that outlives the action: the child signals `ready`
+/// (it has read its pagemap and done its part), then blocks until the parent closes `release`.
+struct Handshake {
+    ready_r: OwnedFd,
+    ready_w: Option<OwnedFd>,
+    release_r: Option<OwnedFd>,
+    release_w: OwnedFd,
+}
+
+impl Handshake {
+    fn new(action: Action) -> Result<Handshake> {
+        let (ready_r, ready_w) = pipe(action)?;
+        let (release_r, release_w) = pipe(action)?;
+        Ok(Handshake {
+            ready_r,
+            ready_w: Some(ready_w),
+            release_r: Some(release_r),
+            release_w,
+        })
+    }
+
+    /// The child's last steps: signal ready, drop its copy of the release write end, wait.
+    fn child_steps(&self) -> [Step; 3] {
+        let fd = |f: &Option<OwnedFd>| f.as_ref().map_or(-1, |f| f.as_raw_fd());
+        [
+            Step::Signal {
+                fd: fd(&self.ready_w),
+            },
+            Step::Close {
+                fd: self.release_w.as_raw_fd(),
+            },
+            Step::WaitEof {
+                fd: fd(&self.release_r),
+            },
+        ]
+    }
+
+    /// After the fork: close the child's ends here, wait for the child's signal.
+    fn wait_ready(&mut self, action: Action) -> Result<()> {
+        self.ready_w = None;
+        self.release_r = None;
+        wait_signal(action, &self.ready_r)
+    }
+
+    /// Lets the child exit (its `WaitEof` sees EOF).
+    fn release(self) {
+        drop(self);
+    }
+}
+
 /// A forked child: reaped (with a deadline, then SIGKILL) when waited or dropped.
 struct Child {
     pid: i32,
@@ -287,25 +337,14 @@ pub fn fork_action(ctx: &Ctx, action: Action) -> Result<Done> {
     let dontfork = ctx.scenario.vm.dontfork;
     let shared = Shared::new(action, pages * 16)?;
     let parent = parent_pfns(hva, len);
-    let (ready_r, ready_w) = pipe(action)?;
-    let (release_r, release_w) = pipe(action)?;
+    let mut handshake = Handshake::new(action)?;
     let mut plan = vec![Step::ReadPagemap {
         hva,
         pages,
         into: 0,
     }];
     match action {
-        Action::ForkParentWrite => plan.extend([
-            Step::Signal {
-                fd: ready_w.as_raw_fd(),
-            },
-            Step::Close {
-                fd: release_w.as_raw_fd(),
-            },
-            Step::WaitEof {
-                fd: release_r.as_raw_fd(),
-            },
-        ]),
+        Action::ForkParentWrite => plan.extend(handshake.child_steps()),
         Action::ForkChildWrite if !dontfork => plan.extend([
             Step::Write {
                 hva,
@@ -321,8 +360,6 @@ pub fn fork_action(ctx: &Ctx, action: Action) -> Result<Done> {
         _ => {}
     }
     let child = Child::spawn(action, &plan, &shared)?;
-    drop(ready_w);
-    drop(release_r);
     let at_fork = |shared: &Shared| {
         let child = shared.pfns(0, pages);
         let (c, s, a) = copied(&parent, &child);
@@ -335,7 +372,7 @@ pub fn fork_action(ctx: &Ctx, action: Action) -> Result<Done> {
     };
     match action {
         Action::ForkParentWrite => {
-            wait_signal(action, &ready_r)?;
+            handshake.wait_ready(action)?;
             let (c, s, a) = at_fork(&shared);
             let pid = child.pid;
             let mut done = Done::new(
@@ -344,8 +381,7 @@ pub fn fork_action(ctx: &Ctx, action: Action) -> Result<Done> {
             );
             done.finish = Some(Box::new(move || {
                 let _shared = shared;
-                drop(release_w);
-                drop(ready_r);
+                handshake.release();
                 let status = child.wait()?;
                 if status != 0 {
                     return Err(Error::Failed {
@@ -358,6 +394,7 @@ pub fn fork_action(ctx: &Ctx, action: Action) -> Result<Done> {
             Ok(done)
         }
         _ => {
+            handshake.release();
             let pid = child.pid;
             let status = child.wait()?;
             if status != 0 {
@@ -414,9 +451,8 @@ pub fn kirill(ctx: &Ctx) -> Result<Done> {
     let pages = (len / PAGE_SIZE) as usize;
     let shared = Shared::new(a, pages * 8)?;
     let parent = parent_pfns(hva, len);
-    let (ready_r, ready_w) = pipe(a)?;
-    let (release_r, release_w) = pipe(a)?;
-    let plan = [
+    let mut handshake = Handshake::new(a)?;
+    let mut plan = vec![
         Step::ReadPagemap {
             hva,
             pages,
@@ -426,20 +462,10 @@ pub fn kirill(ctx: &Ctx) -> Result<Done> {
             hva: huge,
             len: half,
         },
-        Step::Signal {
-            fd: ready_w.as_raw_fd(),
-        },
-        Step::Close {
-            fd: release_w.as_raw_fd(),
-        },
-        Step::WaitEof {
-            fd: release_r.as_raw_fd(),
-        },
     ];
+    plan.extend(handshake.child_steps());
     let child = Child::spawn(a, &plan, &shared)?;
-    drop(ready_w);
-    drop(release_r);
-    wait_signal(a, &ready_r)?;
+    handshake.wait_ready(a)?;
     // The parent cannot munmap guest RAM (KVM maps it); it discards its half instead.
     madvise(
         a,
@@ -456,8 +482,7 @@ pub fn kirill(ctx: &Ctx) -> Result<Done> {
     );
     done.finish = Some(Box::new(move || {
         let _shared = shared;
-        drop(release_w);
-        drop(ready_r);
+        handshake.release();
         let status = child.wait()?;
         Ok(json!({ "child_exit": status }))
     }));

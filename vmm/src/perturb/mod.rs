@@ -418,6 +418,21 @@ impl PhaseHook for Schedule {
     }
 }
 
+/// Splits the PMD over `page` while keeping every page: PROT_READ then PROT_READ|PROT_WRITE on
+/// that one 4 KiB page (the kernel must map it by PTE to give it its own protection).
+fn split_pmd_by_mprotect(action: Action, page: Hva) -> Result<()> {
+    for prot in [libc::PROT_READ, libc::PROT_READ | libc::PROT_WRITE] {
+        // SAFETY: one page of guest RAM, which GuestRam keeps mapped; its protection is restored
+        // by the second iteration before the guest runs again.
+        let rc =
+            unsafe { libc::mprotect(page.as_ptr() as *mut libc::c_void, PAGE_SIZE as usize, prot) };
+        if rc != 0 {
+            return Err(last_os(action, "mprotect"));
+        }
+    }
+    Ok(())
+}
+
 /// madvise on a host range, as an action's step.
 fn madvise(action: Action, hva: Hva, len: u64, advice: i32, call: &'static str) -> Result<()> {
     // SAFETY: the range is guest RAM (or part of it), owned by GuestRam for the whole run;

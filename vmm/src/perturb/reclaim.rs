@@ -35,13 +35,7 @@ pub fn ksm(ctx: &Ctx) -> Result<Done> {
     let (region, len) = ctx.region();
     // KSM merges base pages: split the decoy's PMD first (an mprotect round trip on one page),
     // so a PMD-mapped THP does not hide it from the scanner. The region is left as it is.
-    for prot in [libc::PROT_READ, libc::PROT_READ | libc::PROT_WRITE] {
-        // SAFETY: one page of guest RAM beside the region; the protection is restored by the
-        // second iteration.
-        if unsafe { libc::mprotect(decoy.as_ptr() as *mut libc::c_void, 4096, prot) } != 0 {
-            return Err(super::last_os(a, "mprotect"));
-        }
-    }
+    super::split_pmd_by_mprotect(a, decoy)?;
     // The region's pages are identical among themselves; the control and the decoy share a
     // different content. (With one content for all, a pinned region page that becomes the
     // unstable tree's node for it makes every identical page's merge fail against it.)

@@ -2,19 +2,9 @@
 
 use serde_json::json;
 
-use super::{last_os, madvise, moved, vmstat_now, Ctx, Done, Error, Result};
-use crate::addr::{Hva, PAGE_SIZE};
+use super::{madvise, moved, split_pmd_by_mprotect, vmstat_now, Ctx, Done, Error, Result};
+use crate::addr::PAGE_SIZE;
 use crate::scenario::Action;
-
-fn mprotect(action: Action, hva: Hva, len: u64, prot: i32) -> Result<()> {
-    // SAFETY: a page of guest RAM, which GuestRam keeps mapped; only its protection changes,
-    // and it is restored by the caller before the guest runs again.
-    let rc = unsafe { libc::mprotect(hva.as_ptr() as *mut libc::c_void, len as usize, prot) };
-    if rc != 0 {
-        return Err(last_os(action, "mprotect"));
-    }
-    Ok(())
-}
 
 /// PROT_READ then PROT_READ|PROT_WRITE on the region's first page: the PMD is split and the
 /// page write-protected, so the guest's next write to it is a write fault on a pinned page.
@@ -22,8 +12,7 @@ pub fn mprotect_roundtrip(ctx: &Ctx) -> Result<Done> {
     let a = Action::MprotectRoundtrip;
     let (hva, _) = ctx.region();
     let before = vmstat_now();
-    mprotect(a, hva, PAGE_SIZE, libc::PROT_READ)?;
-    mprotect(a, hva, PAGE_SIZE, libc::PROT_READ | libc::PROT_WRITE)?;
+    split_pmd_by_mprotect(a, hva)?;
     let counters = moved(&before, &["thp_split_pmd"]);
     let split = counters.get("thp_split_pmd").copied().unwrap_or(0);
     let mut done = Done::new(
@@ -198,8 +187,7 @@ fn split_first(ctx: &Ctx) -> Result<String> {
         }
         None => {
             let (hva, _) = ctx.region();
-            mprotect(a, hva, PAGE_SIZE, libc::PROT_READ)?;
-            mprotect(a, hva, PAGE_SIZE, libc::PROT_READ | libc::PROT_WRITE)?;
+            split_pmd_by_mprotect(a, hva)?;
             Ok(format!("split: mprotect round trip of {hva}"))
         }
     }
