@@ -126,6 +126,13 @@ impl Outcome {
             let names: Vec<_> = self.perturb.iter().map(|a| a.name()).collect();
             out.push_str(&format!("  perturbations: {}\n", names.join(", ")));
         }
+        for e in &self.evidence {
+            let field = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+            out.push_str(&format!("  {}: {}\n", field("action"), field("summary")));
+            if let Some(f) = e.get("finish").filter(|f| !f.is_null()) {
+                out.push_str(&format!("    then: {f}\n"));
+            }
+        }
         for line in &self.console {
             out.push_str(&format!("  guest: {line}\n"));
         }
