@@ -312,6 +312,11 @@ fn cmd_run(args: RunArgs, launch: Instant) -> ExitCode {
 
 fn main() -> ExitCode {
     let launch = Instant::now();
+    // `pinlab replay | head` must end quietly, not panic on EPIPE. Every command prints its
+    // results only after host state is restored and children are reaped, so dying on SIGPIPE
+    // at that point leaves nothing behind.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
