@@ -245,8 +245,9 @@ pub struct Regs {
 /// A finding that is not a data verdict (seed 001).
 pub const FINDING_BIAS_FALSE_POSITIVE: u8 = 1;
 
-/// The whole machine.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+/// The whole machine. `Hash` is written out (see [`State::hash`]); equality is the derived,
+/// exact one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
     pub folios: [Folio; FOLIOS],
     pub procs: [Proc; PROCS],
@@ -346,6 +347,191 @@ impl State {
         if f.refcount == 0 {
             *f = Folio::default();
         }
+    }
+}
+
+fn pte_word(e: Pte) -> u32 {
+    let (tag, folio, sub, a, b) = match e {
+        Pte::None => (0u8, 0u8, 0u8, false, false),
+        Pte::Present {
+            folio,
+            sub,
+            write,
+            uffd,
+        } => (1, folio, sub, write, uffd),
+        Pte::Swap {
+            folio,
+            sub,
+            exclusive,
+        } => (2, folio, sub, exclusive, false),
+        Pte::Migration {
+            folio,
+            sub,
+            write,
+            exclusive,
+        } => (3, folio, sub, write, exclusive),
+    };
+    u32::from_le_bytes([tag, folio, sub, a as u8 | (b as u8) << 1])
+}
+
+fn pmd_word(e: Pmd) -> u32 {
+    let (tag, folio, write, uffd) = match e {
+        Pmd::None => (0u8, 0u8, false, false),
+        Pmd::Table => (1, 0, false, false),
+        Pmd::Huge { folio, write, uffd } => (2, folio, write, uffd),
+        Pmd::Detached => (3, 0, false, false),
+    };
+    u32::from_le_bytes([tag, folio, write as u8, uffd as u8])
+}
+
+fn pair(lo: u32, hi: u32) -> u64 {
+    lo as u64 | (hi as u64) << 32
+}
+
+/// The explorer hashes every state it reaches, so this packs the fields into 64-bit words (about
+/// 80 multiply-rotates per state) instead of the derived field-by-field walk (one per byte-sized
+/// field, plus discriminants and slice lengths), which was most of the explorer's time. Every
+/// field is destructured without `..`, so a new field does not compile until it is hashed here.
+/// Equal states hash equally because each word is a function of the fields alone.
+impl Hash for State {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        let State {
+            folios,
+            procs,
+            anon_vmas,
+            holders,
+            threads,
+            guest_base,
+            guest_len,
+            expected,
+            next_version,
+            mmap_lock,
+            ptl,
+            anon_vma_lock,
+            irqoff,
+            findings,
+        } = self;
+        for f in folios {
+            let Folio {
+                live,
+                nr,
+                refcount,
+                pincount,
+                cmap,
+                swapcache,
+                ksm,
+                anon_vma,
+                subs,
+            } = *f;
+            const { assert!(SUBS == 4, "one word holds four subpages") };
+            let mut counts = [0u8; 8];
+            let mut excl = 0u8;
+            for (i, sub) in subs.iter().enumerate() {
+                let Sub {
+                    mapcount,
+                    exclusive,
+                    version,
+                } = *sub;
+                counts[2 * i] = mapcount;
+                counts[2 * i + 1] = version;
+                excl |= (exclusive as u8) << i;
+            }
+            let [r0, r1] = refcount.to_le_bytes();
+            let [p0, p1] = pincount.to_le_bytes();
+            h.write_u64(u64::from_le_bytes([
+                live as u8 | (swapcache as u8) << 1 | (ksm as u8) << 2 | excl << 3,
+                nr,
+                r0,
+                r1,
+                p0,
+                p1,
+                cmap,
+                anon_vma,
+            ]));
+            h.write_u64(u64::from_le_bytes(counts));
+        }
+        for p in procs {
+            let Proc {
+                live,
+                has_pinned,
+                pmd,
+                pte,
+                vmas,
+            } = p;
+            h.write_u64(*live as u64 | (*has_pinned as u64) << 1);
+            for c in pmd.chunks(2) {
+                h.write_u64(pair(pmd_word(c[0]), c.get(1).map_or(0, |e| pmd_word(*e))));
+            }
+            for c in pte.chunks(2) {
+                h.write_u64(pair(pte_word(c[0]), c.get(1).map_or(0, |e| pte_word(*e))));
+            }
+            for v in vmas {
+                let Vma {
+                    live,
+                    start,
+                    end,
+                    write,
+                    dontfork,
+                    anon_vma,
+                    chain,
+                } = *v;
+                h.write_u64(u64::from_le_bytes([
+                    live as u8 | (write as u8) << 1 | (dontfork as u8) << 2,
+                    start,
+                    end,
+                    anon_vma,
+                    chain,
+                    0,
+                    0,
+                    0,
+                ]));
+            }
+        }
+        for a in anon_vmas {
+            let AnonVma { live, len, list } = a;
+            h.write_u64(*live as u64 | (*len as u64) << 8);
+            h.write(list);
+        }
+        for x in holders {
+            let Holder {
+                live,
+                kind,
+                write,
+                count,
+                proc,
+                off,
+                folio,
+                sub,
+            } = *x;
+            let [c0, c1] = count.to_le_bytes();
+            h.write_u64(u64::from_le_bytes([
+                live as u8 | (write as u8) << 1 | ((kind == HoldKind::Get) as u8) << 2,
+                c0,
+                c1,
+                proc,
+                off,
+                folio,
+                sub,
+                0,
+            ]));
+        }
+        for r in threads {
+            let Regs { pc, phase, reg } = *r;
+            h.write_u64(u64::from_le_bytes([
+                pc, phase, reg[0], reg[1], reg[2], 0, 0, 0,
+            ]));
+        }
+        h.write(expected);
+        h.write_u64(u64::from_le_bytes([
+            *guest_base,
+            *guest_len,
+            *next_version,
+            *mmap_lock,
+            *ptl,
+            *anon_vma_lock,
+            *irqoff,
+            *findings,
+        ]));
     }
 }
 
