@@ -3,21 +3,22 @@
 //!
 //! Why breadth-first: the first violation found is at the smallest number of interleaved steps,
 //! so the trace printed is a shortest one without a second search; the state spaces of the seeds'
-//! races are tiny (tens to hundreds of states), so BFS's memory is no concern. States are hashed
-//! with the in-crate `FxHasher`; the visited map keys are the states themselves (exact: no
-//! false "already seen" from a hash collision).
+//! races are tiny (tens to hundreds of states), so BFS's memory is no concern. Each state is
+//! stored once (in discovery order, which is also the BFS queue) and hashed once with the
+//! in-crate `FxHasher`; the visited map goes from a hash to the nodes with that hash, and a hit
+//! compares whole states (exact: no false "already seen" from a hash collision).
 //!
 //! A program is `setup` (run once, in order), `threads` (interleaved), `after` (run in order once
 //! every thread is done, on every terminal state). A trace is replayed from the start with
 //! logging on, so exploring never formats a string.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 use super::era::Era;
 use super::invariant::Invariant;
 use super::ops::{self, Ctx, Flow, Log, Op, RoundSpec, Stop, Variant};
-use super::state::{FxBuild, State, SLOTS, SUBS, THREADS};
+use super::state::{state_hash, FxBuild, State, SLOTS, SUBS, THREADS};
 
 /// What the explorer runs.
 #[derive(Clone, Debug, Default)]
@@ -153,40 +154,60 @@ pub fn explore(prog: &Program, era: Era, want_trace: bool) -> Result<Outcome, Er
     if let Run::Stopped(stop) = run_seq(&mut root, prog, era, &prog.setup, 0, "setup", None)? {
         return finish(prog, era, want_trace, conclude(stop)?, Vec::new(), 1, 0);
     }
-    // BFS. `nodes[i]` = (parent, thread that stepped); `seen` maps a state to its node.
+    // BFS. Node `i` is `states[i]`, reached from `nodes[i]` = (parent, thread that stepped).
+    // Nodes are appended in discovery order, so the queue is `head..states.len()`. `by_hash`
+    // maps a state's hash to the newest node with that hash, `same_hash[i]` to the previous one:
+    // each state is stored once, hashed once, and a lookup compares whole states (exact).
     let mut nodes: Vec<(u32, u8)> = vec![(u32::MAX, 0)];
-    let mut seen: HashMap<State, u32, FxBuild> = HashMap::default();
-    seen.insert(root.clone(), 0);
-    let mut queue: VecDeque<(State, u32)> = VecDeque::from([(root, 0)]);
+    let mut by_hash: HashMap<u64, u32, FxBuild> = HashMap::default();
+    by_hash.insert(state_hash(&root), 0);
+    let mut same_hash: Vec<u32> = vec![u32::MAX];
+    let mut states: Vec<State> = vec![root];
     let mut findings = 0u8;
     let mut first_terminal: Option<u32> = None;
-    while let Some((s, id)) = queue.pop_front() {
+    let mut head = 0usize;
+    while head < states.len() {
+        let id = head as u32;
+        head += 1;
         let mut any = false;
         let mut all_done = true;
         for t in 0..prog.threads.len() {
-            if done(&s, prog, t) {
+            if done(&states[id as usize], prog, t) {
                 continue;
             }
             all_done = false;
-            let mut next = s.clone();
-            let op = &prog.threads[t].1[s.threads[t].pc as usize];
+            let mut next = states[id as usize].clone();
+            let op = &prog.threads[t].1[next.threads[t].pc as usize];
             let res = ops::step(&mut next, &ctx(prog, era, t), op, &mut Log::default());
             match res {
                 Ok(Flow::Blocked) => continue,
                 Ok(_) => {
                     any = true;
-                    // One hash per successor: a new state is cloned once, into the queue.
-                    if let Entry::Vacant(v) = seen.entry(next) {
-                        let nid = nodes.len() as u32;
-                        nodes.push((id, t as u8));
-                        queue.push_back((v.key().clone(), nid));
-                        v.insert(nid);
-                    }
+                    let nid = states.len() as u32;
+                    let prev = match by_hash.entry(state_hash(&next)) {
+                        Entry::Vacant(v) => {
+                            v.insert(nid);
+                            u32::MAX
+                        }
+                        Entry::Occupied(mut o) => {
+                            let mut j = *o.get();
+                            while j != u32::MAX && states[j as usize] != next {
+                                j = same_hash[j as usize];
+                            }
+                            if j != u32::MAX {
+                                continue;
+                            }
+                            o.insert(nid)
+                        }
+                    };
+                    nodes.push((id, t as u8));
+                    same_hash.push(prev);
+                    states.push(next);
                 }
                 Err(stop @ (Stop::Broken(_) | Stop::NotApplicable(_))) => {
                     let mut path = path_to(&nodes, id);
                     path.push(t as u8);
-                    let states = seen.len();
+                    let states = states.len();
                     return finish(
                         prog,
                         era,
@@ -200,6 +221,7 @@ pub fn explore(prog: &Program, era: Era, want_trace: bool) -> Result<Outcome, Er
                 Err(e) => return Err(Error::Model(e)),
             }
         }
+        let s = &states[id as usize];
         if all_done {
             let mut end = s.clone();
             match run_seq(&mut end, prog, era, &prog.after, 0, "after", None)? {
@@ -209,7 +231,7 @@ pub fn explore(prog: &Program, era: Era, want_trace: bool) -> Result<Outcome, Er
                 }
                 Run::Stopped(stop) => {
                     let path = path_to(&nodes, id);
-                    let states = seen.len();
+                    let states = states.len();
                     return finish(
                         prog,
                         era,
@@ -232,7 +254,7 @@ pub fn explore(prog: &Program, era: Era, want_trace: bool) -> Result<Outcome, Er
     let path = first_terminal
         .map(|id| path_to(&nodes, id))
         .unwrap_or_default();
-    let states = seen.len();
+    let states = states.len();
     finish(
         prog,
         era,

@@ -411,7 +411,19 @@ impl Hash for State {
             irqoff,
             findings,
         } = self;
-        for f in folios {
+        // Dead folios, VMAs, anon_vmas and holders are skipped (a liveness mask stands for them);
+        // equality still compares them, so this only trades collisions for speed.
+        let mask = |live: &mut dyn Iterator<Item = bool>| {
+            live.enumerate()
+                .fold(0u64, |m, (i, l)| m | (l as u64) << (i % 64))
+        };
+        h.write_u64(
+            mask(&mut folios.iter().map(|f| f.live))
+                | mask(&mut anon_vmas.iter().map(|a| a.live)) << 16
+                | mask(&mut holders.iter().map(|x| x.live)) << 32
+                | mask(&mut procs.iter().flat_map(|p| p.vmas.iter().map(|v| v.live))) << 40,
+        );
+        for f in folios.iter().filter(|f| f.live) {
             let Folio {
                 live,
                 nr,
@@ -465,7 +477,7 @@ impl Hash for State {
             for c in pte.chunks(2) {
                 h.write_u64(pair(pte_word(c[0]), c.get(1).map_or(0, |e| pte_word(*e))));
             }
-            for v in vmas {
+            for v in vmas.iter().filter(|v| v.live) {
                 let Vma {
                     live,
                     start,
@@ -487,12 +499,14 @@ impl Hash for State {
                 ]));
             }
         }
-        for a in anon_vmas {
-            let AnonVma { live, len, list } = a;
-            h.write_u64(*live as u64 | (*len as u64) << 8);
-            h.write(list);
+        for a in anon_vmas.iter().filter(|a| a.live) {
+            let AnonVma { live, len, list } = *a;
+            let [l0, l1, l2, l3, l4, l5] = list;
+            h.write_u64(u64::from_le_bytes([
+                live as u8, len, l0, l1, l2, l3, l4, l5,
+            ]));
         }
-        for x in holders {
+        for x in holders.iter().filter(|x| x.live) {
             let Holder {
                 live,
                 kind,
@@ -521,7 +535,7 @@ impl Hash for State {
                 pc, phase, reg[0], reg[1], reg[2], 0, 0, 0,
             ]));
         }
-        h.write(expected);
+        h.write_u64(u64::from_le_bytes(*expected));
         h.write_u64(u64::from_le_bytes([
             *guest_base,
             *guest_len,
