@@ -413,16 +413,19 @@ impl Hash for State {
         } = self;
         // Dead folios, VMAs, anon_vmas and holders are skipped (a liveness mask stands for them);
         // equality still compares them, so this only trades collisions for speed.
-        let mask = |live: &mut dyn Iterator<Item = bool>| {
-            live.enumerate()
-                .fold(0u64, |m, (i, l)| m | (l as u64) << (i % 64))
+        let mut live = 0u64;
+        let mut bit = 0;
+        let mut mark = |l: bool| {
+            live |= (l as u64) << (bit % 64);
+            bit += 1;
         };
-        h.write_u64(
-            mask(&mut folios.iter().map(|f| f.live))
-                | mask(&mut anon_vmas.iter().map(|a| a.live)) << 16
-                | mask(&mut holders.iter().map(|x| x.live)) << 32
-                | mask(&mut procs.iter().flat_map(|p| p.vmas.iter().map(|v| v.live))) << 40,
-        );
+        folios.iter().for_each(|f| mark(f.live));
+        anon_vmas.iter().for_each(|a| mark(a.live));
+        holders.iter().for_each(|x| mark(x.live));
+        procs
+            .iter()
+            .for_each(|p| p.vmas.iter().for_each(|v| mark(v.live)));
+        h.write_u64(live);
         for f in folios.iter().filter(|f| f.live) {
             let Folio {
                 live,
