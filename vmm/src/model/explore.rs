@@ -176,25 +176,32 @@ pub fn explore(prog: &Program, era: Era, want_trace: bool) -> Result<Outcome, Er
                 continue;
             }
             all_done = false;
-            let mut next = states[id as usize].clone();
+            // The successor is built in place at the end of `states` and popped if not new.
+            states.push(states[id as usize].clone());
+            let next = states.last_mut().unwrap_or_else(|| unreachable!());
             let op = &prog.threads[t].1[next.threads[t].pc as usize];
-            let res = ops::step(&mut next, &ctx(prog, era, t), op, &mut Log::default());
+            let res = ops::step(next, &ctx(prog, era, t), op, &mut Log::default());
             match res {
-                Ok(Flow::Blocked) => continue,
+                Ok(Flow::Blocked) => {
+                    states.pop();
+                    continue;
+                }
                 Ok(_) => {
                     any = true;
-                    let nid = states.len() as u32;
-                    let prev = match by_hash.entry(state_hash(&next)) {
+                    let nid = states.len() as u32 - 1;
+                    let (next, old) = states.split_last().unwrap_or_else(|| unreachable!());
+                    let prev = match by_hash.entry(state_hash(next)) {
                         Entry::Vacant(v) => {
                             v.insert(nid);
                             u32::MAX
                         }
                         Entry::Occupied(mut o) => {
                             let mut j = *o.get();
-                            while j != u32::MAX && states[j as usize] != next {
+                            while j != u32::MAX && old[j as usize] != *next {
                                 j = same_hash[j as usize];
                             }
                             if j != u32::MAX {
+                                states.pop();
                                 continue;
                             }
                             o.insert(nid)
@@ -202,11 +209,11 @@ pub fn explore(prog: &Program, era: Era, want_trace: bool) -> Result<Outcome, Er
                     };
                     nodes.push((id, t as u8));
                     same_hash.push(prev);
-                    states.push(next);
                 }
                 Err(stop @ (Stop::Broken(_) | Stop::NotApplicable(_))) => {
                     let mut path = path_to(&nodes, id);
                     path.push(t as u8);
+                    states.pop();
                     let states = states.len();
                     return finish(
                         prog,

@@ -474,11 +474,20 @@ impl Hash for State {
                 vmas,
             } = p;
             h.write_u64(*live as u64 | (*has_pinned as u64) << 1);
+            if !live {
+                continue;
+            }
             for c in pmd.chunks(2) {
                 h.write_u64(pair(pmd_word(c[0]), c.get(1).map_or(0, |e| pmd_word(*e))));
             }
-            for c in pte.chunks(2) {
-                h.write_u64(pair(pte_word(c[0]), c.get(1).map_or(0, |e| pte_word(*e))));
+            // Only the page tables a PMD points to (or holds detached): those are the PTEs a
+            // walk can see; the others are skipped like dead entries.
+            for (table, e) in pte.chunks(SUBS).zip(pmd) {
+                if matches!(e, Pmd::Table | Pmd::Detached) {
+                    for c in table.chunks(2) {
+                        h.write_u64(pair(pte_word(c[0]), c.get(1).map_or(0, |e| pte_word(*e))));
+                    }
+                }
             }
             for v in vmas.iter().filter(|v| v.live) {
                 let Vma {
