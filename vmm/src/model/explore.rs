@@ -471,5 +471,37 @@ pub fn stress_programs() -> Vec<(&'static str, Program)> {
         },
         variant: Variant::default(),
     };
-    vec![("stress-seed000-gup-fast-x3", gup_fast_x3)]
+    // Seed 004's KSM race, with a forked child writing and reading (two live processes, COW
+    // faults, anon_vma chains) as a third thread.
+    let ksm_fork_x3 = Program {
+        setup: ops(&["mmap 0..4", "fork"]),
+        threads: vec![
+            ("ksm".into(), ops(&["ksm 0", "ksm 1", "ksm 2"])),
+            (
+                "dio".into(),
+                ops(&["gup-fast pin write 0", "gup-fast get write 1"]),
+            ),
+            (
+                "child".into(),
+                ops(&[
+                    "child write 2",
+                    "child write 3",
+                    "child read 2",
+                    "child read 0",
+                    "child write 1",
+                    "child read 3",
+                ]),
+            ),
+        ],
+        after: ops(&["round"]),
+        round: RoundSpec {
+            offs: vec![0],
+            ..RoundSpec::default()
+        },
+        variant: Variant::default(),
+    };
+    vec![
+        ("stress-seed000-gup-fast-x3", gup_fast_x3),
+        ("stress-seed004-ksm-fork-x3", ksm_fork_x3),
+    ]
 }
