@@ -252,7 +252,7 @@ pub fn explore(prog: &Program, era: Era, want_trace: bool) -> Result<Outcome, Er
             }
         } else if !any {
             let who: Vec<_> = (0..prog.threads.len())
-                .filter(|&t| !done(&s, prog, t))
+                .filter(|&t| !done(s, prog, t))
                 .map(|t| prog.threads[t].0.clone())
                 .collect();
             return Err(Error::Deadlock(format!("waiting: {}", who.join(", "))));
