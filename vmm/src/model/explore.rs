@@ -344,7 +344,8 @@ fn finish(
 }
 
 /// Benchmark (not a test): explores every scenario in `dir` that has concurrent threads, under
-/// every era, repeatedly, and prints states per second and the time of one full exploration.
+/// every era, repeatedly, and prints states per second and the time of one full exploration;
+/// then the same for [`stress_programs`], whose figure is the per-state cost.
 pub fn bench(dir: &std::path::Path) {
     use std::time::Instant;
     let mut total_states = 0usize;
