@@ -3,20 +3,22 @@
 //!
 //! Why breadth-first: the first violation found is at the smallest number of interleaved steps,
 //! so the trace printed is a shortest one without a second search; the state spaces of the seeds'
-//! races are tiny (tens to hundreds of states), so BFS's memory is no concern. States are hashed
-//! with the in-crate `FxHasher`; the visited map keys are the states themselves (exact: no
-//! false "already seen" from a hash collision).
+//! races are tiny (tens to hundreds of states), so BFS's memory is no concern. Each state is
+//! stored once (in discovery order, which is also the BFS queue) and hashed once with the
+//! in-crate `FxHasher`; the visited map goes from a hash to the nodes with that hash, and a hit
+//! compares whole states (exact: no false "already seen" from a hash collision).
 //!
 //! A program is `setup` (run once, in order), `threads` (interleaved), `after` (run in order once
 //! every thread is done, on every terminal state). A trace is replayed from the start with
 //! logging on, so exploring never formats a string.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 
 use super::era::Era;
 use super::invariant::Invariant;
 use super::ops::{self, Ctx, Flow, Log, Op, RoundSpec, Stop, Variant};
-use super::state::{FxBuild, State, SLOTS, SUBS, THREADS};
+use super::state::{state_hash, FxBuild, State, SLOTS, SUBS, THREADS};
 
 /// What the explorer runs.
 #[derive(Clone, Debug, Default)]
@@ -152,39 +154,67 @@ pub fn explore(prog: &Program, era: Era, want_trace: bool) -> Result<Outcome, Er
     if let Run::Stopped(stop) = run_seq(&mut root, prog, era, &prog.setup, 0, "setup", None)? {
         return finish(prog, era, want_trace, conclude(stop)?, Vec::new(), 1, 0);
     }
-    // BFS. `nodes[i]` = (parent, thread that stepped); `seen` maps a state to its node.
+    // BFS. Node `i` is `states[i]`, reached from `nodes[i]` = (parent, thread that stepped).
+    // Nodes are appended in discovery order, so the queue is `head..states.len()`. `by_hash`
+    // maps a state's hash to the newest node with that hash, `same_hash[i]` to the previous one:
+    // each state is stored once, hashed once, and a lookup compares whole states (exact).
     let mut nodes: Vec<(u32, u8)> = vec![(u32::MAX, 0)];
-    let mut seen: HashMap<State, u32, FxBuild> = HashMap::default();
-    seen.insert(root.clone(), 0);
-    let mut queue: VecDeque<(State, u32)> = VecDeque::from([(root, 0)]);
+    let mut by_hash: HashMap<u64, u32, FxBuild> = HashMap::default();
+    by_hash.insert(state_hash(&root), 0);
+    let mut same_hash: Vec<u32> = vec![u32::MAX];
+    let mut states: Vec<State> = vec![root];
     let mut findings = 0u8;
     let mut first_terminal: Option<u32> = None;
-    while let Some((s, id)) = queue.pop_front() {
+    let mut head = 0usize;
+    while head < states.len() {
+        let id = head as u32;
+        head += 1;
         let mut any = false;
         let mut all_done = true;
         for t in 0..prog.threads.len() {
-            if done(&s, prog, t) {
+            if done(&states[id as usize], prog, t) {
                 continue;
             }
             all_done = false;
-            let mut next = s.clone();
-            let op = &prog.threads[t].1[s.threads[t].pc as usize];
-            let res = ops::step(&mut next, &ctx(prog, era, t), op, &mut Log::default());
+            // The successor is built in place at the end of `states` and popped if not new.
+            states.push(states[id as usize].clone());
+            let next = states.last_mut().unwrap_or_else(|| unreachable!());
+            let op = &prog.threads[t].1[next.threads[t].pc as usize];
+            let res = ops::step(next, &ctx(prog, era, t), op, &mut Log::default());
             match res {
-                Ok(Flow::Blocked) => continue,
+                Ok(Flow::Blocked) => {
+                    states.pop();
+                    continue;
+                }
                 Ok(_) => {
                     any = true;
-                    if !seen.contains_key(&next) {
-                        let nid = nodes.len() as u32;
-                        nodes.push((id, t as u8));
-                        seen.insert(next.clone(), nid);
-                        queue.push_back((next, nid));
-                    }
+                    let nid = states.len() as u32 - 1;
+                    let (next, old) = states.split_last().unwrap_or_else(|| unreachable!());
+                    let prev = match by_hash.entry(state_hash(next)) {
+                        Entry::Vacant(v) => {
+                            v.insert(nid);
+                            u32::MAX
+                        }
+                        Entry::Occupied(mut o) => {
+                            let mut j = *o.get();
+                            while j != u32::MAX && old[j as usize] != *next {
+                                j = same_hash[j as usize];
+                            }
+                            if j != u32::MAX {
+                                states.pop();
+                                continue;
+                            }
+                            o.insert(nid)
+                        }
+                    };
+                    nodes.push((id, t as u8));
+                    same_hash.push(prev);
                 }
                 Err(stop @ (Stop::Broken(_) | Stop::NotApplicable(_))) => {
                     let mut path = path_to(&nodes, id);
                     path.push(t as u8);
-                    let states = seen.len();
+                    states.pop();
+                    let states = states.len();
                     return finish(
                         prog,
                         era,
@@ -198,6 +228,7 @@ pub fn explore(prog: &Program, era: Era, want_trace: bool) -> Result<Outcome, Er
                 Err(e) => return Err(Error::Model(e)),
             }
         }
+        let s = &states[id as usize];
         if all_done {
             let mut end = s.clone();
             match run_seq(&mut end, prog, era, &prog.after, 0, "after", None)? {
@@ -207,7 +238,7 @@ pub fn explore(prog: &Program, era: Era, want_trace: bool) -> Result<Outcome, Er
                 }
                 Run::Stopped(stop) => {
                     let path = path_to(&nodes, id);
-                    let states = seen.len();
+                    let states = states.len();
                     return finish(
                         prog,
                         era,
@@ -221,7 +252,7 @@ pub fn explore(prog: &Program, era: Era, want_trace: bool) -> Result<Outcome, Er
             }
         } else if !any {
             let who: Vec<_> = (0..prog.threads.len())
-                .filter(|&t| !done(&s, prog, t))
+                .filter(|&t| !done(s, prog, t))
                 .map(|t| prog.threads[t].0.clone())
                 .collect();
             return Err(Error::Deadlock(format!("waiting: {}", who.join(", "))));
@@ -230,7 +261,7 @@ pub fn explore(prog: &Program, era: Era, want_trace: bool) -> Result<Outcome, Er
     let path = first_terminal
         .map(|id| path_to(&nodes, id))
         .unwrap_or_default();
-    let states = seen.len();
+    let states = states.len();
     finish(
         prog,
         era,
@@ -313,7 +344,8 @@ fn finish(
 }
 
 /// Benchmark (not a test): explores every scenario in `dir` that has concurrent threads, under
-/// every era, repeatedly, and prints states per second and the time of one full exploration.
+/// every era, repeatedly, and prints states per second and the time of one full exploration;
+/// then the same for [`stress_programs`], whose figure is the per-state cost.
 pub fn bench(dir: &std::path::Path) {
     use std::time::Instant;
     let mut total_states = 0usize;
@@ -361,7 +393,141 @@ pub fn bench(dir: &std::path::Path) {
         }
     }
     println!(
-        "overall: {:.2} M states/s",
+        "overall (seed races, per-exploration setup included): {:.2} M states/s",
         total_states as f64 / total_time.as_secs_f64().max(1e-9) / 1e6
     );
+    println!("stress programs (per-state cost: setup is negligible next to the search):");
+    for (name, prog) in stress_programs() {
+        for era in [Era::V4_4, Era::MODERN] {
+            let start = Instant::now();
+            let mut runs = 0u32;
+            let mut states = 0usize;
+            let mut last = None;
+            while start.elapsed().as_millis() < 300 || runs < 3 {
+                match explore(&prog, era, false) {
+                    Ok(o) => {
+                        states += o.states;
+                        last = Some(o);
+                    }
+                    Err(e) => {
+                        println!("{name:40} {:14} error: {e}", era.name());
+                        break;
+                    }
+                }
+                runs += 1;
+            }
+            let el = start.elapsed();
+            if let Some(o) = last {
+                println!(
+                    "{:40} {:14} {:>6} states  {:>9.1} us/exploration  {:>6.2} M states/s  {:?}",
+                    name,
+                    era.name(),
+                    o.states,
+                    el.as_secs_f64() * 1e6 / runs as f64,
+                    states as f64 / el.as_secs_f64() / 1e6,
+                    o.conclusion
+                );
+            }
+        }
+    }
+}
+
+/// Synthetic programs with thousands of interleavings, built from the seeds' ops, so the
+/// benchmark measures the per-state cost (clone, step, invariant, hash, visited set) rather than
+/// the per-exploration setup that dominates the seeds' 7-26-state races.
+pub fn stress_programs() -> Vec<(&'static str, Program)> {
+    fn ops(steps: &[&str]) -> Vec<Op> {
+        steps
+            .iter()
+            .map(|t| ops::parse_op(t).unwrap_or_else(|e| panic!("{t}: {e}")))
+            .collect()
+    }
+    let gup_fast_x3 = Program {
+        setup: ops(&["mmap 0..12", "swapout 0", "swapout 4"]),
+        threads: vec![
+            (
+                "reclaim".into(),
+                ops(&["try-to-unmap 0", "try-to-unmap 4", "write 8", "write 9"]),
+            ),
+            (
+                "dio".into(),
+                ops(&[
+                    "gup-fast pin write 0",
+                    "gup-fast get write 4",
+                    "gup-fast pin read 1",
+                ]),
+            ),
+            (
+                "guest".into(),
+                ops(&[
+                    "write 1", "write 2", "write 3", "write 5", "write 6", "write 7", "read 1",
+                    "read 2",
+                ]),
+            ),
+        ],
+        after: ops(&["round"]),
+        round: RoundSpec {
+            offs: vec![0],
+            ..RoundSpec::default()
+        },
+        variant: Variant::default(),
+    };
+    // Seed 004's KSM race, with a forked child writing and reading (two live processes, COW
+    // faults, anon_vma chains) as a third thread.
+    let ksm_fork_x3 = Program {
+        setup: ops(&["mmap 0..4", "fork"]),
+        threads: vec![
+            ("ksm".into(), ops(&["ksm 0", "ksm 1", "ksm 2"])),
+            (
+                "dio".into(),
+                ops(&["gup-fast pin write 0", "gup-fast get write 1"]),
+            ),
+            (
+                "child".into(),
+                ops(&[
+                    "child write 2",
+                    "child write 3",
+                    "child read 2",
+                    "child read 0",
+                    "child write 1",
+                    "child read 3",
+                ]),
+            ),
+        ],
+        after: ops(&["round"]),
+        round: RoundSpec {
+            offs: vec![0],
+            ..RoundSpec::default()
+        },
+        variant: Variant::default(),
+    };
+    vec![
+        ("stress-seed000-gup-fast-x3", gup_fast_x3),
+        ("stress-seed004-ksm-fork-x3", ksm_fork_x3),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stress programs' state counts, as the explorer with the derived hash and a map keyed
+    /// by whole states found them: a deduplication that merged distinct states (or kept equal
+    /// ones apart) would change them.
+    #[test]
+    fn stress_state_counts_are_exact() {
+        let want = [
+            ("stress-seed000-gup-fast-x3", "4.4", 4436),
+            ("stress-seed000-gup-fast-x3", "5.19", 2463),
+            ("stress-seed004-ksm-fork-x3", "4.4", 4074),
+            ("stress-seed004-ksm-fork-x3", "5.19", 4074),
+        ];
+        let progs = stress_programs();
+        for (name, era, states) in want {
+            let prog = &progs.iter().find(|(n, _)| *n == name).unwrap().1;
+            let o = explore(prog, era.parse().unwrap(), false).unwrap();
+            assert_eq!(o.conclusion, Conclusion::Coherent, "{name} @ {era}");
+            assert_eq!(o.states, states, "{name} @ {era}");
+        }
+    }
 }

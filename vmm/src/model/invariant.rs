@@ -17,7 +17,7 @@
 
 use std::fmt;
 
-use super::state::{Pte, State, PROCS, SLOTS, SUBS};
+use super::state::{Pmd, Pte, State, NONE, PROCS, SLOTS, SUBS};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Invariant {
@@ -56,45 +56,54 @@ impl fmt::Display for Invariant {
     }
 }
 
-/// `anon-vma-reach`, over the whole state. Returns the first offending `(proc, slot)`.
+/// `anon-vma-reach`, over the whole state. Returns the first offending `(proc, slot)`. It runs
+/// after every step the explorer takes, so it walks PMD by PMD and skips empty ones whole.
 pub fn anon_vma_reach(s: &State) -> Option<(u8, u8)> {
     for p in 0..PROCS {
         let proc = &s.procs[p];
         if !proc.live {
             continue;
         }
-        for slot in 0..SLOTS {
-            let page = match proc.pmd[slot / SUBS] {
-                super::state::Pmd::Huge { folio, .. } => {
-                    if slot % SUBS != 0 {
-                        continue;
+        for (pmd, entry) in proc.pmd.iter().enumerate() {
+            match *entry {
+                Pmd::None => {}
+                // A PMD mapping is checked once, at its first slot.
+                Pmd::Huge { folio, .. } => {
+                    if !reached(s, p, pmd * SUBS, folio) {
+                        return Some((p as u8, (pmd * SUBS) as u8));
                     }
-                    Some(folio)
                 }
-                super::state::Pmd::Table | super::state::Pmd::Detached => {
-                    proc.pte[slot].page().map(|(f, _)| f)
+                Pmd::Table | Pmd::Detached => {
+                    for slot in pmd * SUBS..(pmd + 1) * SUBS {
+                        let Some((f, _)) = proc.pte[slot].page() else {
+                            continue;
+                        };
+                        if !reached(s, p, slot, f) {
+                            return Some((p as u8, slot as u8));
+                        }
+                    }
                 }
-                super::state::Pmd::None => None,
-            };
-            let Some(f) = page else { continue };
-            let folio = s.folio(f);
-            // KSM pages are found through the stable tree, not an anon_vma.
-            if folio.ksm || folio.anon_vma == super::state::NONE {
-                continue;
-            }
-            let Some(v) = proc.vma_at(slot as u8) else {
-                return Some((p as u8, slot as u8));
-            };
-            let entry = ((p as u8) << 4) | v as u8;
-            if !s.anon_vmas[folio.anon_vma as usize]
-                .entries()
-                .contains(&entry)
-            {
-                return Some((p as u8, slot as u8));
             }
         }
     }
     None
+}
+
+/// Whether folio `f`, mapped at `slot` of process `p`, is on an anon_vma list that names the VMA
+/// holding `slot` (KSM pages and pages without an anon_vma are not asked).
+fn reached(s: &State, p: usize, slot: usize, f: u8) -> bool {
+    let folio = s.folio(f);
+    // KSM pages are found through the stable tree, not an anon_vma.
+    if folio.ksm || folio.anon_vma == NONE {
+        return true;
+    }
+    let Some(v) = s.procs[p].vma_at(slot as u8) else {
+        return false;
+    };
+    let entry = ((p as u8) << 4) | v as u8;
+    s.anon_vmas[folio.anon_vma as usize]
+        .entries()
+        .contains(&entry)
 }
 
 /// `rmap-sees-migration` for one folio: a migration entry still naming it.
@@ -115,7 +124,7 @@ pub fn leftover_migration(s: &State, folio: u8) -> Option<(u8, u8)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::state::{AnonVma, Folio, Pmd, Vma};
+    use crate::model::state::{AnonVma, Folio, Vma};
 
     fn mapped(listed: bool) -> State {
         let mut s = State::default();

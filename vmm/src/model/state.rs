@@ -245,8 +245,9 @@ pub struct Regs {
 /// A finding that is not a data verdict (seed 001).
 pub const FINDING_BIAS_FALSE_POSITIVE: u8 = 1;
 
-/// The whole machine.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+/// The whole machine. `Hash` is written out (see [`State::hash`]); equality is the derived,
+/// exact one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
     pub folios: [Folio; FOLIOS],
     pub procs: [Proc; PROCS],
@@ -346,6 +347,219 @@ impl State {
         if f.refcount == 0 {
             *f = Folio::default();
         }
+    }
+}
+
+fn pte_word(e: Pte) -> u32 {
+    let (tag, folio, sub, a, b) = match e {
+        Pte::None => (0u8, 0u8, 0u8, false, false),
+        Pte::Present {
+            folio,
+            sub,
+            write,
+            uffd,
+        } => (1, folio, sub, write, uffd),
+        Pte::Swap {
+            folio,
+            sub,
+            exclusive,
+        } => (2, folio, sub, exclusive, false),
+        Pte::Migration {
+            folio,
+            sub,
+            write,
+            exclusive,
+        } => (3, folio, sub, write, exclusive),
+    };
+    u32::from_le_bytes([tag, folio, sub, a as u8 | (b as u8) << 1])
+}
+
+fn pmd_word(e: Pmd) -> u32 {
+    let (tag, folio, write, uffd) = match e {
+        Pmd::None => (0u8, 0u8, false, false),
+        Pmd::Table => (1, 0, false, false),
+        Pmd::Huge { folio, write, uffd } => (2, folio, write, uffd),
+        Pmd::Detached => (3, 0, false, false),
+    };
+    u32::from_le_bytes([tag, folio, write as u8, uffd as u8])
+}
+
+fn pair(lo: u32, hi: u32) -> u64 {
+    lo as u64 | (hi as u64) << 32
+}
+
+/// The explorer hashes every state it reaches, so this packs the fields into 64-bit words (at
+/// most about 80 multiply-rotates per state, fewer with dead entries skipped) instead of the
+/// derived field-by-field walk (one per byte-sized field, plus discriminants and slice lengths),
+/// which was most of the explorer's time. Every field is destructured without `..`, so a new
+/// field does not compile until it is hashed here. Equal states hash equally because each word
+/// is a function of the fields alone; what is skipped only makes collisions likelier, and the
+/// explorer compares whole states on a hash hit.
+impl Hash for State {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        let State {
+            folios,
+            procs,
+            anon_vmas,
+            holders,
+            threads,
+            guest_base,
+            guest_len,
+            expected,
+            next_version,
+            mmap_lock,
+            ptl,
+            anon_vma_lock,
+            irqoff,
+            findings,
+        } = self;
+        // Dead folios, VMAs, anon_vmas and holders are skipped (a liveness mask stands for them);
+        // equality still compares them, so this only trades collisions for speed.
+        let mut live = 0u64;
+        let mut bit = 0;
+        let mut mark = |l: bool| {
+            live |= (l as u64) << (bit % 64);
+            bit += 1;
+        };
+        folios.iter().for_each(|f| mark(f.live));
+        anon_vmas.iter().for_each(|a| mark(a.live));
+        holders.iter().for_each(|x| mark(x.live));
+        procs
+            .iter()
+            .for_each(|p| p.vmas.iter().for_each(|v| mark(v.live)));
+        h.write_u64(live);
+        for f in folios.iter().filter(|f| f.live) {
+            let Folio {
+                live,
+                nr,
+                refcount,
+                pincount,
+                cmap,
+                swapcache,
+                ksm,
+                anon_vma,
+                subs,
+            } = *f;
+            const { assert!(SUBS == 4, "one word holds four subpages") };
+            let mut counts = [0u8; 8];
+            let mut excl = 0u8;
+            for (i, sub) in subs.iter().enumerate() {
+                let Sub {
+                    mapcount,
+                    exclusive,
+                    version,
+                } = *sub;
+                counts[2 * i] = mapcount;
+                counts[2 * i + 1] = version;
+                excl |= (exclusive as u8) << i;
+            }
+            let [r0, r1] = refcount.to_le_bytes();
+            let [p0, p1] = pincount.to_le_bytes();
+            h.write_u64(u64::from_le_bytes([
+                live as u8 | (swapcache as u8) << 1 | (ksm as u8) << 2 | excl << 3,
+                nr,
+                r0,
+                r1,
+                p0,
+                p1,
+                cmap,
+                anon_vma,
+            ]));
+            h.write_u64(u64::from_le_bytes(counts));
+        }
+        for p in procs {
+            let Proc {
+                live,
+                has_pinned,
+                pmd,
+                pte,
+                vmas,
+            } = p;
+            h.write_u64(*live as u64 | (*has_pinned as u64) << 1);
+            if !live {
+                continue;
+            }
+            for c in pmd.chunks(2) {
+                h.write_u64(pair(pmd_word(c[0]), c.get(1).map_or(0, |e| pmd_word(*e))));
+            }
+            // Only the page tables a PMD points to (or holds detached): those are the PTEs a
+            // walk can see; the others are skipped like dead entries.
+            for (table, e) in pte.chunks(SUBS).zip(pmd) {
+                if matches!(e, Pmd::Table | Pmd::Detached) {
+                    for c in table.chunks(2) {
+                        h.write_u64(pair(pte_word(c[0]), c.get(1).map_or(0, |e| pte_word(*e))));
+                    }
+                }
+            }
+            for v in vmas.iter().filter(|v| v.live) {
+                let Vma {
+                    live,
+                    start,
+                    end,
+                    write,
+                    dontfork,
+                    anon_vma,
+                    chain,
+                } = *v;
+                h.write_u64(u64::from_le_bytes([
+                    live as u8 | (write as u8) << 1 | (dontfork as u8) << 2,
+                    start,
+                    end,
+                    anon_vma,
+                    chain,
+                    0,
+                    0,
+                    0,
+                ]));
+            }
+        }
+        for a in anon_vmas.iter().filter(|a| a.live) {
+            let AnonVma { live, len, list } = *a;
+            let [l0, l1, l2, l3, l4, l5] = list;
+            h.write_u64(u64::from_le_bytes([
+                live as u8, len, l0, l1, l2, l3, l4, l5,
+            ]));
+        }
+        for x in holders.iter().filter(|x| x.live) {
+            let Holder {
+                live,
+                kind,
+                write,
+                count,
+                proc,
+                off,
+                folio,
+                sub,
+            } = *x;
+            let [c0, c1] = count.to_le_bytes();
+            h.write_u64(u64::from_le_bytes([
+                live as u8 | (write as u8) << 1 | ((kind == HoldKind::Get) as u8) << 2,
+                c0,
+                c1,
+                proc,
+                off,
+                folio,
+                sub,
+                0,
+            ]));
+        }
+        for r in threads {
+            let Regs { pc, phase, reg } = *r;
+            h.write_u64(u64::from_le_bytes([
+                pc, phase, reg[0], reg[1], reg[2], 0, 0, 0,
+            ]));
+        }
+        h.write_u64(u64::from_le_bytes(*expected));
+        h.write_u64(u64::from_le_bytes([
+            *guest_base,
+            *guest_len,
+            *next_version,
+            *mmap_lock,
+            *ptl,
+            *anon_vma_lock,
+            *irqoff,
+            *findings,
+        ]));
     }
 }
 
@@ -476,5 +690,61 @@ mod tests {
             std::mem::size_of::<State>()
         );
         assert_eq!(state_hash(&s), state_hash(&s.clone()));
+    }
+
+    /// Each row changes one field of a live entry: the packed hash must see it (a field left out
+    /// of the packing would make every such pair collide and slow the explorer down).
+    #[test]
+    fn packed_hash_sees_each_field() {
+        let mut base = State::default();
+        base.folios[0] = Folio {
+            live: true,
+            nr: SUBS as u8,
+            refcount: 1,
+            ..Folio::default()
+        };
+        base.procs[0].live = true;
+        base.procs[0].pmd[0] = Pmd::Table;
+        base.procs[0].vmas[0] = Vma {
+            live: true,
+            end: 4,
+            ..Vma::default()
+        };
+        base.anon_vmas[0].live = true;
+        base.holders[0].live = true;
+        type Edit = fn(&mut State);
+        let rows: &[(&str, Edit)] = &[
+            ("refcount", |s| s.folios[0].refcount = 300),
+            ("pincount", |s| s.folios[0].pincount = 1),
+            ("sub 3 exclusive", |s| s.folios[0].subs[3].exclusive = true),
+            ("sub 2 version", |s| s.folios[0].subs[2].version = 7),
+            ("pte write", |s| {
+                s.procs[0].pte[3] = Pte::Present {
+                    folio: 0,
+                    sub: 3,
+                    write: true,
+                    uffd: false,
+                }
+            }),
+            ("pmd huge", |s| {
+                s.procs[0].pmd[1] = Pmd::Huge {
+                    folio: 0,
+                    write: false,
+                    uffd: false,
+                }
+            }),
+            ("vma chain", |s| s.procs[0].vmas[0].chain = 2),
+            ("anon_vma list", |s| s.anon_vmas[0].list[5] = 1),
+            ("holder kind", |s| s.holders[0].kind = HoldKind::Get),
+            ("thread reg", |s| s.threads[2].reg[2] = 1),
+            ("expected", |s| s.expected[7] = 1),
+            ("irqoff", |s| s.irqoff = 4),
+            ("findings", |s| s.findings = FINDING_BIAS_FALSE_POSITIVE),
+        ];
+        for (what, edit) in rows {
+            let mut s = base.clone();
+            edit(&mut s);
+            assert_ne!(state_hash(&s), state_hash(&base), "{what}");
+        }
     }
 }
