@@ -145,6 +145,36 @@ pub trait Pin: Send {
     /// Device read ("from guest"): copy the pinned pages at `pin_offset` into
     /// `staging[staging_offset..+len]`.
     fn read_from_guest(&mut self, staging: &mut Staging, ops: &[Transfer]) -> Result<()>;
+    /// Device read that hands over each transfer as soon as its bytes are in staging:
+    /// `done(i, bytes)` is called once per `ops[i]` with `staging[staging_offset..+len]`, in
+    /// completion order, while later transfers may still be in flight (io-uring), so a caller can
+    /// consume piece k while piece k+1 moves. On error, `done` may have been called for some
+    /// transfers and not others. The default reads everything, then calls `done` in order.
+    fn read_from_guest_each(
+        &mut self,
+        staging: &mut Staging,
+        ops: &[Transfer],
+        done: &mut dyn FnMut(usize, &[u8]),
+    ) -> Result<()> {
+        self.read_from_guest(staging, ops)?;
+        let bytes = staging.as_slice();
+        for (i, t) in ops.iter().enumerate() {
+            // In range: `read_from_guest` validated every transfer against staging's length.
+            done(i, &bytes[t.staging_offset as usize..][..t.len as usize]);
+        }
+        Ok(())
+    }
+}
+
+/// Whether no two transfers overlap in staging (so one can be read while another is written).
+pub(crate) fn staging_disjoint(ops: &[Transfer]) -> bool {
+    let mut spans: Vec<(u64, u64)> = ops
+        .iter()
+        .filter(|t| t.len > 0)
+        .map(|t| (t.staging_offset, t.staging_offset.saturating_add(t.len)))
+        .collect();
+    spans.sort_unstable();
+    spans.windows(2).all(|w| w[0].1 <= w[1].0)
 }
 
 /// Checks that `hva..hva+len` is a non-empty, page-aligned range that fits the address space.
