@@ -136,8 +136,9 @@ impl GuestRam {
     /// The cost is the kernel zeroing every page, which one thread does at memory speed of one
     /// core; ranges of at least [`POPULATE_SPLIT_MIN`] are split in 2 MiB-aligned parts populated
     /// on up to [`POPULATE_THREADS`] threads (scoped: all joined before returning). Measured
-    /// here (64 MiB THP, release, `pinlab bench --only launch`, median of 7): one thread
-    /// POP1 ms, two POP2 ms.
+    /// here (64 MiB THP, release, `pinlab bench --only launch`, medians of 7, two rounds, another
+    /// session compiling on one of the 2 cores): one thread 6.65 / 5.42 ms, two 6.56 / 5.68 ms:
+    /// no gain without a free core; the split costs one thread spawn (~50 µs) otherwise.
     pub fn populate(&self) -> Result<()> {
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())

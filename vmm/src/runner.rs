@@ -3,7 +3,9 @@
 //! Threads, as in DESIGN.md: the vCPU thread runs the guest and its synchronous exits (and the
 //! host actions scheduled at phases, so "between rounds" is exact); the caller's thread becomes
 //! the device thread, an event-manager loop over the two doorbell ioeventfds, a timerfd for the
-//! watchdog, and an eventfd the vCPU thread signals when it is done. Nothing outlives `run`.
+//! watchdog, and an eventfd the vCPU thread signals when it is done. Before the guest starts, a
+//! scoped prefault thread populates guest RAM and measures its THP coverage while the caller's
+//! thread creates the VM and loads the guest. Nothing outlives `run`.
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -25,9 +25,12 @@ use crate::pin::{self, Staging, Transfer};
 pub const STAGING_MAX: u64 = 8 << 20;
 
 /// Bytes per transfer of a pipelined device read: the checksum of one piece overlaps the copy of
-/// the next. Measured here (`pinlab bench --only dma`, 8 MiB descriptors, release, medians of 7),
-/// engine/raw from-guest: one 8 MiB transfer per chunk (no overlap) 0.57-0.62; pieces of
-/// 512 KiB P512, 1 MiB P1M, 2 MiB P2M.
+/// the next (WRITE_FIXED into the memfd runs on an io-wq worker). Measured here (`pinlab bench
+/// --only dma`, 8 MiB descriptors, release, medians of 7, five interleaved rounds, another
+/// session compiling on one of the 2 cores), engine/raw from-guest: one transfer per chunk
+/// 0.58-0.67 (median 0.62), 1 MiB pieces 0.52-0.75 (0.59), 2 MiB pieces 0.60-0.76 (0.65). A
+/// per-piece trace shows why the spread: with a free core a 1 MiB piece lands every 75-100 µs
+/// (copy bound); when the worker and the checksum share a core, every 175 µs (serial again).
 pub const PIPELINE_PIECE: u64 = 2 << 20;
 
 /// Counters, readable from any thread.
@@ -221,4 +224,48 @@ fn as_words_ref(bytes: &[u8]) -> &[u64] {
     let (head, words, _) = unsafe { bytes.align_to::<u64>() };
     debug_assert!(head.is_empty(), "staging pieces are page aligned");
     words
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::PinKind;
+
+    const MIB: u64 = 1 << 20;
+
+    /// A device read of several pipelined pieces (and more than one staging chunk) writes exactly
+    /// `abi::page_checksums` of the region to the output array, per kind. A bug: a piece's sums
+    /// at the wrong index, a piece summed before it landed, or a chunk boundary off by one.
+    #[test]
+    fn pipelined_read_checksums_match_page_checksums() {
+        let len = STAGING_MAX + 3 * PIPELINE_PIECE + 5 * PAGE_SIZE;
+        let out = 32 * MIB;
+        for kind in PinKind::ALL {
+            let ram = GuestRam::new(64 * MIB, true, false).unwrap();
+            let words: Vec<u64> = (0..len / 8).map(|i| i.wrapping_mul(0x9e37_79b9)).collect();
+            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+            ram.write_slice(Gpa(0), &bytes).unwrap();
+            let mut want = vec![0u64; (len / PAGE_SIZE) as usize];
+            abi::page_checksums(&words, &mut want);
+
+            let mut iommu = Iommu::new(kind);
+            let rw = abi::PERM_READ | abi::PERM_WRITE;
+            iommu.map(&ram, 0, 0, 16 * MIB, rw).unwrap();
+            let mut engine = DmaEngine::default();
+            let d = abi::Descriptor {
+                op: abi::OP_FROM_GUEST,
+                iova: 0,
+                arg: out,
+                len,
+                ..Default::default()
+            };
+            let stats = Stats::default();
+            assert_eq!(engine.execute(&ram, &mut iommu, &d, &[], &stats), Ok(len));
+            let got: Vec<u64> = (0..want.len() as u64)
+                .map(|i| ram.read_obj::<u64>(Gpa(out + i * 8)).unwrap())
+                .collect();
+            assert!(got == want, "{kind}: checksums differ");
+            iommu.clear();
+        }
+    }
 }

@@ -5,7 +5,9 @@
 //! the buffers are unregistered (on drop). Device writes are IORING_OP_READ_FIXED from the staging
 //! memfd into a registered buffer, device reads IORING_OP_WRITE_FIXED from a registered buffer
 //! into the staging memfd: the kernel copies to and from the pinned pages, never through the
-//! VMM's page tables.
+//! VMM's page tables. `read_from_guest_each` hands each finished transfer to the caller from the
+//! completion loop while later SQEs are still in flight (the DMA engine checksums piece k while
+//! the kernel copies piece k+1).
 //!
 //! Owns the ring and the registration. It must not touch the VMM mapping of the range and records
 //! no PFNs (that is [`crate::pfn`]'s job, by the caller at pin time).
