@@ -56,16 +56,6 @@ fn madvise(hva: Hva, len: u64, advice: i32, name: &'static str) -> Result<()> {
     Ok(())
 }
 
-/// Most threads [`GuestRam::populate`] uses.
-pub const POPULATE_THREADS: usize = 2;
-/// Smallest guest RAM [`GuestRam::populate`] splits across threads.
-pub const POPULATE_SPLIT_MIN: u64 = 16 << 20;
-
-/// MADV_POPULATE_WRITE of `len` bytes at `hva`, inside a mapping the caller owns.
-fn populate_range(hva: Hva, len: u64) -> Result<()> {
-    madvise(hva, len, libc::MADV_POPULATE_WRITE, "MADV_POPULATE_WRITE")
-}
-
 fn vm_memory_over(hva: Hva, size: u64) -> Result<GuestMemoryMmap> {
     // SAFETY: [hva, hva+size) is a live mapping with PROT and FLAGS that `GuestRam` owns and
     // keeps mapped for as long as this GuestMemoryMmap is reachable through it (it is rebuilt
@@ -133,35 +123,17 @@ impl GuestRam {
 
     /// Faults every page in for writing (MADV_POPULATE_WRITE, Linux 5.14+).
     ///
-    /// The cost is the kernel zeroing every page, which one thread does at memory speed of one
-    /// core; ranges of at least [`POPULATE_SPLIT_MIN`] are split in 2 MiB-aligned parts populated
-    /// on up to [`POPULATE_THREADS`] threads (scoped: all joined before returning). Measured
-    /// here (64 MiB THP, release, `pinlab bench --only launch`, medians of 7, two rounds, another
-    /// session compiling on one of the 2 cores): one thread 6.65 / 5.42 ms, two 6.56 / 5.68 ms:
-    /// no gain without a free core; the split costs one thread spawn (~50 µs) otherwise.
+    /// One call: splitting 64 MiB of THP across two threads was tried and gained nothing here
+    /// (`pinlab bench --only launch`, medians of 7: one thread 5.35 / 5.62 ms, two 5.39 / 5.82
+    /// ms; the cost is the kernel zeroing pages, bound by memory). The runner overlaps this with
+    /// VM creation instead.
     pub fn populate(&self) -> Result<()> {
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(POPULATE_THREADS) as u64;
-        if threads < 2 || self.size < POPULATE_SPLIT_MIN {
-            return populate_range(self.hva, self.size);
-        }
-        let part = (self.size / threads).next_multiple_of(HUGE_PAGE_SIZE);
-        std::thread::scope(|scope| {
-            let helpers: Vec<_> = (1..threads)
-                .map(|i| i * part)
-                .filter(|&off| off < self.size)
-                .map(|off| {
-                    let (hva, len) = (Hva(self.hva.raw() + off), part.min(self.size - off));
-                    scope.spawn(move || populate_range(hva, len))
-                })
-                .collect();
-            let mine = populate_range(self.hva, part.min(self.size));
-            helpers
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .fold(mine, Result::and)
-        })
+        madvise(
+            self.hva,
+            self.size,
+            libc::MADV_POPULATE_WRITE,
+            "MADV_POPULATE_WRITE",
+        )
     }
 
     pub fn hva(&self) -> Hva {
