@@ -172,25 +172,29 @@ fn signals_restore_the_host() {
     if skip() {
         return;
     }
+    // Every row runs 400 rounds so the signal lands mid-run. With the scenarios' 8, a fast run
+    // (launch -> guest done ~10 ms since the prefault overlaps VM creation) could end between two
+    // 5 ms polls for its children (seen on main's binary too, 1 run of 2), or finish and exit 1
+    // while the signal thread was still swapping off (1 run of ~25).
     let rows: &[Row] = &[
         (
             "SIGTERM during a KSM storm restores every KSM knob",
             "live-iouring-ksm.toml",
-            &["--storm", "200"],
+            &["--storm", "200", "--rounds", "400"],
             ksm_running,
             libc::SIGTERM,
         ),
         (
             "SIGINT with a swapfile active swaps it off and deletes it",
             "live-iouring-pageout.toml",
-            &["--storm", "400"],
+            &["--storm", "400", "--rounds", "400"],
             pinlab_swap_active,
             libc::SIGINT,
         ),
         (
             "SIGTERM during a fork storm leaves no child running",
             "live-iouring-fork-parent-write.toml",
-            &["--storm", "5000"],
+            &["--storm", "5000", "--rounds", "400"],
             always,
             libc::SIGTERM,
         ),

@@ -122,6 +122,11 @@ impl GuestRam {
     }
 
     /// Faults every page in for writing (MADV_POPULATE_WRITE, Linux 5.14+).
+    ///
+    /// One call: splitting 64 MiB of THP across two threads was tried and gained nothing here
+    /// (`pinlab bench --only launch`, medians of 7: one thread 5.35 / 5.62 ms, two 5.39 / 5.82
+    /// ms; the cost is the kernel zeroing pages, bound by memory). The runner overlaps this with
+    /// VM creation instead.
     pub fn populate(&self) -> Result<()> {
         madvise(
             self.hva,

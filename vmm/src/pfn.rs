@@ -15,7 +15,7 @@
 //! fails with [`Error::OpenKpageflags`] so callers can degrade with a one-line reason.
 
 use procfs::process::PageInfo;
-use procfs::{KPageFlags, PhysicalPageFlags, ProcError};
+use procfs::PhysicalPageFlags;
 use serde::{Serialize, Serializer};
 
 use crate::addr::{Hva, Pfn, PAGE_SIZE};
@@ -36,14 +36,14 @@ pub enum Error {
     },
     /// `/proc/kpageflags` could not be opened: it needs root (CAP_SYS_ADMIN).
     #[error("open /proc/kpageflags (needs root with CAP_SYS_ADMIN): {0}")]
-    OpenKpageflags(#[source] ProcError),
+    OpenKpageflags(#[source] std::io::Error),
     /// Reading the kpageflags of a PFN range failed (e.g. a PFN beyond the end of RAM).
-    #[error("read /proc/kpageflags for {start}..{end}: {source}")]
+    #[error("pread /proc/kpageflags for {start}..{end}: {source}")]
     ReadKpageflags {
         start: Pfn,
         end: Pfn,
         #[source]
-        source: ProcError,
+        source: std::io::Error,
     },
     /// The range `hva..hva+len` overflows the address space.
     #[error("range {hva} + {len:#x} overflows")]
@@ -136,9 +136,12 @@ fn page_span(hva: Hva, len: u64) -> Result<(u64, u64)> {
 /// big read replaces the 8-byte `read_exact` per entry (through an 8 KiB buffer) that procfs's
 /// `get_range_info` does. Measured here (`pinlab bench --only map`, THP-backed GiB, release,
 /// medians of 7): the PFN read 2.8 ms -> 1.2 ms, `Iommu::map` 4.8 ms -> 2.7 ms (raw registration
-/// 1.4 ms); `thp_coverage` of 64 MiB 4.6 ms -> 2.5 ms.
+/// 1.4 ms); `thp_coverage` of 64 MiB 4.6 ms -> 2.5 ms. The entries are read straight into the
+/// returned vector (no byte buffer to convert).
+///
+/// Two preads of half a GiB each on two threads were tried for `Iommu::map`: no gain here
+/// (1.0-1.5 ms either way, medians of 7 over four runs).
 fn pagemap_entries(hva: Hva, first: u64, count: u64) -> Result<Vec<u64>> {
-    use std::os::unix::fs::FileExt;
     let file = std::fs::File::open("/proc/self/pagemap").map_err(Error::OpenPagemap)?;
     let read_error = |source| Error::ReadPagemap {
         hva,
@@ -146,13 +149,20 @@ fn pagemap_entries(hva: Hva, first: u64, count: u64) -> Result<Vec<u64>> {
         source,
     };
     // Page indices are below 2^52 on x86_64, so the byte offset and length cannot overflow.
-    let mut bytes = vec![0u8; (count * 8) as usize];
-    file.read_exact_at(&mut bytes, first * 8)
-        .map_err(read_error)?;
-    Ok(bytes
-        .chunks_exact(8)
-        .map(|b| u64::from_ne_bytes(b.try_into().expect("chunks of 8 bytes")))
-        .collect())
+    pread_u64s(&file, first * 8, count as usize).map_err(read_error)
+}
+
+/// `count` native-endian u64s read from `file` at byte `offset` (a short read is retried from
+/// where it stopped; end of file is `UnexpectedEof`).
+fn pread_u64s(file: &std::fs::File, offset: u64, count: usize) -> std::io::Result<Vec<u64>> {
+    use std::os::unix::fs::FileExt;
+    let mut words = vec![0u64; count];
+    // SAFETY: the u64 buffer viewed as its bytes: same memory, u8 has no alignment or validity
+    // requirement, and every byte pattern read back is a valid u64.
+    let bytes =
+        unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), count * 8) };
+    file.read_exact_at(bytes, offset)?;
+    Ok(words)
 }
 
 /// The pagemap entry of every 4 KiB page overlapping `hva..hva+len`.
@@ -286,8 +296,8 @@ impl Serialize for PageFlags {
     }
 }
 
-/// Two requested PFNs closer than this are read as one range: procfs reads /proc/kpageflags in
-/// 8 KiB (1024-entry) blocks anyway, so reading through a small gap costs nothing extra.
+/// Two requested PFNs closer than this are read as one range (one pread of up to 8 KiB more
+/// costs less than another system call).
 const KPAGEFLAGS_MERGE_GAP: u64 = 1024;
 
 /// Sorted, deduplicated PFNs grouped into ranges `[start, end)` whose gaps are small.
@@ -307,34 +317,35 @@ fn kpageflags_ranges(pfns: &[Pfn]) -> Vec<(u64, u64)> {
 
 /// The kpageflags of each PFN, in the order given.
 ///
-/// PFNs are sorted and merged into ranges (THP-backed memory gives runs of 512 or more), so a
-/// 1 GiB THP range costs a few hundred read(2) calls, not one per page. Measured here: the
-/// 262144 PFNs of a THP-backed GiB in 33 ms (release build), 225 ms (debug).
+/// PFNs are sorted and merged into ranges (THP-backed memory gives runs of 512 or more), each
+/// read with one pread(2) of /proc/kpageflags (`kpageflags_read` fills the whole request), so a
+/// 1 GiB THP range costs a few hundred system calls. Measured here (release): the 262144 PFNs
+/// of a THP-backed GiB in 33 ms through procfs's `get_range_info` (8 KiB reads); `thp_coverage`
+/// of 64 MiB 2.97 / 3.50 ms -> 2.31 / 2.29 ms (two rounds, medians of 7) with one pread per
+/// range. What remains is the kernel's per-PFN work (`stable_page_flags`, `snapshot_page`).
 pub fn kpageflags(pfns: &[Pfn]) -> Result<Vec<PageFlags>> {
     if pfns.is_empty() {
         return Ok(Vec::new());
     }
-    let mut kpf = KPageFlags::new().map_err(Error::OpenKpageflags)?;
-    let mut read: Vec<(u64, Vec<PageFlags>)> = Vec::new();
+    let kpf = std::fs::File::open("/proc/kpageflags").map_err(Error::OpenKpageflags)?;
+    let mut read: Vec<(u64, Vec<u64>)> = Vec::new();
     for (start, end) in kpageflags_ranges(pfns) {
-        let flags = kpf
-            .get_range_info(procfs::process::Pfn(start), procfs::process::Pfn(end))
-            .map_err(|source| Error::ReadKpageflags {
+        // PFNs are below 2^52, so `start * 8` cannot overflow.
+        let flags = pread_u64s(&kpf, start * 8, (end - start) as usize).map_err(|source| {
+            Error::ReadKpageflags {
                 start: Pfn(start),
                 end: Pfn(end),
                 source,
-            })?;
-        read.push((
-            start,
-            flags.into_iter().map(|f| PageFlags(f.bits())).collect(),
-        ));
+            }
+        })?;
+        read.push((start, flags));
     }
     // Every requested PFN lies inside one of the (sorted, disjoint) ranges just read.
     Ok(pfns
         .iter()
         .map(|p| {
             let (start, flags) = &read[read.partition_point(|(s, _)| *s <= p.raw()) - 1];
-            flags[(p.raw() - start) as usize]
+            PageFlags(flags[(p.raw() - start) as usize])
         })
         .collect())
 }
@@ -428,7 +439,25 @@ pub fn thp_coverage(hva: Hva, len: u64) -> Result<f64> {
     if len == 0 {
         return Err(Error::EmptyRange { hva });
     }
-    Ok(snapshot(hva, len)?.thp_coverage())
+    // What `snapshot(hva, len)?.thp_coverage()` computes (same errors), without building a
+    // `PageMapping` per page: the raw pagemap entries, then the kpageflags of the present PFNs.
+    let (first, count) = page_span(hva, len)?;
+    let entries = pagemap_entries(hva, first, count)?;
+    let mut present = Vec::with_capacity(entries.len());
+    for (e, idx) in entries.iter().zip(first..) {
+        if e & PM_PRESENT != 0 && e & PM_SWAP == 0 {
+            match e & PM_PFN_MASK {
+                0 => {
+                    return Err(Error::PfnHidden {
+                        hva: Hva(idx * PAGE_SIZE),
+                    })
+                }
+                pfn => present.push(Pfn(pfn)),
+            }
+        }
+    }
+    let thp = kpageflags(&present)?.iter().filter(|f| f.thp()).count();
+    Ok(thp as f64 / count as f64)
 }
 
 /// Indices of the pages whose PFN differs between two recordings (a page that became or stopped

@@ -3,7 +3,9 @@
 //! Threads, as in DESIGN.md: the vCPU thread runs the guest and its synchronous exits (and the
 //! host actions scheduled at phases, so "between rounds" is exact); the caller's thread becomes
 //! the device thread, an event-manager loop over the two doorbell ioeventfds, a timerfd for the
-//! watchdog, and an eventfd the vCPU thread signals when it is done. Nothing outlives `run`.
+//! watchdog, and an eventfd the vCPU thread signals when it is done. Before the guest starts, a
+//! scoped prefault thread populates guest RAM and measures its THP coverage while the caller's
+//! thread creates the VM and loads the guest. Nothing outlives `run`.
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -146,14 +148,30 @@ fn run_inner(
         None => None,
     };
     let ram = GuestRam::new(s.vm.memory.0, s.vm.thp, s.vm.dontfork).map_err(|e| e.to_string())?;
-    if s.vm.prefault {
-        ram.populate().map_err(|e| e.to_string())?;
-    }
     let boot = boot_info(s);
-    let (vm, mut vcpu_fd) = Vm::create(&ram, &boot).map_err(|e| e.to_string())?;
-    if s.vm.prefault {
-        out.thp_coverage = crate::pfn::thp_coverage(ram.hva(), ram.size()).ok();
-    }
+    // The prefault, then the THP coverage measurement, run on their own thread while this one
+    // creates the VM and loads the guest (they touch the same RAM: the loader's writes and
+    // MADV_POPULATE_WRITE both just fault pages in). Coverage is measured after the whole
+    // prefault, and both finish before the guest starts.
+    let (created, prefault) = std::thread::scope(|scope| {
+        let prefault = s.vm.prefault.then(|| {
+            std::thread::Builder::new()
+                .name("pinlab-prefault".into())
+                .spawn_scoped(scope, || {
+                    ram.populate().map_err(|e| e.to_string())?;
+                    Ok::<_, String>(crate::pfn::thp_coverage(ram.hva(), ram.size()).ok())
+                })
+        });
+        let created = Vm::create(&ram, &boot);
+        let prefault = match prefault {
+            None => Ok(None),
+            Some(Err(e)) => Err(format!("spawning the prefault thread: {e}")),
+            Some(Ok(t)) => t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+        };
+        (created, prefault)
+    });
+    let (vm, mut vcpu_fd) = created.map_err(|e| e.to_string())?;
+    out.thp_coverage = prefault?;
     let vm = Arc::new(vm);
     let ram = Arc::new(RwLock::new(ram));
     let devices = Arc::new(Devices::new(ram.clone(), s.device.pin));

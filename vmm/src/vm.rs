@@ -72,6 +72,9 @@ pub struct Vm {
     pub kvm: Kvm,
 }
 
+/// KVM_CREATE_VM retries after EINTR (see `Vm::create`).
+const CREATE_VM_ATTEMPTS: u32 = 8;
+
 impl Vm {
     /// Creates the VM, registers `ram` as slot 0, loads the guest, prepares the vCPU.
     pub fn create(ram: &GuestRam, boot: &abi::BootInfo) -> Result<(Vm, VcpuFd)> {
@@ -80,7 +83,20 @@ impl Vm {
         if version != 12 {
             return Err(Error::KvmVersion(version));
         }
-        let vm = kvm.create_vm().map_err(Error::CreateVm)?;
+        // KVM_CREATE_VM registers an MMU notifier, and the first registration on an mm takes
+        // `mm_take_all_locks`, which gives up with EINTR whenever `signal_pending(current)`:
+        // TIF_NOTIFY_SIGNAL counts, and io_uring task work (a ring closed just before, as the
+        // capability probe does) sets it. Nothing was created; the next attempt, after the
+        // return to user space ran the task work, goes through.
+        let mut attempts = 0;
+        let vm = loop {
+            match kvm.create_vm() {
+                Err(e) if e.errno() == libc::EINTR && attempts < CREATE_VM_ATTEMPTS => {
+                    attempts += 1;
+                }
+                r => break r.map_err(Error::CreateVm)?,
+            }
+        };
         let created = Vm { vm, kvm };
         created.set_ram(ram)?;
         let entry = load_guest(ram)?;

@@ -5,7 +5,9 @@
 //! the buffers are unregistered (on drop). Device writes are IORING_OP_READ_FIXED from the staging
 //! memfd into a registered buffer, device reads IORING_OP_WRITE_FIXED from a registered buffer
 //! into the staging memfd: the kernel copies to and from the pinned pages, never through the
-//! VMM's page tables.
+//! VMM's page tables. `read_from_guest_each` hands each finished transfer to the caller from the
+//! completion loop while later SQEs are still in flight (the DMA engine checksums piece k while
+//! the kernel copies piece k+1).
 //!
 //! Owns the ring and the registration. It must not touch the VMM mapping of the range and records
 //! no PFNs (that is [`crate::pfn`]'s job, by the caller at pin time).
@@ -21,7 +23,7 @@ use std::os::fd::AsRawFd;
 
 use io_uring::{opcode, squeue, types, IoUring};
 
-use super::{validate, Pin, PinKind, Staging, Transfer};
+use super::{staging_disjoint, validate, Pin, PinKind, Staging, Transfer};
 use crate::addr::Hva;
 
 /// Largest registered buffer the kernel accepts (io_uring/rsrc.c, `SZ_1G`).
@@ -110,6 +112,8 @@ pub fn split_buffers(hva: Hva, len: u64, max: u64) -> Vec<BufferSpan> {
 /// One SQE's worth of a transfer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Chunk {
+    /// Index of the transfer this chunk belongs to.
+    op: usize,
     buf_index: u16,
     /// Offset in the pinned range (the buffer address is `hva + pin_offset`).
     pin_offset: u64,
@@ -121,13 +125,14 @@ struct Chunk {
 /// into chunks of at most `chunk` bytes.
 fn plan(ops: &[Transfer], max_buffer: u64, chunk: u64) -> Vec<Chunk> {
     let mut out = Vec::new();
-    for t in ops {
+    for (op, t) in ops.iter().enumerate() {
         let mut done = 0;
         while done < t.len {
             let pin_offset = t.pin_offset + done;
             let buf_end = (pin_offset / max_buffer + 1) * max_buffer;
             let len = (t.len - done).min(chunk).min(buf_end - pin_offset);
             out.push(Chunk {
+                op,
                 buf_index: (pin_offset / max_buffer) as u16,
                 pin_offset,
                 staging_offset: t.staging_offset + done,
@@ -257,8 +262,23 @@ impl IoUringPin {
 
     /// Runs every chunk, keeping the ring full; a short completion is resubmitted for the rest.
     /// On the first error no new chunk is submitted, the in-flight ones are reaped, and the error
-    /// is returned (so no SQE outlives the call).
-    fn run(&mut self, dir: Direction, staging_fd: i32, chunks: Vec<Chunk>) -> Result<(), Error> {
+    /// is returned (so no SQE outlives the call). `op_done(i)` is called (until the first error)
+    /// when the last byte of transfer `i` has moved, with the later chunks still in flight.
+    fn run(
+        &mut self,
+        dir: Direction,
+        staging_fd: i32,
+        chunks: Vec<Chunk>,
+        op_done: &mut dyn FnMut(usize),
+    ) -> Result<(), Error> {
+        // Bytes still to move per transfer.
+        let mut left: Vec<u64> = Vec::new();
+        for c in &chunks {
+            if left.len() <= c.op {
+                left.resize(c.op + 1, 0);
+            }
+            left[c.op] += u64::from(c.len);
+        }
         let mut pending: VecDeque<Chunk> = chunks.into();
         let mut slots: Vec<Option<Chunk>> = vec![None; RING_ENTRIES as usize];
         let mut in_flight = 0usize;
@@ -321,12 +341,19 @@ impl IoUringPin {
                     });
                 } else if (res as u32) < c.len {
                     let n = res as u32;
+                    left[c.op] -= u64::from(n);
                     pending.push_front(Chunk {
+                        op: c.op,
                         buf_index: c.buf_index,
                         pin_offset: c.pin_offset + u64::from(n),
                         staging_offset: c.staging_offset + u64::from(n),
                         len: c.len - n,
                     });
+                } else {
+                    left[c.op] -= u64::from(c.len);
+                    if left[c.op] == 0 && first_error.is_none() {
+                        op_done(c.op);
+                    }
                 }
             }
         }
@@ -347,14 +374,56 @@ impl Pin for IoUringPin {
         validate(ops, self.len, staging.len())?;
         let chunks = plan(ops, self.max_buffer, CHUNK_LEN);
         let fd = staging.fd().as_raw_fd();
-        Ok(self.run(Direction::ToGuest, fd, chunks)?)
+        Ok(self.run(Direction::ToGuest, fd, chunks, &mut |_| {})?)
     }
 
     fn read_from_guest(&mut self, staging: &mut Staging, ops: &[Transfer]) -> super::Result<()> {
         validate(ops, self.len, staging.len())?;
         let chunks = plan(ops, self.max_buffer, CHUNK_LEN);
         let fd = staging.fd().as_raw_fd();
-        Ok(self.run(Direction::FromGuest, fd, chunks)?)
+        Ok(self.run(Direction::FromGuest, fd, chunks, &mut |_| {})?)
+    }
+
+    /// Each transfer is handed to `done` from the completion loop, while the ring holds the
+    /// next ones: WRITE_FIXED into a memfd runs on an io-wq worker (shmem writes are punted), so
+    /// the caller's work on piece k overlaps the kernel's copy of piece k+1.
+    fn read_from_guest_each(
+        &mut self,
+        staging: &mut Staging,
+        ops: &[Transfer],
+        done: &mut dyn FnMut(usize, &[u8]),
+    ) -> super::Result<()> {
+        validate(ops, self.len, staging.len())?;
+        if !staging_disjoint(ops) {
+            // A finished transfer could share bytes with one in flight: no early hand-over.
+            self.read_from_guest(staging, ops)?;
+            let bytes = staging.as_slice();
+            for (i, t) in ops.iter().enumerate() {
+                done(i, &bytes[t.staging_offset as usize..][..t.len as usize]);
+            }
+            return Ok(());
+        }
+        for (i, _) in ops.iter().enumerate().filter(|(_, t)| t.len == 0) {
+            done(i, &[]);
+        }
+        let chunks = plan(ops, self.max_buffer, CHUNK_LEN);
+        let fd = staging.fd().as_raw_fd();
+        let base = staging.ptr_at(0);
+        let mut op_done = |i: usize| {
+            let t = &ops[i];
+            // SAFETY: `t` lies inside staging (validated above), which `&mut staging` keeps
+            // mapped and unaliased for this call. Every SQE writing its bytes has completed, and
+            // the SQEs still in flight write other transfers' bytes, disjoint from these
+            // (`staging_disjoint`), so nothing writes this range while the slice lives.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(
+                    base.wrapping_add(t.staging_offset as usize),
+                    t.len as usize,
+                )
+            };
+            done(i, bytes);
+        };
+        Ok(self.run(Direction::FromGuest, fd, chunks, &mut op_done)?)
     }
 }
 
@@ -415,6 +484,7 @@ mod tests {
             len,
         };
         let c = |buf_index, pin_offset, staging_offset, len| Chunk {
+            op: 0,
             buf_index,
             pin_offset,
             staging_offset,
