@@ -303,6 +303,7 @@ fn cmd_run(args: RunArgs, launch: Instant) -> ExitCode {
     } else {
         print!("{}", outcome.human());
     }
+    pinlab::host::defer_to_pending_signal();
     if outcome.as_expected() {
         ExitCode::SUCCESS
     } else {

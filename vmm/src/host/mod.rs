@@ -29,7 +29,7 @@ pub use knobs::{read_knob, trigger, write_knob, KnobGuard};
 pub use ksm::{Ksm, KsmSettings};
 pub use lock::SystemLock;
 pub use registry::{register_child, unregister_child};
-pub use signals::{install_restore_handlers, restore_and_exit};
+pub use signals::{defer_to_pending_signal, install_restore_handlers, restore_and_exit};
 pub use swap::{active_swaps, SwapEntry, Swapfile};
 pub use vmstat::{delta, VmstatSnapshot};
 

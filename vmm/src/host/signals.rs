@@ -48,6 +48,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// Write end of the self-pipe; -1 until installed.
 static PIPE_WR: AtomicI32 = AtomicI32::new(-1);
+/// The signal being handled, 0 when none: set in the handler, so `main` can tell before it
+/// returns that the signal thread owns the exit.
+static PENDING: AtomicI32 = AtomicI32::new(0);
 /// Whether [`install_restore_handlers`] already ran (successfully).
 static INSTALLED: Mutex<bool> = Mutex::new(false);
 
@@ -58,6 +61,7 @@ extern "C" fn on_signal(signal: libc::c_int) {
     // SAFETY: __errno_location returns this thread's errno slot; reading and writing it back is
     // what a handler must do to leave the interrupted code's errno intact.
     let saved = unsafe { *libc::__errno_location() };
+    PENDING.store(signal, Ordering::SeqCst);
     let fd = PIPE_WR.load(Ordering::Relaxed);
     if fd >= 0 {
         let byte = signal as u8;
@@ -67,6 +71,17 @@ extern "C" fn on_signal(signal: libc::c_int) {
     }
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = saved };
+}
+
+/// Call before the process exits normally: if a SIGINT/SIGTERM arrived, the signal thread is
+/// restoring the host and will `_exit(128 + signal)`; wait for it rather than race it with
+/// another exit status. Returns at once when no signal is pending.
+pub fn defer_to_pending_signal() {
+    if PENDING.load(Ordering::SeqCst) != 0 {
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 /// The exit status for `signal`, shell style.
