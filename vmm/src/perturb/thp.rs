@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use super::{madvise, moved, split_pmd_by_mprotect, vmstat_now, Ctx, Done, Error, Result};
-use crate::addr::PAGE_SIZE;
+use crate::addr::{Hva, PAGE_SIZE};
 use crate::scenario::Action;
 
 /// PROT_READ then PROT_READ|PROT_WRITE on the region's first page: the PMD is split and the
@@ -28,18 +28,10 @@ pub fn mprotect_roundtrip(ctx: &Ctx) -> Result<Done> {
 /// MADV_DONTNEED on one 4 KiB page of the region's huge page, outside the region.
 pub fn split_pmd(ctx: &Ctx) -> Result<Done> {
     let a = Action::SplitPmd;
-    let page = ctx.page_beside_region().ok_or_else(|| Error::Failed {
-        action: a,
-        why: "the region fills its huge pages: no page beside it to discard (use a smaller region or an offset)".into(),
-    })?;
     let before = vmstat_now();
-    madvise(
-        a,
-        page,
-        PAGE_SIZE,
-        libc::MADV_DONTNEED,
-        "madvise(MADV_DONTNEED)",
-    )?;
+    let page = discard_page_beside_region(ctx, a, || {
+        "the region fills its huge pages: no page beside it to discard (use a smaller region or an offset)".into()
+    })?;
     let counters = moved(&before, &["thp_split_pmd"]);
     let split = counters.get("thp_split_pmd").copied().unwrap_or(0);
     let mut done = Done::new(
@@ -77,17 +69,9 @@ pub fn split_folio(ctx: &Ctx) -> Result<Done> {
         Ok(()) => "debugfs split_huge_pages".to_string(),
         Err(e) => {
             // Lockdown: debugfs is read-only (EPERM) or absent. Fall back.
-            let page = ctx.page_beside_region().ok_or_else(|| Error::Failed {
-                action: a,
-                why: format!("debugfs split_huge_pages unusable ({e}) and the region fills its huge pages, so no partial discard is possible"),
+            discard_page_beside_region(ctx, a, || {
+                format!("debugfs split_huge_pages unusable ({e}) and the region fills its huge pages, so no partial discard is possible")
             })?;
-            madvise(
-                a,
-                page,
-                PAGE_SIZE,
-                libc::MADV_DONTNEED,
-                "madvise(MADV_DONTNEED)",
-            )?;
             crate::host::trigger(std::path::Path::new("/proc/sys/vm/drop_caches"), "2").map_err(
                 |e| Error::Failed {
                     action: a,
@@ -170,25 +154,36 @@ pub fn collapse(ctx: &Ctx) -> Result<Done> {
     Ok(done)
 }
 
+/// MADV_DONTNEED on a 4 KiB page of the region's huge page outside the region (a PMD split
+/// that leaves the region's pages mapped), or `Failed` with `why_none` when the region fills it.
+fn discard_page_beside_region(
+    ctx: &Ctx,
+    action: Action,
+    why_none: impl FnOnce() -> String,
+) -> Result<Hva> {
+    let page = ctx.page_beside_region().ok_or_else(|| Error::Failed {
+        action,
+        why: why_none(),
+    })?;
+    madvise(
+        action,
+        page,
+        PAGE_SIZE,
+        libc::MADV_DONTNEED,
+        "madvise(MADV_DONTNEED)",
+    )?;
+    Ok(page)
+}
+
 /// A PMD split of the region's huge page, by discarding a page beside the region, or by an
 /// mprotect round trip when the region fills it.
 fn split_first(ctx: &Ctx) -> Result<String> {
     let a = Action::Collapse;
-    match ctx.page_beside_region() {
-        Some(page) => {
-            madvise(
-                a,
-                page,
-                PAGE_SIZE,
-                libc::MADV_DONTNEED,
-                "madvise(MADV_DONTNEED)",
-            )?;
-            Ok(format!("split: MADV_DONTNEED of {page}"))
-        }
-        None => {
-            let (hva, _) = ctx.region();
-            split_pmd_by_mprotect(a, hva)?;
-            Ok(format!("split: mprotect round trip of {hva}"))
-        }
+    if ctx.page_beside_region().is_some() {
+        let page = discard_page_beside_region(ctx, a, String::new)?;
+        return Ok(format!("split: MADV_DONTNEED of {page}"));
     }
+    let (hva, _) = ctx.region();
+    split_pmd_by_mprotect(a, hva)?;
+    Ok(format!("split: mprotect round trip of {hva}"))
 }
