@@ -31,7 +31,7 @@ pub use lock::SystemLock;
 pub use registry::{register_child, unregister_child};
 pub use signals::{defer_to_pending_signal, install_restore_handlers, restore_and_exit};
 pub use swap::{active_swaps, SwapEntry, Swapfile};
-pub use vmstat::{delta, VmstatSnapshot};
+pub use vmstat::{delta, delta_of, VmstatSnapshot};
 
 /// Each module's own error type, re-exported under its module's name.
 pub mod errors {

@@ -116,19 +116,31 @@ impl VmstatSnapshot {
 /// `after - before` for every [`WATCHED`] counter and every KSM value (`ksm.<name>`) present in
 /// both snapshots.
 pub fn delta(before: &VmstatSnapshot, after: &VmstatSnapshot) -> BTreeMap<String, i64> {
+    let mut out = delta_of(before, after, WATCHED);
     let diff = |a: u64, b: u64| (b as i128 - a as i128) as i64;
-    let mut out = BTreeMap::new();
-    for &name in WATCHED {
-        if let (Some(&a), Some(&b)) = (before.vmstat.get(name), after.vmstat.get(name)) {
-            out.insert(name.to_string(), diff(a, b));
-        }
-    }
     for &name in KSM_COUNTERS {
         if let (Some(&a), Some(&b)) = (before.ksm.get(name), after.ksm.get(name)) {
             out.insert(format!("ksm.{name}"), diff(a, b));
         }
     }
     out
+}
+
+/// `after - before` for the /proc/vmstat counters in `names` that both snapshots have (a
+/// counter this kernel lacks is simply absent).
+pub fn delta_of(
+    before: &VmstatSnapshot,
+    after: &VmstatSnapshot,
+    names: &[&str],
+) -> BTreeMap<String, i64> {
+    let diff = |a: u64, b: u64| (b as i128 - a as i128) as i64;
+    names
+        .iter()
+        .filter_map(|&name| {
+            let (a, b) = (before.vmstat.get(name)?, after.vmstat.get(name)?);
+            Some((name.to_string(), diff(*a, *b)))
+        })
+        .collect()
 }
 
 #[cfg(test)]

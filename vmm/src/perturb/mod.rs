@@ -448,15 +448,10 @@ fn vmstat_now() -> Option<VmstatSnapshot> {
     VmstatSnapshot::take().ok()
 }
 
+/// How much the named counters moved since `before` (empty when /proc/vmstat is unreadable).
 fn moved(before: &Option<VmstatSnapshot>, names: &[&str]) -> BTreeMap<String, i64> {
-    let (Some(b), Some(a)) = (before, vmstat_now()) else {
-        return BTreeMap::new();
-    };
-    names
-        .iter()
-        .filter_map(|n| {
-            let d = a.get(n)? as i64 - b.get(n)? as i64;
-            Some((n.to_string(), d))
-        })
-        .collect()
+    match (before, vmstat_now()) {
+        (Some(b), Some(a)) => host::delta_of(b, &a, names),
+        _ => BTreeMap::new(),
+    }
 }
