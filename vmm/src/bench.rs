@@ -684,7 +684,8 @@ fn launch(opts: &BenchOptions) -> anyhow::Result<LaunchReport> {
 /// The default scenario's steps before its first guest instruction, as `runner` takes them.
 fn startup_steps(trials: usize) -> anyhow::Result<StartupSteps> {
     let s = crate::config::load(None).context("loading the default scenario")?;
-    let boot = crate::runner::boot_info(&s);
+    let layout = s.layout().context("laying out the default scenario")?;
+    let boot = crate::runner::boot_info(&s, &layout);
     let mut v: [Vec<f64>; 4] = Default::default();
     for trial in 0..=trials {
         let t = Instant::now();

@@ -3,9 +3,9 @@
 //! Exit status: 0 when every verdict meets its expectation (a skipped run says why and exits
 //! 0), 1 when one does not, 2 for usage or config errors.
 
+use pinlab::timeline::Mono;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use pinlab::scenario::{Action, GuestMode, PinKind, Scenario, Verdict};
@@ -256,7 +256,7 @@ fn model_expectation(s: &Scenario) -> Option<Verdict> {
     }
 }
 
-fn cmd_run(args: RunArgs, launch: Instant) -> ExitCode {
+fn cmd_run(args: RunArgs, launch: Mono) -> ExitCode {
     let mut scenario = match pinlab::config::load(args.config.as_deref()) {
         Ok(s) => s,
         Err(e) => return usage_error(e),
@@ -312,7 +312,7 @@ fn cmd_run(args: RunArgs, launch: Instant) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let launch = Instant::now();
+    let launch = Mono::now();
     // `pinlab replay | head` must end quietly, not panic on EPIPE. Every command prints its
     // results only after host state is restored and children are reaped, so dying on SIGPIPE
     // at that point leaves nothing behind.

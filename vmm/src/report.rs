@@ -61,8 +61,10 @@ pub struct Outcome {
     pub guest: Option<GuestSummary>,
     pub hostile: Option<Vec<HostileRow>>,
     pub perturb: Vec<crate::scenario::Action>,
-    pub evidence: Vec<serde_json::Value>,
+    pub evidence: Vec<crate::evidence::ActionEvidence>,
     pub console: Vec<String>,
+    /// What happened when, on CLOCK_MONOTONIC.
+    pub timeline: crate::timeline::Recorded,
 }
 
 impl Outcome {
@@ -100,6 +102,7 @@ impl Outcome {
             perturb: s.perturb.actions.clone(),
             evidence: Vec::new(),
             console: Vec::new(),
+            timeline: Default::default(),
         }
     }
 
@@ -127,10 +130,9 @@ impl Outcome {
             out.push_str(&format!("  perturbations: {}\n", names.join(", ")));
         }
         for e in &self.evidence {
-            let field = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
-            out.push_str(&format!("  {}: {}\n", field("action"), field("summary")));
-            if let Some(f) = e.get("finish").filter(|f| !f.is_null()) {
-                out.push_str(&format!("    then: {f}\n"));
+            out.push_str(&format!("  {}: {}\n", e.action, e.summary));
+            if let Some(f) = &e.finish {
+                out.push_str(&format!("    then: {}\n", f.0));
             }
         }
         for line in &self.console {

@@ -1,11 +1,12 @@
 //! One live run of a scenario: build the VM, start the vCPU and device threads, wait, judge.
 //!
-//! Threads, as in DESIGN.md: the vCPU thread runs the guest and its synchronous exits (and the
-//! host actions scheduled at phases, so "between rounds" is exact); the caller's thread becomes
-//! the device thread, an event-manager loop over the two doorbell ioeventfds, a timerfd for the
-//! watchdog, and an eventfd the vCPU thread signals when it is done. Before the guest starts, a
-//! scoped prefault thread populates guest RAM and measures its THP coverage while the caller's
-//! thread creates the VM and loads the guest. Nothing outlives `run`.
+//! Threads (docs/architecture.md): the vCPU thread runs the guest and its synchronous exits (and
+//! the host actions scheduled at phases, so "between rounds" is exact); the caller's thread
+//! becomes the device thread, an event-manager loop over the two doorbell ioeventfds, a timerfd
+//! for the watchdog, and an eventfd the vCPU thread signals when it is done. Before the guest
+//! starts, a scoped prefault thread populates guest RAM and measures its THP coverage while the
+//! caller's thread creates the VM and loads the guest. Nothing outlives `run`. Every step is
+//! recorded on the run's `Timeline`.
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,10 +20,13 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::devices::Devices;
+use crate::layout::Layout;
 use crate::memory::GuestRam;
 use crate::oracle::{self, Facts, GuestSummary};
+use crate::phase::{PhaseHook, PhaseOrder, RunEnv};
 use crate::report::Outcome;
-use crate::scenario::{Directions, GuestMode, PinKind, Scenario};
+use crate::scenario::{Directions, GuestMode, PinKind, Scenario, Verdict};
+use crate::timeline::{LaunchStep, Mono, Timeline, What};
 use crate::vcpu::{self, Exit};
 use crate::vm::Vm;
 
@@ -33,29 +37,35 @@ const TRANSFER_LEN: u64 = 512 << 10;
 /// How often the watchdog looks.
 const WATCHDOG_TICK: Duration = Duration::from_millis(50);
 
-/// Hooks the live executor gives the perturbation layer: called at every guest phase on the
-/// vCPU thread, with the guest stopped.
-pub trait PhaseHook: Send {
-    fn at_phase(&mut self, phase: &abi::Phase, env: &RunEnv<'_>) -> Result<(), String>;
-    /// Evidence collected, for the report.
-    fn evidence(&mut self) -> Vec<serde_json::Value> {
-        Vec::new()
-    }
-}
-
-/// What a phase hook may touch.
-pub struct RunEnv<'a> {
-    pub devices: &'a Arc<Devices>,
-    pub vm: &'a Arc<Vm>,
-    pub scenario: &'a Scenario,
-}
-
-/// The phase hook of an unperturbed run.
-pub struct NoActions;
-impl PhaseHook for NoActions {
-    fn at_phase(&mut self, _: &abi::Phase, _: &RunEnv<'_>) -> Result<(), String> {
-        Ok(())
-    }
+/// Why the lab could not run the scenario to a verdict. Never a statement about the kernel.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("the scenario's layout: {0}")]
+    Layout(#[source] crate::layout::Error),
+    #[error("taking the system lock: {0}")]
+    SystemLock(#[source] crate::host::errors::LockError),
+    #[error("creating the [host] swapfile: {0}")]
+    Swapfile(#[source] crate::host::errors::SwapError),
+    #[error("guest RAM: {0}")]
+    GuestRam(#[source] crate::memory::Error),
+    #[error("prefaulting guest RAM: {0}")]
+    Prefault(#[source] crate::memory::Error),
+    #[error("building the VM: {0}")]
+    Vm(#[source] crate::vm::Error),
+    #[error("registering a doorbell: {0}")]
+    Doorbell(#[source] crate::vm::Error),
+    #[error("eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+    #[error("timerfd: {0}")]
+    TimerFd(#[source] vmm_sys_util::errno::Error),
+    #[error("installing the vCPU kick handler: {0}")]
+    KickHandler(#[source] std::io::Error),
+    #[error("spawning the {0} thread: {1}")]
+    Spawn(&'static str, #[source] std::io::Error),
+    #[error("the {0} thread panicked")]
+    Panicked(&'static str),
+    #[error("the device event loop: {0:?}")]
+    EventManager(event_manager::Error),
 }
 
 /// Why the host cannot run this scenario, in one line, or `None`.
@@ -79,8 +89,8 @@ pub fn missing_capability(s: &Scenario) -> Option<String> {
     None
 }
 
-pub(crate) fn boot_info(s: &Scenario) -> abi::BootInfo {
-    let (gpa, len) = crate::layout::dma_region(s);
+/// The boot info block for `s` laid out as `layout`.
+pub fn boot_info(s: &Scenario, layout: &Layout) -> abi::BootInfo {
     abi::BootInfo {
         magic: abi::BOOT_INFO_MAGIC,
         abi_version: abi::ABI_VERSION,
@@ -91,9 +101,9 @@ pub(crate) fn boot_info(s: &Scenario) -> abi::BootInfo {
             GuestMode::Hostile => abi::MODE_HOSTILE,
         },
         ram_size: s.vm.memory.0,
-        region_gpa: gpa.raw(),
-        region_len: len,
-        region_iova: crate::layout::REGION_IOVA,
+        region_gpa: layout.region.start.raw(),
+        region_len: layout.region.len,
+        region_iova: layout.region_iova.raw(),
         rounds: s.workload.rounds,
         directions: match s.workload.directions {
             Directions::Both => abi::DIR_FROM_GUEST | abi::DIR_TO_GUEST,
@@ -105,50 +115,73 @@ pub(crate) fn boot_info(s: &Scenario) -> abi::BootInfo {
     }
 }
 
-fn ms_since(launch: Instant, t: Instant) -> f64 {
-    t.duration_since(launch).as_secs_f64() * 1e3
+fn ms_between(a: Mono, b: Mono) -> f64 {
+    b.since(a) as f64 / 1e6
 }
 
-/// Runs `s` live. `launch` is when the process started (timings count from it).
-pub fn run(s: &Scenario, launch: Instant, hook: &mut dyn PhaseHook) -> Outcome {
+/// Runs `s` live with `hook` at the guest's phases. `launch` is when the process started
+/// (timings count from it).
+pub fn run<H: PhaseHook>(s: &Scenario, launch: Mono, hook: &mut H) -> Outcome {
+    let timeline = Arc::new(Timeline::new());
+    timeline.instant_at(
+        launch,
+        "main",
+        What::Launch {
+            step: LaunchStep::Process,
+        },
+    );
     if let Some(why) = missing_capability(s).or_else(|| crate::perturb::preflight(s)) {
         return Outcome::skipped(s, why);
     }
     let mut out = Outcome::empty(s);
-    match run_inner(s, launch, hook, &mut out) {
-        Ok(()) => {}
-        Err(e) => {
-            out.verdict = crate::scenario::Verdict::Error;
-            out.reason = Some(e);
-        }
+    if let Err(e) = run_inner(s, launch, hook, &timeline, &mut out) {
+        out.verdict = Verdict::Error;
+        out.reason = Some(e.to_string());
     }
+    timeline.instant(
+        "main",
+        What::Verdict {
+            verdict: out.verdict,
+        },
+    );
+    out.timeline = (&*timeline).into();
     out
 }
 
-fn run_inner(
+fn run_inner<H: PhaseHook>(
     s: &Scenario,
-    launch: Instant,
-    hook: &mut dyn PhaseHook,
+    launch: Mono,
+    hook: &mut H,
+    timeline: &Arc<Timeline>,
     out: &mut Outcome,
-) -> Result<(), String> {
+) -> Result<(), RunError> {
+    let layout = s.layout().map_err(RunError::Layout)?;
     // System-wide state (KSM, swap, drop_caches, compaction) is serialized across processes
     // for the whole run; the swapfile, if any, lives exactly as long.
     let touches_system =
         s.host.swap.is_some() || s.perturb.actions.iter().any(|a| a.touches_system_knobs());
     let _system_lock = if touches_system {
-        Some(crate::host::SystemLock::acquire().map_err(|e| format!("system lock: {e}"))?)
+        Some(crate::host::SystemLock::acquire().map_err(RunError::SystemLock)?)
     } else {
         None
     };
     let _swap = match s.host.swap {
         Some(size) => Some(
             crate::host::Swapfile::create(std::path::Path::new("/var/tmp"), size.0)
-                .map_err(|e| format!("creating the [host] swapfile: {e}"))?,
+                .map_err(RunError::Swapfile)?,
         ),
         None => None,
     };
-    let ram = GuestRam::new(s.vm.memory.0, s.vm.thp, s.vm.dontfork).map_err(|e| e.to_string())?;
-    let boot = boot_info(s);
+    let t0 = Mono::now();
+    let ram = GuestRam::new(s.vm.memory.0, s.vm.thp, s.vm.dontfork).map_err(RunError::GuestRam)?;
+    timeline.span(
+        t0,
+        "main",
+        What::Launch {
+            step: LaunchStep::RamMapped,
+        },
+    );
+    let boot = boot_info(s, &layout);
     // The prefault, then the THP coverage measurement, run on their own thread while this one
     // creates the VM and loads the guest (they touch the same RAM: the loader's writes and
     // MADV_POPULATE_WRITE both just fault pages in). Coverage is measured after the whole
@@ -158,49 +191,78 @@ fn run_inner(
             std::thread::Builder::new()
                 .name("pinlab-prefault".into())
                 .spawn_scoped(scope, || {
-                    ram.populate().map_err(|e| e.to_string())?;
-                    Ok::<_, String>(crate::pfn::thp_coverage(ram.hva(), ram.size()).ok())
+                    let start = Mono::now();
+                    ram.populate().map_err(RunError::Prefault)?;
+                    let coverage = crate::pfn::thp_coverage(ram.hva(), ram.size()).ok();
+                    timeline.span(
+                        start,
+                        "prefault",
+                        What::Launch {
+                            step: LaunchStep::Prefault,
+                        },
+                    );
+                    Ok::<_, RunError>(coverage)
                 })
         });
+        let start = Mono::now();
         let created = Vm::create(&ram, &boot);
+        timeline.span(
+            start,
+            "main",
+            What::Launch {
+                step: LaunchStep::VmCreated,
+            },
+        );
         let prefault = match prefault {
             None => Ok(None),
-            Some(Err(e)) => Err(format!("spawning the prefault thread: {e}")),
+            Some(Err(e)) => Err(RunError::Spawn("prefault", e)),
             Some(Ok(t)) => t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
         };
         (created, prefault)
     });
-    let (vm, mut vcpu_fd) = created.map_err(|e| e.to_string())?;
+    let (vm, mut vcpu_fd) = created.map_err(RunError::Vm)?;
     out.thp_coverage = prefault?;
     let vm = Arc::new(vm);
     let ram = Arc::new(RwLock::new(ram));
     let devices = Arc::new(Devices::new(ram.clone(), s.device.pin));
+    let scenario = Arc::new(s.clone());
 
-    let iommu_evt = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?;
-    let dma_evt = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?;
-    let done_evt = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?;
+    let iommu_evt = EventFd::new(EFD_NONBLOCK).map_err(RunError::EventFd)?;
+    let dma_evt = EventFd::new(EFD_NONBLOCK).map_err(RunError::EventFd)?;
+    let done_evt = EventFd::new(EFD_NONBLOCK).map_err(RunError::EventFd)?;
     vm.register_doorbell(abi::PORT_IOMMU_DOORBELL, &iommu_evt)
-        .map_err(|e| e.to_string())?;
+        .map_err(RunError::Doorbell)?;
     vm.register_doorbell(abi::PORT_DMA_DOORBELL, &dma_evt)
-        .map_err(|e| e.to_string())?;
-    vcpu::install_kick_handler().map_err(|e| format!("installing the vCPU kick handler: {e}"))?;
+        .map_err(RunError::Doorbell)?;
+    vcpu::install_kick_handler().map_err(RunError::KickHandler)?;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let guest_start = Instant::now();
-    out.timings_ms.launch_to_guest_start = Some(ms_since(launch, guest_start));
-    let first_round_done: Mutex<Option<Instant>> = Mutex::new(None);
+    let guest_start = Mono::now();
+    timeline.instant_at(
+        guest_start,
+        "vcpu",
+        What::Launch {
+            step: LaunchStep::GuestStart,
+        },
+    );
+    out.timings_ms.launch_to_guest_start = Some(ms_between(launch, guest_start));
+    let first_round_done: Mutex<Option<Mono>> = Mutex::new(None);
+    let mut order = PhaseOrder::new(s.workload.rounds);
 
-    let vcpu_hook: &mut dyn PhaseHook = &mut *hook;
-    let (exit, console, end) = std::thread::scope(|scope| -> Result<_, String> {
+    let (exit, console, end) = std::thread::scope(|scope| -> Result<_, RunError> {
         let vcpu_devices = devices.clone();
         let vcpu_stop = stop.clone();
-        let done_signal = done_evt.try_clone().map_err(|e| format!("eventfd: {e}"))?;
+        let done_signal = done_evt.try_clone().map_err(RunError::EventFd)?;
         let env = RunEnv {
             devices: &devices,
             vm: &vm,
-            scenario: s,
+            scenario: &scenario,
+            layout: &layout,
+            timeline,
         };
         let first_round = &first_round_done;
+        let order = &mut order;
+        let hook = &mut *hook;
         let vcpu_pthread = Arc::new(AtomicU64::new(0));
         let vcpu_pthread_w = vcpu_pthread.clone();
         let vcpu_thread = std::thread::Builder::new()
@@ -208,14 +270,30 @@ fn run_inner(
             .spawn_scoped(scope, move || {
                 // SAFETY: pthread_self has no preconditions.
                 vcpu_pthread_w.store(unsafe { libc::pthread_self() } as u64, Ordering::Release);
-                let mut on_phase = |p: &abi::Phase| {
-                    if p.phase == abi::PHASE_ROUND_DONE && p.round == 1 {
+                let mut on_phase = |p: &abi::Phase| -> Result<(), String> {
+                    let phase = match order.accept(p) {
+                        Ok(phase) => phase,
+                        Err(why) => {
+                            // Counted and acknowledged, never acted on.
+                            env.timeline.instant(
+                                "vcpu",
+                                What::PhaseRejected {
+                                    code: p.phase,
+                                    round: p.round,
+                                    why: why.name(),
+                                },
+                            );
+                            return Ok(());
+                        }
+                    };
+                    env.timeline.instant("vcpu", What::Phase { phase });
+                    if let crate::timeline::GuestPhase::RoundDone { round: 1 } = phase {
                         first_round
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
-                            .get_or_insert_with(Instant::now);
+                            .get_or_insert_with(Mono::now);
                     }
-                    vcpu_hook.at_phase(p, &env)
+                    hook.at_phase(phase, &env).map_err(|e| e.to_string())
                 };
                 let mut ctx = vcpu::Context {
                     devices: vcpu_devices,
@@ -225,11 +303,11 @@ fn run_inner(
                     first_phase_at: None,
                 };
                 let exit = vcpu::run(&mut vcpu_fd, &mut ctx);
-                let end = Instant::now();
+                let end = Mono::now();
                 let _ = done_signal.write(1);
                 (exit, ctx.console, end)
             })
-            .map_err(|e| format!("spawning the vCPU thread: {e}"))?;
+            .map_err(|e| RunError::Spawn("vCPU", e))?;
 
         let device_loop = Arc::new(DeviceLoop::new(
             devices.clone(),
@@ -241,26 +319,31 @@ fn run_inner(
             vcpu_pthread,
         )?);
         let mut em: EventManager<Arc<DeviceLoop>> =
-            EventManager::new().map_err(|e| format!("event manager: {e:?}"))?;
+            EventManager::new().map_err(RunError::EventManager)?;
         em.add_subscriber(device_loop.clone());
         while !device_loop.finished.load(Ordering::Acquire) {
             if let Err(e) = em.run_with_timeout(100) {
                 tracing::warn!("event loop: {e:?}");
             }
         }
-        let joined = vcpu_thread
-            .join()
-            .map_err(|_| "the vCPU thread panicked".to_string())?;
-        Ok(joined)
+        vcpu_thread.join().map_err(|_| RunError::Panicked("vCPU"))
     })?;
+    timeline.instant_at(
+        end,
+        "vcpu",
+        What::Launch {
+            step: LaunchStep::GuestEnd,
+        },
+    );
 
     out.console = console;
-    out.timings_ms.launch_to_guest_done = Some(ms_since(launch, end));
+    out.timings_ms.launch_to_guest_done = Some(ms_between(launch, end));
     out.timings_ms.launch_to_first_dma = first_round_done
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .map(|t| ms_since(launch, t));
-    out.evidence = hook.evidence();
+        .map(|t| ms_between(launch, t));
+    let (evidence, finish_error) = hook.finish();
+    out.evidence = evidence;
 
     // Gather: counters, PFN evidence, guest report.
     let stats = &devices.stats;
@@ -286,7 +369,7 @@ fn run_inner(
     }
     out.pinned_pfns_changed_pages = out.pins.iter().map(|p| p.pinned_pfns_changed_pages).sum();
 
-    let (report, failure) = match exit {
+    let (report, mut failure) = match exit {
         Exit::Done(r) => (Some(r), None),
         Exit::GuestFailed(why) => (None, Some(format!("guest failed: {why}"))),
         Exit::Kvm(why) => (None, Some(why)),
@@ -298,6 +381,9 @@ fn run_inner(
             )),
         ),
     };
+    if let (None, Some(e)) = (&failure, finish_error) {
+        failure = Some(format!("ending the host actions: {e}"));
+    }
     if let Some(r) = &report {
         out.guest = Some(GuestSummary::from_report(r));
         out.device_write_lost_pages = r.write_lost_pages;
@@ -317,7 +403,7 @@ fn run_inner(
     out.verdict = verdict;
     out.reason = reason;
     // The VM goes before guest RAM: drop order here is explicit (every clone of the Arc was
-    // dropped with the perturbations' threads, joined in `hook.evidence()` above).
+    // dropped with the perturbations' threads, joined in `hook.finish()` above).
     drop(vm);
     Ok(())
 }
@@ -347,11 +433,11 @@ impl DeviceLoop {
         watchdog: Duration,
         stop: Arc<AtomicBool>,
         vcpu: Arc<AtomicU64>,
-    ) -> Result<Self, String> {
-        let mut timer = TimerFd::new().map_err(|e| format!("timerfd: {e}"))?;
+    ) -> Result<Self, RunError> {
+        let mut timer = TimerFd::new().map_err(RunError::TimerFd)?;
         timer
             .reset(WATCHDOG_TICK, Some(WATCHDOG_TICK))
-            .map_err(|e| format!("timerfd: {e}"))?;
+            .map_err(RunError::TimerFd)?;
         let timer_fd = timer.as_raw_fd();
         Ok(DeviceLoop {
             devices,

@@ -12,6 +12,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::layout::{self, Layout};
 use crate::units::{ByteSize, Duration};
 
 /// Why a scenario is not valid, after it parsed. `key` is the dotted TOML key at fault.
@@ -380,7 +381,7 @@ pub const MAX_MEMORY: u64 = 4 << 30;
 impl Scenario {
     /// Checks what the types cannot: ranges, alignment and combinations.
     pub fn validate(&self) -> Result<(), Invalid> {
-        use crate::addr::{HUGE_PAGE_SIZE, PAGE_SIZE};
+        use crate::addr::HUGE_PAGE_SIZE;
         let mem = self.vm.memory.0;
         if !(MIN_MEMORY..=MAX_MEMORY).contains(&mem) {
             return Err(invalid(
@@ -395,30 +396,12 @@ impl Scenario {
             return Err(invalid("vm.watchdog", "must be greater than zero"));
         }
         let w = &self.workload;
-        if w.region.0 == 0 || !w.region.0.is_multiple_of(PAGE_SIZE) {
-            return Err(invalid(
-                "workload.region",
-                "must be a non-zero multiple of 4KiB",
-            ));
-        }
-        if !w.region_offset.0.is_multiple_of(PAGE_SIZE) || w.region_offset.0 >= HUGE_PAGE_SIZE {
-            return Err(invalid(
-                "workload.region_offset",
-                "must be a multiple of 4KiB below 2MiB",
-            ));
-        }
-        let needed = crate::layout::dma_region_base(self)
-            .raw()
-            .saturating_add(w.region.0)
-            .saturating_add(w.region_offset.0);
-        if needed > mem {
-            return Err(invalid(
-                "workload.region",
-                format!(
-                    "the DMA region ends at {needed:#x}, past guest RAM ({}); raise vm.memory",
-                    self.vm.memory
-                ),
-            ));
+        if let Err(e) = self.layout() {
+            let key = match e {
+                layout::Error::RegionOffset(_) => "workload.region_offset",
+                _ => "workload.region",
+            };
+            return Err(invalid(key, e.to_string()));
         }
         if w.mode == GuestMode::Dma && w.rounds == 0 {
             return Err(invalid("workload.rounds", "must be at least 1"));
@@ -452,6 +435,15 @@ impl Scenario {
             ));
         }
         Ok(())
+    }
+
+    /// Where the workload's region and its neighbours are in guest RAM.
+    pub fn layout(&self) -> Result<Layout, layout::Error> {
+        Layout::new(
+            self.vm.memory.0,
+            self.workload.region.0,
+            self.workload.region_offset.0,
+        )
     }
 
     /// The live expectation: stated, or `coherent` for an unperturbed run.

@@ -389,7 +389,7 @@ pub fn fork_action(ctx: &Ctx, action: Action) -> Result<Done> {
                         why: format!("fork child exited {status}"),
                     });
                 }
-                Ok(json!({ "child_exit": status }))
+                Ok(crate::evidence::Details(json!({ "child_exit": status })))
             }));
             Ok(done)
         }
@@ -484,7 +484,7 @@ pub fn kirill(ctx: &Ctx) -> Result<Done> {
         let _shared = shared;
         handshake.release();
         let status = child.wait()?;
-        Ok(json!({ "child_exit": status }))
+        Ok(crate::evidence::Details(json!({ "child_exit": status })))
     }));
     Ok(done)
 }
@@ -496,10 +496,8 @@ pub fn kirill(ctx: &Ctx) -> Result<Done> {
 pub fn bias_1024(ctx: &Ctx) -> Result<Done> {
     let a = Action::Bias1024;
     let (hva, len) = ctx.region();
-    let region_end = crate::layout::dma_region(&ctx.scenario);
-    let page_gpa = region_end.0.raw() + region_end.1;
     let page = ctx
-        .hva_of(page_gpa, PAGE_SIZE)
+        .hva_of(ctx.layout.region.end(), PAGE_SIZE)
         .ok_or_else(|| Error::Failed {
             action: a,
             why: "no guest page after the region: raise vm.memory".into(),

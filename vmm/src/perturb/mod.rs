@@ -24,14 +24,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pinlab_abi as abi;
-use serde::Serialize;
-
-use crate::addr::{Hva, Pfn, HUGE_PAGE_SIZE, PAGE_SIZE};
+use crate::addr::{Gpa, Hva, Pfn, HUGE_PAGE_SIZE, PAGE_SIZE};
 use crate::devices::Devices;
+use crate::evidence::{ActionEvidence as Evidence, Details};
 use crate::host::{self, VmstatSnapshot};
-use crate::runner::{PhaseHook, RunEnv};
+use crate::layout::Layout;
+use crate::phase::{PhaseHook, RunEnv};
 use crate::scenario::{Action, Scenario};
+use crate::timeline::{GuestPhase, Mono, Timeline, What};
 use crate::vm::Vm;
 
 /// Why an action could not be judged to have happened.
@@ -47,6 +47,8 @@ pub enum Error {
     NoEffect { action: Action, why: String },
     #[error("{action}: {why}")]
     Failed { action: Action, why: String },
+    #[error("the storm thread panicked")]
+    StormPanicked,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -59,36 +61,17 @@ fn last_os(action: Action, call: &'static str) -> Error {
     }
 }
 
-/// What an action changed, measured.
-#[derive(Clone, Debug, Serialize)]
-pub struct Evidence {
-    pub action: Action,
-    /// The guest round after which it ran.
-    pub after_round: u32,
-    /// Storm iteration (1-based), when run as a storm.
-    pub storm_iteration: Option<u32>,
-    pub summary: String,
-    /// /proc/vmstat (and KSM) counters that moved.
-    pub vmstat: BTreeMap<String, i64>,
-    /// Region pages whose PFN differs after the action from before it.
-    pub region_pfns_changed: usize,
-    pub region_thp_pages_before: usize,
-    pub region_thp_pages_after: usize,
-    pub details: serde_json::Value,
-    /// What the action's later half found (fork child reaped, uffd faults handled).
-    pub finish: Option<serde_json::Value>,
-}
-
 /// The part of an action that runs at a later phase.
-type Finish = Box<dyn FnOnce() -> Result<serde_json::Value> + Send>;
+type Finish = Box<dyn FnOnce() -> Result<Details> + Send>;
 
 /// What an action needs: guest RAM (through the devices), the VM (to re-point RAM), the
-/// scenario.
+/// scenario and its layout (computed once by the runner).
 #[derive(Clone)]
 pub struct Ctx {
     pub devices: Arc<Devices>,
     pub vm: Arc<Vm>,
     pub scenario: Arc<Scenario>,
+    pub layout: Layout,
 }
 
 /// The region's pages as the host maps them now.
@@ -102,51 +85,38 @@ pub struct Probe {
 impl Ctx {
     /// The DMA region's host address and length now (guest RAM may have moved).
     pub fn region(&self) -> (Hva, u64) {
-        let (gpa, len) = crate::layout::dma_region(&self.scenario);
-        let ram = self.devices.ram.read().unwrap_or_else(|p| p.into_inner());
-        let hva = ram
-            .translate(gpa, len)
-            .expect("the region was validated against guest RAM");
-        (hva, len)
+        let r = self.layout.region;
+        let hva = self
+            .hva_of(r.start, r.len)
+            .expect("the layout was validated against guest RAM");
+        (hva, r.len)
     }
 
-    /// The host address of a GPA range (validated against RAM by the caller's layout).
-    pub fn hva_of(&self, gpa: u64, len: u64) -> Option<Hva> {
+    /// The host address of a GPA range now, or `None` outside guest RAM.
+    pub fn hva_of(&self, gpa: Gpa, len: u64) -> Option<Hva> {
         let ram = self.devices.ram.read().unwrap_or_else(|p| p.into_inner());
-        ram.translate(crate::addr::Gpa(gpa), len).ok()
+        ram.translate(gpa, len).ok()
     }
 
     /// The 2 MiB huge pages the region touches, as host addresses: `[first, end)`.
     pub fn region_huge_range(&self) -> (Hva, u64) {
-        let (first, end) = crate::layout::region_huge_pages(&self.scenario);
-        let len = end.raw() - first.raw();
+        let h = self.layout.huge_pages;
         (
-            self.hva_of(first.raw(), len)
+            self.hva_of(h.start, h.len)
                 .expect("huge pages of the region are in RAM"),
-            len,
+            h.len,
         )
     }
 
     /// A 4 KiB page inside the region's huge pages but outside the region, if there is one.
     pub fn page_beside_region(&self) -> Option<Hva> {
-        let (gpa, len) = crate::layout::dma_region(&self.scenario);
-        let (first, end) = crate::layout::region_huge_pages(&self.scenario);
-        let candidate = if gpa.raw() + len < end.raw() {
-            end.raw() - PAGE_SIZE
-        } else if gpa.raw() > first.raw() {
-            first.raw()
-        } else {
-            return None;
-        };
-        self.hva_of(candidate, PAGE_SIZE)
+        self.hva_of(self.layout.beside?, PAGE_SIZE)
     }
 
-    /// A huge page of guest RAM away from the region (after it), if RAM has one: the control
-    /// for actions that must act on unpinned memory (KSM merges it, reclaim swaps it).
+    /// A huge page of guest RAM away from the region, if RAM has one: the control for actions
+    /// that must act on unpinned memory (KSM merges it, reclaim swaps it).
     pub fn decoy_huge_page(&self) -> Option<Hva> {
-        let (_, end) = crate::layout::region_huge_pages(&self.scenario);
-        let gpa = end.raw() + HUGE_PAGE_SIZE;
-        self.hva_of(gpa, HUGE_PAGE_SIZE)
+        self.hva_of(self.layout.decoy?, HUGE_PAGE_SIZE)
     }
 
     pub fn probe(&self) -> Probe {
@@ -172,7 +142,7 @@ impl Ctx {
 /// What one action returns: a summary, details, and maybe a later half.
 pub struct Done {
     pub summary: String,
-    pub details: serde_json::Value,
+    pub details: Details,
     pub finish: Option<Finish>,
     /// Decide "provably did nothing" from the counters and PFNs: `Some(why)` fails the run.
     pub no_effect: Option<String>,
@@ -182,7 +152,7 @@ impl Done {
     fn new(summary: impl Into<String>, details: serde_json::Value) -> Self {
         Done {
             summary: summary.into(),
-            details,
+            details: Details(details),
             finish: None,
             no_effect: None,
         }
@@ -279,57 +249,90 @@ pub fn preflight(s: &Scenario) -> Option<String> {
 pub struct Schedule {
     actions: Vec<Action>,
     after_round: u32,
+    rounds: u32,
     storm: u32,
     interval: Duration,
     /// Later halves, each with the round after which it runs (`u32::MAX`: at the end).
     pending: Vec<(u32, usize, Finish)>,
     evidence: Vec<Evidence>,
-    storm_thread: Option<(Arc<AtomicBool>, std::thread::JoinHandle<StormResult>)>,
+    storm_thread: Option<Storm>,
+    /// Built at the first phase from the run's environment, then shared by every action.
+    ctx: Option<Ctx>,
+    timeline: Option<Arc<Timeline>>,
 }
 
-type StormResult = std::result::Result<Vec<Evidence>, String>;
+/// A storm running on its own thread.
+struct Storm {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<Result<Vec<Evidence>>>,
+}
 
 impl Schedule {
     pub fn new(s: &Scenario) -> Self {
         Schedule {
             actions: s.perturb.actions.clone(),
             after_round: s.perturb.after_round,
+            rounds: s.workload.rounds,
             storm: s.perturb.storm,
             interval: s.perturb.interval.0,
             pending: Vec::new(),
             evidence: Vec::new(),
             storm_thread: None,
+            ctx: None,
+            timeline: None,
         }
     }
 
-    fn ctx(env: &RunEnv<'_>) -> Ctx {
-        Ctx {
-            devices: env.devices.clone(),
-            vm: env.vm.clone(),
-            scenario: Arc::new(env.scenario.clone()),
-        }
+    fn ctx(&mut self, env: &RunEnv<'_>) -> Ctx {
+        self.timeline.get_or_insert_with(|| env.timeline.clone());
+        self.ctx
+            .get_or_insert_with(|| Ctx {
+                devices: env.devices.clone(),
+                vm: env.vm.clone(),
+                scenario: env.scenario.clone(),
+                layout: *env.layout,
+            })
+            .clone()
     }
 
-    fn run_pending(&mut self, upto_round: u32) -> std::result::Result<(), String> {
+    fn run_pending(&mut self, upto_round: u32) -> Result<()> {
         let mut keep = Vec::new();
-        for (round, idx, finish) in self.pending.drain(..) {
-            if round <= upto_round {
-                let v = finish().map_err(|e| e.to_string())?;
-                self.evidence[idx].finish = Some(v);
-            } else {
+        let mut first_err = None;
+        for (round, idx, finish) in std::mem::take(&mut self.pending) {
+            if round > upto_round {
                 keep.push((round, idx, finish));
+                continue;
+            }
+            match finish() {
+                Ok(v) => {
+                    self.evidence[idx].finish = Some(v);
+                    if let Some(t) = &self.timeline {
+                        t.instant(
+                            "vcpu",
+                            What::ActionFinish {
+                                action: self.evidence[idx].action,
+                                evidence: idx,
+                            },
+                        );
+                    }
+                }
+                // Every later half still runs (each reaps a child or stops a handler).
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
             }
         }
         self.pending = keep;
-        Ok(())
+        first_err.map_or(Ok(()), Err)
     }
 
     fn start_storm(&mut self, env: &RunEnv<'_>) {
-        let ctx = Self::ctx(env);
+        let ctx = self.ctx(env);
+        let timeline = env.timeline.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let stop_t = stop.clone();
         let (actions, n, interval) = (self.actions.clone(), self.storm, self.interval);
-        let handle = std::thread::spawn(move || -> StormResult {
+        let handle = std::thread::spawn(move || -> Result<Vec<Evidence>> {
             let mut out = Vec::new();
             for i in 1..=n {
                 if stop_t.load(Ordering::Acquire) {
@@ -337,65 +340,90 @@ impl Schedule {
                 }
                 std::thread::sleep(interval);
                 for &a in &actions {
-                    let (mut ev, finish) =
-                        run_action(&ctx, a, 0, Some(i)).map_err(|e| e.to_string())?;
-                    if let Some(f) = finish {
-                        ev.finish = Some(f().map_err(|e| e.to_string())?);
-                    }
+                    let start = Mono::now();
+                    let result = run_action(&ctx, a, 0, Some(i)).and_then(|(mut ev, finish)| {
+                        if let Some(f) = finish {
+                            ev.finish = Some(f()?);
+                        }
+                        Ok(ev)
+                    });
+                    timeline.span(
+                        start,
+                        "storm",
+                        What::Action {
+                            action: a,
+                            iteration: Some(i),
+                            evidence: result.as_ref().ok().map(|_| out.len()),
+                            error: result.as_ref().err().map(|e| e.to_string()),
+                        },
+                    );
+                    out.push(result?);
                     ctx.devices.progress.fetch_add(1, Ordering::Relaxed);
-                    out.push(ev);
                 }
             }
             Ok(out)
         });
-        self.storm_thread = Some((stop, handle));
+        self.storm_thread = Some(Storm { stop, handle });
     }
 
-    fn stop_storm(&mut self) -> std::result::Result<(), String> {
-        if let Some((stop, handle)) = self.storm_thread.take() {
-            stop.store(true, Ordering::Release);
-            let evs = handle
-                .join()
-                .map_err(|_| "the storm thread panicked".to_string())??;
+    fn stop_storm(&mut self) -> Result<()> {
+        if let Some(storm) = self.storm_thread.take() {
+            storm.stop.store(true, Ordering::Release);
+            let evs = storm.handle.join().map_err(|_| Error::StormPanicked)??;
+            // A storm runs no phase actions, so its indices on the timeline are the list's.
             self.evidence.extend(evs);
+        }
+        Ok(())
+    }
+
+    fn run_at_phase(&mut self, round: u32, env: &RunEnv<'_>) -> Result<()> {
+        let ctx = self.ctx(env);
+        for a in self.actions.clone() {
+            let start = Mono::now();
+            let result = run_action(&ctx, a, round, None);
+            env.timeline.span(
+                start,
+                "vcpu",
+                What::Action {
+                    action: a,
+                    iteration: None,
+                    evidence: result.as_ref().ok().map(|_| self.evidence.len()),
+                    error: result.as_ref().err().map(|e| e.to_string()),
+                },
+            );
+            let (ev, finish) = result?;
+            let idx = self.evidence.len();
+            self.evidence.push(ev);
+            if let Some(f) = finish {
+                // Released after the guest's next round (or at the end).
+                let at = if round < self.rounds {
+                    round + 1
+                } else {
+                    u32::MAX
+                };
+                self.pending.push((at, idx, f));
+            }
+            env.devices.progress.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
 }
 
 impl PhaseHook for Schedule {
-    fn at_phase(
-        &mut self,
-        phase: &abi::Phase,
-        env: &RunEnv<'_>,
-    ) -> std::result::Result<(), String> {
-        match phase.phase {
-            abi::PHASE_ROUNDS_START if self.storm > 0 && !self.actions.is_empty() => {
+    type Error = Error;
+
+    fn at_phase(&mut self, phase: GuestPhase, env: &RunEnv<'_>) -> Result<()> {
+        match phase {
+            GuestPhase::RoundsStart if self.storm > 0 && !self.actions.is_empty() => {
                 self.start_storm(env);
             }
-            abi::PHASE_ROUND_DONE => {
-                self.run_pending(phase.round)?;
-                if self.storm == 0 && phase.round == self.after_round {
-                    let ctx = Self::ctx(env);
-                    for &a in &self.actions.clone() {
-                        let (ev, finish) =
-                            run_action(&ctx, a, phase.round, None).map_err(|e| e.to_string())?;
-                        let idx = self.evidence.len();
-                        self.evidence.push(ev);
-                        if let Some(f) = finish {
-                            // Released after the guest's next round (or at the end).
-                            let at = if phase.round < env.scenario.workload.rounds {
-                                phase.round + 1
-                            } else {
-                                u32::MAX
-                            };
-                            self.pending.push((at, idx, f));
-                        }
-                        env.devices.progress.fetch_add(1, Ordering::Relaxed);
-                    }
+            GuestPhase::RoundDone { round } => {
+                self.run_pending(round)?;
+                if self.storm == 0 && round == self.after_round {
+                    self.run_at_phase(round, env)?;
                 }
             }
-            abi::PHASE_UNMAPPED => {
+            GuestPhase::Unmapped => {
                 self.stop_storm()?;
                 self.run_pending(u32::MAX)?;
             }
@@ -404,17 +432,12 @@ impl PhaseHook for Schedule {
         Ok(())
     }
 
-    fn evidence(&mut self) -> Vec<serde_json::Value> {
+    fn finish(&mut self) -> (Vec<Evidence>, Option<Error>) {
         // Whatever did not get its phase (the guest died early) is finished now, so no child
         // or handler outlives the run.
-        let _ = self.stop_storm();
-        if let Err(e) = self.run_pending(u32::MAX) {
-            tracing::warn!("finishing perturbations: {e}");
-        }
-        self.evidence
-            .iter()
-            .filter_map(|e| serde_json::to_value(e).ok())
-            .collect()
+        let storm = self.stop_storm().err();
+        let pending = self.run_pending(u32::MAX).err();
+        (std::mem::take(&mut self.evidence), storm.or(pending))
     }
 }
 

@@ -145,7 +145,7 @@ pub fn write_protect(ctx: &Ctx) -> Result<Done> {
                 why: format!("spawning the fault handler: {e}"),
             })?
     };
-    let finish = Box::new(move || -> Result<serde_json::Value> {
+    let finish = Box::new(move || -> Result<crate::evidence::Details> {
         stop.store(true, Ordering::Release);
         let handled = handler.join().map_err(|_| Error::Failed {
             action: a,
@@ -165,7 +165,9 @@ pub fn write_protect(ctx: &Ctx) -> Result<Done> {
                 why: "no write fault on the protected region reached the handler".into(),
             });
         }
-        Ok(json!({ "write_faults_handled": n, "handler": handled }))
+        Ok(crate::evidence::Details(
+            json!({ "write_faults_handled": n, "handler": handled }),
+        ))
     });
     let mut done = Done::new(
         format!("userfaultfd write-protected the region ({len:#x} bytes at {hva}); a handler unprotects on fault"),

@@ -384,9 +384,14 @@ mod tests {
 
     #[test]
     fn unmapped_memory_fails_vmsplice() {
+        // Not munmap: another test thread's mmap could take the freed range meanwhile.
         let r = AnonRegion::new(2 * MIB, libc::MADV_NOHUGEPAGE);
         let hva = r.hva;
-        drop(r);
+        // SAFETY: the region is ours and nothing else touches it; PROT_NONE makes any access
+        // to it fault, which is what vmsplice must then report.
+        let rc =
+            unsafe { libc::mprotect(hva.as_ptr() as *mut libc::c_void, 2 << 20, libc::PROT_NONE) };
+        assert_eq!(rc, 0);
         let res = VmsplicePin::new(hva, 2 * MIB);
         assert!(
             matches!(&res, Err(Error::Vmsplice { offset: 0, source }) if source.raw_os_error() == Some(libc::EFAULT)),
