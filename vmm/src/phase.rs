@@ -190,7 +190,8 @@ mod tests {
     /// would accept it and run host actions twice (or out of place).
     #[test]
     fn repeated_and_out_of_order_phases_are_refused() {
-        let rows: &[(&str, &[(u32, u32)], usize)] = &[
+        type Row = (&'static str, &'static [(u32, u32)], usize);
+        let rows: &[Row] = &[
             (
                 "round repeated",
                 &[(1, 0), (4, 0), (2, 1), (2, 2), (2, 2)],
