@@ -25,6 +25,40 @@ fn main() {
         println!("cargo:rerun-if-changed={}", guest_dir.join(p).display());
     }
 
+    // The commit results name (`identity::GIT_COMMIT`); "unknown" outside a git checkout.
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(&manifest_dir)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_string());
+    println!("cargo:rustc-env=PINLAB_GIT_COMMIT={commit}");
+    // Rebuild when HEAD moves: HEAD itself, the branch it names, and packed refs.
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(&manifest_dir)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+    };
+    if let (Some(dir), Some(common)) = (
+        git(&["rev-parse", "--absolute-git-dir"]),
+        git(&["rev-parse", "--path-format=absolute", "--git-common-dir"]),
+    ) {
+        let mut watch = vec![dir.join("HEAD"), common.join("packed-refs")];
+        if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            watch.push(common.join(r));
+        }
+        for p in watch.iter().filter(|p| p.exists()) {
+            println!("cargo:rerun-if-changed={}", p.display());
+        }
+    }
+
     let status = Command::new(cargo)
         .args(["build", "--release", "--manifest-path"])
         .arg(guest_dir.join("Cargo.toml"))

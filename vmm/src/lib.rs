@@ -8,6 +8,7 @@ pub mod config;
 pub mod devices;
 pub mod evidence;
 pub mod host;
+pub mod identity;
 pub mod layout;
 pub mod matrix;
 pub mod memory;

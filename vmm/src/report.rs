@@ -65,6 +65,8 @@ pub struct Outcome {
     pub console: Vec<String>,
     /// What happened when, on CLOCK_MONOTONIC.
     pub timeline: crate::timeline::Recorded,
+    /// The kernel, its settings and the pinlab this was measured with.
+    pub identity: crate::identity::Identity,
 }
 
 impl Outcome {
@@ -103,6 +105,7 @@ impl Outcome {
             evidence: Vec::new(),
             console: Vec::new(),
             timeline: Default::default(),
+            identity: crate::identity::Identity::of_this_host(),
         }
     }
 

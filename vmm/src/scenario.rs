@@ -205,6 +205,59 @@ impl Action {
         }
     }
 
+    /// What the action needs from the host and the layout, in one line.
+    pub fn needs(self) -> &'static str {
+        match self {
+            Action::ForkParentWrite | Action::ForkChildWrite | Action::ForkChildExit => {
+                "nothing beyond the run (set vm.dontfork to see QEMU's mitigation)"
+            }
+            Action::MprotectRoundtrip => "a THP-backed region (vm.thp) to show the PMD split",
+            Action::SplitPmd | Action::Kirill => {
+                "an unpinned 4 KiB page beside the region inside its huge page (region smaller than its huge pages, or an offset)"
+            }
+            Action::SplitFolio => {
+                "a page beside the region to split the PMD first; THP-backed RAM"
+            }
+            Action::Collapse => "THP enabled for madvise; a split first (it splits if needed)",
+            Action::Ksm => "KSM (/sys/kernel/mm/ksm); a decoy huge page after the region (vm.memory)",
+            Action::Compact => "/proc/sys/vm/compact_memory (root)",
+            Action::Pageout => "swap: an active swap area or [host] swap / --swap SIZE",
+            Action::Mremap | Action::MremapDontunmap => {
+                "nothing beyond the run (the memslot is re-pointed with the vCPU stopped)"
+            }
+            Action::UffdWp => "userfaultfd with write-protect support",
+            Action::Dontneed => "nothing beyond the run",
+            Action::Bias1024 => "a guest page after the region (vm.memory)",
+        }
+    }
+
+    /// What evidence the action leaves, in one line.
+    pub fn leaves(self) -> &'static str {
+        match self {
+            Action::ForkParentWrite | Action::ForkChildWrite | Action::ForkChildExit => {
+                "pages copied at fork (parent vs child PFNs), the child's exit, vmstat deltas"
+            }
+            Action::MprotectRoundtrip => {
+                "the page's VMA read-only then read-write again, thp_split_pmd delta"
+            }
+            Action::SplitPmd => "thp_split_pmd delta, region THP pages before/after",
+            Action::SplitFolio => {
+                "thp_split_page / thp_split_page_failed deltas: whether the pinned folio refused"
+            }
+            Action::Kirill => "seed 002's sequence: PFNs of both halves in parent and child",
+            Action::Collapse => "MADV_COLLAPSE result, thp_collapse_alloc delta, PFNs",
+            Action::Ksm => {
+                "region vs decoy pages merged (PFNs, KSM bit), KSM counters over the interval"
+            }
+            Action::Compact => "pgmigrate_success / compact_* deltas, region PFNs moved",
+            Action::Pageout => "pswpout delta, region vs decoy pages swapped",
+            Action::Mremap | Action::MremapDontunmap => "old and new host address, PFNs kept",
+            Action::UffdWp => "write faults handled by the uffd handler",
+            Action::Dontneed => "region PFNs discarded and refaulted",
+            Action::Bias1024 => "whether fork copied a page with >= 1024 plain references",
+        }
+    }
+
     /// Whether the action changes a system-wide knob (runs are serialized across processes).
     pub fn touches_system_knobs(self) -> bool {
         matches!(
@@ -411,13 +464,19 @@ impl Scenario {
             && p.storm == 0
             && (p.after_round == 0 || p.after_round >= w.rounds)
         {
-            return Err(invalid(
-                "perturb.after_round",
+            let why = if w.rounds < 2 {
                 format!(
-                    "must be within 1..={}: the guest needs a round after the actions to see their effect",
-                    w.rounds.saturating_sub(1)
-                ),
-            ));
+                    "is {}, but with {} round(s) no round follows the actions to see their effect: use at least 2 rounds (workload.rounds / --rounds) and after_round = 1",
+                    p.after_round, w.rounds
+                )
+            } else {
+                format!(
+                    "is {}: must be within 1..={} (the guest needs a round after the actions to see their effect)",
+                    p.after_round,
+                    w.rounds - 1
+                )
+            };
+            return Err(invalid("perturb.after_round", why));
         }
         if p.storm > 0 && p.interval.is_zero() {
             return Err(invalid("perturb.interval", "must be greater than zero"));

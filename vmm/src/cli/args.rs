@@ -1,0 +1,154 @@
+//! The command line's shape: every subcommand and flag, parsed by clap. Nothing here runs.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use pinlab::scenario::{Action, GuestMode, PinKind, Verdict};
+use pinlab::units::{ByteSize, Duration};
+
+#[derive(Parser)]
+#[command(
+    name = "pinlab",
+    version,
+    about = "A hypervisor-backed lab for DMA pinning on Linux: does the page a device pinned stay the page the VM sees?"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Scenario file (default: the embedded configs/default.toml).
+    pub config: Option<PathBuf>,
+    /// Guest RAM size, e.g. 64MiB.
+    #[arg(long)]
+    pub memory: Option<ByteSize>,
+    /// THP on guest RAM.
+    #[arg(long, value_enum)]
+    pub thp: Option<OnOff>,
+    /// Pin mechanism: io-uring, vmsplice or mapping.
+    #[arg(long)]
+    pub pin: Option<PinKind>,
+    /// Add a host action (repeatable), e.g. --perturb fork-parent-write.
+    #[arg(long = "perturb")]
+    pub perturb: Vec<Action>,
+    /// Run the actions N times on a timer while DMA rounds run.
+    #[arg(long)]
+    pub storm: Option<u32>,
+    /// Interval between storm repetitions, e.g. 5ms.
+    #[arg(long)]
+    pub interval: Option<Duration>,
+    /// Run the actions at the phase marker after this round.
+    #[arg(long)]
+    pub after_round: Option<u32>,
+    /// DMA rounds.
+    #[arg(long)]
+    pub rounds: Option<u32>,
+    /// DMA region size, e.g. 1MiB.
+    #[arg(long)]
+    pub region: Option<ByteSize>,
+    /// Offset of the DMA region inside its 2 MiB huge page, e.g. 1MiB.
+    #[arg(long)]
+    pub region_offset: Option<ByteSize>,
+    /// Create, enable and finally remove a swapfile of this size for the run.
+    #[arg(long)]
+    pub swap: Option<ByteSize>,
+    /// Guest mode: dma, boot, spin (watchdog tests), hostile.
+    #[arg(long, value_parser = parse_mode)]
+    pub mode: Option<GuestMode>,
+    /// Watchdog timeout, e.g. 10s.
+    #[arg(long)]
+    pub watchdog: Option<Duration>,
+    /// MADV_DONTFORK on guest RAM.
+    #[arg(long)]
+    pub dontfork: bool,
+    /// The verdict this run must reach (overrides the scenario's and the model's).
+    #[arg(long, value_parser = parse_verdict)]
+    pub expect: Option<Verdict>,
+    /// The kernel era whose model prediction is the expectation of an ad-hoc composition
+    /// (default: the era of the running kernel).
+    #[arg(long)]
+    pub era: Option<String>,
+    /// List the host actions: what each needs and what evidence it leaves; then exit.
+    #[arg(long)]
+    pub list_actions: bool,
+    /// Print one JSON object instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_mode(s: &str) -> Result<GuestMode, String> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| format!("unknown mode `{s}` (dma, boot, spin, hostile)"))
+}
+
+fn parse_verdict(s: &str) -> Result<Verdict, String> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| format!("unknown verdict `{s}` (coherent, diverged, skipped, error)"))
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Boot the guest and run a scenario on the live kernel.
+    Run(RunArgs),
+    /// Measure DMA throughput, IOMMU map cost and launch timings (ratios against raw baselines).
+    Bench(BenchArgs),
+    /// Report what this host can do, one line per capability.
+    Host {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run every live scenario of a directory, each in a fresh VMM process.
+    Matrix {
+        /// Scenario directory.
+        #[arg(default_value = "configs")]
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay scenarios under each kernel era's rules (the model executor: simulated).
+    Replay {
+        /// Scenario files (default: every scenario in configs/).
+        scenarios: Vec<PathBuf>,
+        /// Kernel era (repeatable). Default: all.
+        #[arg(long = "era")]
+        eras: Vec<String>,
+        /// Scenario directory when no file is given.
+        #[arg(long, default_value = "configs")]
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// DMA region size, e.g. 256MiB (at most 1GiB).
+    #[arg(long)]
+    pub region: Option<ByteSize>,
+    /// DMA descriptor size, e.g. 8MiB.
+    #[arg(long)]
+    pub descriptor: Option<ByteSize>,
+    /// IOMMU map size, e.g. 1GiB.
+    #[arg(long)]
+    pub map_size: Option<ByteSize>,
+    /// Timed trials per measurement.
+    #[arg(long)]
+    pub trials: Option<usize>,
+    /// Spawns per launch measurement.
+    #[arg(long)]
+    pub launches: Option<usize>,
+    /// Sections to run (repeatable): dma, map, launch. Default: all.
+    #[arg(long, value_parser = ["dma", "map", "launch"])]
+    pub only: Vec<String>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
