@@ -59,6 +59,8 @@ fn main() {
         }
     }
 
+    embed_configs(&manifest_dir.join("../configs"), &out_dir);
+
     let status = Command::new(cargo)
         .args(["build", "--release", "--manifest-path"])
         .arg(guest_dir.join("Cargo.toml"))
@@ -77,4 +79,26 @@ fn main() {
         out_dir.join("guest.elf"),
     )
     .expect("copy the guest ELF");
+}
+
+/// Writes `configs.rs` into OUT_DIR: every `configs/*.toml`, embedded, so an installed binary
+/// runs `matrix` and `replay` outside the checkout.
+fn embed_configs(dir: &std::path::Path, out_dir: &std::path::Path) {
+    println!("cargo:rerun-if-changed={}", dir.display());
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("list configs/")
+        .map(|e| e.expect("read configs/").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    let mut src = String::from("/// Every scenario of configs/, embedded at build time: (file name, text).\n");
+    src.push_str("pub const EMBEDDED: &[(&str, &str)] = &[\n");
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", f.display());
+        let name = f.file_name().expect("file name").to_string_lossy();
+        let abs = f.canonicalize().expect("canonical path of a config");
+        src.push_str(&format!("    ({name:?}, include_str!({:?})),\n", abs.display().to_string()));
+    }
+    src.push_str("];\n");
+    std::fs::write(out_dir.join("configs.rs"), src).expect("write configs.rs");
 }
