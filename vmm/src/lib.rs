@@ -19,6 +19,7 @@ pub mod pfn;
 pub mod phase;
 pub mod pin;
 pub mod report;
+pub mod results;
 pub mod runner;
 pub mod scenario;
 pub mod timeline;

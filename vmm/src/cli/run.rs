@@ -90,7 +90,10 @@ pub struct Composed {
 
 /// Loads, overrides, sets the expectation, validates.
 pub fn compose(args: &RunArgs) -> Result<Composed, CliError> {
-    let written = pinlab::config::load(args.config.as_deref())?;
+    let written = match &args.config {
+        None => pinlab::config::load(None)?,
+        Some(p) => pinlab::config::load_arg(p)?.scenario,
+    };
     let mut scenario = written.clone();
     apply(args, &mut scenario);
     let mut expected_from = "scenario".to_string();
