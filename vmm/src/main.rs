@@ -38,9 +38,13 @@ struct RunArgs {
     /// THP on guest RAM.
     #[arg(long, value_enum)]
     thp: Option<OnOff>,
-    /// Pin mechanism: io-uring, vmsplice or mapping.
+    /// Pin mechanism: io-uring, vmsplice, mapping, or vfio (needs --vfio-device).
     #[arg(long)]
     pin: Option<PinKind>,
+    /// The VFIO device for --pin vfio: a PCI address (0000:01:00.0), a VFIO group
+    /// (/dev/vfio/N) or an iommufd device cdev (/dev/vfio/devices/vfioN).
+    #[arg(long = "vfio-device", value_name = "ADDR")]
+    vfio_device: Option<String>,
     /// Add a host action (repeatable), e.g. --perturb fork-parent-write.
     #[arg(long = "perturb")]
     perturb: Vec<Action>,
@@ -220,6 +224,9 @@ fn apply(args: &RunArgs, s: &mut Scenario) {
     }
     if let Some(p) = args.pin {
         s.device.pin = p;
+    }
+    if let Some(d) = &args.vfio_device {
+        s.device.vfio = Some(d.clone());
     }
     if !args.perturb.is_empty() {
         s.perturb.actions.extend(args.perturb.iter().copied());

@@ -69,6 +69,9 @@ pub fn missing_capability(s: &Scenario) -> Option<String> {
             "KVM unavailable: /dev/kvm: {e} (load kvm_intel/kvm_amd or run where virtualization is exposed)"
         ));
     }
+    if let Some(why) = crate::pin::vfio::missing(s) {
+        return Some(why);
+    }
     if s.device.pin == PinKind::IoUring && s.workload.mode != GuestMode::Boot {
         if let Err(e) = io_uring::IoUring::new(2) {
             return Some(format!(
@@ -174,7 +177,18 @@ fn run_inner(
     out.thp_coverage = prefault?;
     let vm = Arc::new(vm);
     let ram = Arc::new(RwLock::new(ram));
+    // SAFETY: guest RAM outlives the attachment on every path: `vfio` is declared after `ram`
+    // and before `devices` (whose VFIO pins hold the attachment too), so both drop before
+    // `ram`; and the VMM touches guest RAM only through vm-memory's volatile accesses and
+    // system calls.
+    let vfio = unsafe {
+        crate::pin::vfio::attach_for(s, &vm.vm, &ram.read().unwrap_or_else(|p| p.into_inner()))
+    }
+    .map_err(|e| format!("attaching the VFIO device: {e}"))?;
     let devices = Arc::new(Devices::new(ram.clone(), s.device.pin));
+    if let Some(a) = &vfio {
+        devices.state().iommu.attach_vfio(a.clone());
+    }
 
     let iommu_evt = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?;
     let dma_evt = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?;
@@ -280,6 +294,11 @@ fn run_inner(
         let mut st = devices.state();
         out.pins = st.iommu.evidence(&ram);
         st.iommu.clear();
+        if let Some(a) = &vfio {
+            let ev = crate::pin::vfio::evidence(a, &ram);
+            out.evidence
+                .push(serde_json::to_value(ev).unwrap_or_default());
+        }
         if s.vm.prefault {
             out.thp_coverage_end = crate::pfn::thp_coverage(ram.hva(), ram.size()).ok();
         }
@@ -313,6 +332,7 @@ fn run_inner(
         failure,
         pins: &out.pins,
         control_group: s.device.pin == PinKind::Mapping,
+        pfn_evidence_only: s.device.pin == PinKind::Vfio,
     });
     out.verdict = verdict;
     out.reason = reason;
