@@ -340,9 +340,12 @@ fn watchdog_stops_a_spinning_guest() {
 /// It only probes, so no KVM is needed.
 #[test]
 fn host_capabilities() {
-    const NAMES: [&str; 10] = [
+    const NAMES: [&str; 13] = [
         "kvm",
         "vfio",
+        "iommu",
+        "vfio_groups",
+        "iommufd",
         "io_uring",
         "root",
         "thp",

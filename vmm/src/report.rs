@@ -67,6 +67,9 @@ pub struct Outcome {
     pub timeline: crate::timeline::Recorded,
     /// The kernel, its settings and the pinlab this was measured with.
     pub identity: crate::identity::Identity,
+    /// With `pin = "vfio"`: all of guest RAM's PFNs at MAP_DMA time against now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vfio: Option<crate::pin::vfio::Evidence>,
 }
 
 impl Outcome {
@@ -106,6 +109,7 @@ impl Outcome {
             console: Vec::new(),
             timeline: Default::default(),
             identity: crate::identity::Identity::of_this_host(),
+            vfio: None,
         }
     }
 
@@ -137,6 +141,9 @@ impl Outcome {
             if let Some(f) = &e.finish {
                 out.push_str(&format!("    then: {}\n", f.0));
             }
+        }
+        if let Some(v) = &self.vfio {
+            out.push_str(&format!("  vfio: {}\n", v.summary));
         }
         for line in &self.console {
             out.push_str(&format!("  guest: {line}\n"));

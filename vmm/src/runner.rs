@@ -64,6 +64,8 @@ pub enum RunError {
     Spawn(&'static str, #[source] std::io::Error),
     #[error("the {0} thread panicked")]
     Panicked(&'static str),
+    #[error("attaching the VFIO device: {0}")]
+    Vfio(#[source] crate::pin::vfio::Error),
     #[error("the device event loop: {0:?}")]
     EventManager(event_manager::Error),
 }
@@ -78,6 +80,9 @@ pub fn missing_capability(s: &Scenario) -> Option<String> {
         return Some(format!(
             "KVM unavailable: /dev/kvm: {e} (load kvm_intel/kvm_amd or run where virtualization is exposed)"
         ));
+    }
+    if let Some(why) = crate::pin::vfio::missing(s) {
+        return Some(why);
     }
     if s.device.pin == PinKind::IoUring && s.workload.mode != GuestMode::Boot {
         if let Err(e) = io_uring::IoUring::new(2) {
@@ -224,8 +229,19 @@ fn run_inner<H: PhaseHook>(
     out.thp_coverage = prefault?;
     let vm = Arc::new(vm);
     let ram = Arc::new(RwLock::new(ram));
+    // SAFETY: guest RAM outlives the attachment on every path: `vfio` is declared after `ram`
+    // and before `devices` (whose VFIO pins hold the attachment too), so both drop before
+    // `ram`; and the VMM touches guest RAM only through vm-memory's volatile accesses and
+    // system calls.
+    let vfio = unsafe {
+        crate::pin::vfio::attach_for(s, &vm.vm, &ram.read().unwrap_or_else(|p| p.into_inner()))
+    }
+    .map_err(RunError::Vfio)?;
     let devices = Arc::new(Devices::new(ram.clone(), s.device.pin));
     let scenario = Arc::new(s.clone());
+    if let Some(a) = &vfio {
+        devices.state().iommu.attach_vfio(a.clone());
+    }
 
     let iommu_evt = EventFd::new(EFD_NONBLOCK).map_err(RunError::EventFd)?;
     let dma_evt = EventFd::new(EFD_NONBLOCK).map_err(RunError::EventFd)?;
@@ -363,6 +379,9 @@ fn run_inner<H: PhaseHook>(
         let mut st = devices.state();
         out.pins = st.iommu.evidence(&ram);
         st.iommu.clear();
+        if let Some(a) = &vfio {
+            out.vfio = Some(crate::pin::vfio::evidence(a, &ram));
+        }
         if s.vm.prefault {
             out.thp_coverage_end = crate::pfn::thp_coverage(ram.hva(), ram.size()).ok();
         }
@@ -399,6 +418,7 @@ fn run_inner<H: PhaseHook>(
         failure,
         pins: &out.pins,
         control_group: s.device.pin == PinKind::Mapping,
+        pfn_evidence_only: s.device.pin == PinKind::Vfio,
     });
     out.verdict = verdict;
     out.reason = reason;

@@ -33,9 +33,13 @@ pub struct RunArgs {
     /// THP on guest RAM.
     #[arg(long, value_enum)]
     pub thp: Option<OnOff>,
-    /// Pin mechanism: io-uring, vmsplice or mapping.
+    /// Pin mechanism: io-uring, vmsplice, mapping, or vfio (needs --vfio-device).
     #[arg(long)]
     pub pin: Option<PinKind>,
+    /// The VFIO device for --pin vfio: a PCI address (0000:01:00.0), a VFIO group
+    /// (/dev/vfio/N) or an iommufd device cdev (/dev/vfio/devices/vfioN).
+    #[arg(long = "vfio-device", value_name = "ADDR")]
+    pub vfio_device: Option<String>,
     /// Add a host action (repeatable), e.g. --perturb fork-parent-write.
     #[arg(long = "perturb")]
     pub perturb: Vec<Action>,

@@ -25,6 +25,9 @@ fn apply(args: &RunArgs, s: &mut Scenario) {
     if let Some(p) = args.pin {
         s.device.pin = p;
     }
+    if let Some(d) = &args.vfio_device {
+        s.device.vfio = Some(d.clone());
+    }
     s.perturb.actions.extend(args.perturb.iter().copied());
     if let Some(n) = args.storm {
         s.perturb.storm = n;

@@ -199,8 +199,11 @@ impl DmaEngine {
                     abi::page_checksums(as_words_ref(bytes), &mut chunk_sums[page..]);
                 })
                 .map_err(|e| {
-                    tracing::warn!("device read at iova {:#x} failed: {e}", iova + done);
-                    status_of(&e)
+                    let st = status_of(&e);
+                    if st != abi::STATUS_UNSUPPORTED {
+                        tracing::warn!("device read at iova {:#x} failed: {e}", iova + done);
+                    }
+                    st
                 })?;
             done += chunk;
         }

@@ -99,6 +99,9 @@ impl Mapping {
 /// The IOMMU's translation table.
 pub struct Iommu {
     kind: PinKind,
+    /// With `PinKind::Vfio`: the device whose DMA maps hold guest RAM; maps take their pins
+    /// from it.
+    vfio: Option<std::sync::Arc<pin::vfio::Attachment>>,
     max_mappings: usize,
     mappings: BTreeMap<u64, Mapping>,
     /// Evidence taken from each mapping as it was unmapped.
@@ -109,6 +112,7 @@ impl Iommu {
     pub fn new(kind: PinKind) -> Self {
         Iommu {
             kind,
+            vfio: None,
             max_mappings: abi::IOMMU_MAX_MAPPINGS as usize,
             mappings: BTreeMap::new(),
             retired: Vec::new(),
@@ -117,6 +121,11 @@ impl Iommu {
 
     pub fn kind(&self) -> PinKind {
         self.kind
+    }
+
+    /// Pins of later maps are views of `a`'s DMA maps (for `PinKind::Vfio`).
+    pub fn attach_vfio(&mut self, a: std::sync::Arc<pin::vfio::Attachment>) {
+        self.vfio = Some(a);
     }
 
     pub fn mappings(&self) -> impl Iterator<Item = &Mapping> {
@@ -175,14 +184,26 @@ impl Iommu {
         let hva = ram
             .translate(Gpa(gpa), len)
             .map_err(|_| abi::STATUS_OUT_OF_RANGE)?;
-        // SAFETY: [hva, hva+len) is guest RAM, which stays mapped while the mapping lives
-        // (`rebase` re-takes VMM-mapping pins when guest RAM moves; real pins hold pages, not
-        // addresses), and the VMM keeps no Rust reference into guest RAM across a transfer.
-        let pin = unsafe { pin::pin(self.kind, hva, len) }.map_err(|e| {
+        let pinned: pin::Result<Box<dyn Pin>> = match (&self.vfio, self.kind) {
+            // A view of the attachment's DMA map that holds the range (its PFNs from MAP_DMA).
+            (Some(a), PinKind::Vfio) => pin::vfio::VfioPin::new(a.clone(), hva, len)
+                .map(|p| Box::new(p) as Box<dyn Pin>)
+                .map_err(Into::into),
+            // SAFETY: [hva, hva+len) is guest RAM, which stays mapped while the mapping lives
+            // (`rebase` re-takes VMM-mapping pins when guest RAM moves; real pins hold pages,
+            // not addresses), and the VMM keeps no Rust reference into guest RAM across a
+            // transfer.
+            _ => unsafe { pin::pin(self.kind, hva, len) },
+        };
+        let pin = pinned.map_err(|e| {
             tracing::warn!("pinning {len:#x} bytes at {hva} failed: {e}");
             abi::STATUS_PIN_FAILED
         })?;
-        let (pinned_pfns, pfn_error) = match crate::pfn::pfns(hva, len) {
+        let (pinned_pfns, pfn_error) = match pin
+            .pinned_pfns()
+            .map(Ok)
+            .unwrap_or_else(|| crate::pfn::pfns(hva, len))
+        {
             Ok(pfns) => (pfns, None),
             Err(e) => (Vec::new(), Some(e.to_string())),
         };

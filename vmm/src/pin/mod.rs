@@ -7,6 +7,10 @@
 //! - [`PinKind::Vmsplice`]: page references (FOLL_GET) held by pipes filled with vmsplice(2).
 //!   Device reads only: a device write returns [`Error::Unsupported`].
 //! - [`PinKind::Mapping`]: no pin; copies through the VMM's own mapping. The control group.
+//! - [`PinKind::Vfio`]: the VFIO type1/iommufd pin on all of guest RAM, taken at attach by
+//!   [`vfio::Attachment`]; a [`vfio::VfioPin`] is the device's view of one range of it. It moves
+//!   no data (the lab has no driver for the passed-through device): both directions return
+//!   [`Error::Unsupported`], and the verdict rests on PFN evidence only.
 //!
 //! It must not touch the VMM mapping of guest RAM except in `Mapping`: the other kinds move data
 //! only through what they hold, as a device behind an IOMMU would. It records no evidence: PFNs
@@ -22,10 +26,11 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use serde::{Deserialize, Serialize};
 
-use crate::addr::Hva;
+use crate::addr::{Hva, Pfn};
 
 pub mod io_uring;
 pub mod mapping;
+pub mod vfio;
 pub mod vmsplice;
 
 /// Errors of the pin layer.
@@ -37,6 +42,9 @@ pub enum Error {
     /// A vmsplice pin failed.
     #[error(transparent)]
     Vmsplice(#[from] vmsplice::Error),
+    /// A VFIO pin failed (or was asked for with no device attached).
+    #[error(transparent)]
+    Vfio(#[from] vfio::Error),
     /// The mechanism cannot move data in this direction (vmsplice cannot write to guest).
     #[error("{kind} pin cannot {op}")]
     Unsupported { kind: PinKind, op: &'static str },
@@ -139,6 +147,12 @@ pub trait Pin: Send {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// The PFN of each page as the mechanism's own pin recorded it, if it records them (VFIO:
+    /// right after MAP_DMA, possibly long before this range was handed out). `None`: the
+    /// caller reads pagemap at pin time.
+    fn pinned_pfns(&self) -> Option<Vec<Option<Pfn>>> {
+        None
+    }
     /// Device write ("to guest"): copy `staging[staging_offset..+len]` into the pinned pages at
     /// `pin_offset`, through the pin, never through the VMM mapping (except `Mapping`).
     fn write_to_guest(&mut self, staging: &Staging, ops: &[Transfer]) -> Result<()>;
@@ -194,7 +208,9 @@ pub(crate) fn check_range(hva: Hva, len: u64) -> Result<()> {
 /// Pins `hva..hva+len` (page aligned) with the given mechanism.
 ///
 /// io-uring faults the range in and pins it at once; vmsplice faults it in (read faults: an
-/// untouched page is referenced as the shared zero page) and references every page.
+/// untouched page is referenced as the shared zero page) and references every page. VFIO pins
+/// exist only over an attachment's maps ([`vfio::VfioPin::new`]): here it is refused with
+/// [`vfio::Error::NotAttached`].
 ///
 /// # Safety
 ///
@@ -210,6 +226,7 @@ pub unsafe fn pin(kind: PinKind, hva: Hva, len: u64) -> Result<Box<dyn Pin>> {
         PinKind::Vmsplice => Box::new(vmsplice::VmsplicePin::new(hva, len)?),
         // SAFETY: forwarded from this function's contract.
         PinKind::Mapping => Box::new(unsafe { mapping::MappingPin::new(hva, len) }),
+        PinKind::Vfio => return Err(vfio::Error::NotAttached.into()),
     })
 }
 
@@ -379,7 +396,12 @@ mod tests {
             assert_eq!(k.to_string().parse::<PinKind>().unwrap(), k);
             assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{k}\""));
         }
-        assert!("vfio".parse::<PinKind>().is_err());
+        assert_eq!("vfio".parse::<PinKind>().unwrap(), PinKind::Vfio);
+        assert!(
+            !PinKind::ALL.contains(&PinKind::Vfio),
+            "ALL needs no device"
+        );
+        assert!("vfio-pci".parse::<PinKind>().is_err());
     }
 
     /// Per kind: what a device read and a device write see on a freshly pinned THP range.
