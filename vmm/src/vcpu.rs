@@ -119,7 +119,6 @@ pub fn run(vcpu: &mut VcpuFd, ctx: &mut Context<'_>) -> Exit {
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
             Err(e) => return Exit::Kvm(format!("KVM_RUN failed: {e}")),
         };
-        ctx.devices.progress.fetch_add(1, Ordering::Relaxed);
         let Some((port, value)) = exit else { continue };
         match port {
             abi::PORT_CONSOLE => match read_record::<abi::ConsoleMsg>(&ctx.devices, value) {

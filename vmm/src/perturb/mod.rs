@@ -358,7 +358,6 @@ impl Schedule {
                         },
                     );
                     out.push(result?);
-                    ctx.devices.progress.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Ok(out)
@@ -403,7 +402,6 @@ impl Schedule {
                 };
                 self.pending.push((at, idx, f));
             }
-            env.devices.progress.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }

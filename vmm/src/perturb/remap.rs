@@ -30,7 +30,10 @@ pub fn mremap(ctx: &Ctx, dontunmap: bool) -> Result<Done> {
             .state()
             .iommu
             .rebase(&ram)
-            .map_err(|why| Error::Failed { action: a, why })?;
+            .map_err(|e| Error::Failed {
+                action: a,
+                why: format!("re-taking the control group's pins: {e}"),
+            })?;
         (old, ram.hva())
     };
     let after = ctx.probe();
