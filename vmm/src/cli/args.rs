@@ -98,6 +98,41 @@ fn parse_verdict(s: &str) -> Result<Verdict, String> {
         .map_err(|_| format!("unknown verdict `{s}` (coherent, diverged, skipped, error)"))
 }
 
+/// How results are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// A table for a terminal.
+    Human,
+    /// One JSON document.
+    Json,
+    /// One JSON object per scenario as it finishes.
+    Jsonl,
+    /// KTAP version 1 (kselftest, LKFT, KernelCI).
+    Ktap,
+    /// JUnit XML (GitLab, Jenkins).
+    Junit,
+}
+
+#[derive(clap::Args, Clone, Copy)]
+pub struct OutputArgs {
+    /// Output format.
+    #[arg(long, value_enum, conflicts_with = "json")]
+    pub format: Option<Format>,
+    /// Shorthand for --format json.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl OutputArgs {
+    pub fn format(&self) -> Format {
+        match (self.format, self.json) {
+            (Some(f), _) => f,
+            (None, true) => Format::Json,
+            (None, false) => Format::Human,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 pub enum Command {
     /// Boot the guest and run a scenario on the live kernel.
@@ -109,13 +144,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run every live scenario of a directory, each in a fresh VMM process.
+    /// Run every live scenario (of DIR, or the embedded set), each in a fresh VMM process.
     Matrix {
-        /// Scenario directory.
-        #[arg(default_value = "configs")]
-        dir: PathBuf,
-        #[arg(long)]
-        json: bool,
+        /// Scenario directory (default: the scenarios embedded in the binary).
+        dir: Option<PathBuf>,
+        #[command(flatten)]
+        out: OutputArgs,
     },
     /// Replay scenarios under each kernel era's rules (the model executor: simulated).
     Replay {
