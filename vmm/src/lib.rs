@@ -11,6 +11,7 @@ pub mod host;
 pub mod layout;
 pub mod matrix;
 pub mod memory;
+pub mod mmap;
 pub mod model;
 pub mod oracle;
 pub mod perturb;
