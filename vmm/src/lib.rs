@@ -5,6 +5,7 @@
 pub mod addr;
 pub mod bench;
 pub mod config;
+pub mod console;
 pub mod devices;
 pub mod evidence;
 pub mod host;

@@ -50,7 +50,7 @@ struct RunArgs {
     /// DMA rounds.
     #[arg(long)]
     rounds: Option<u32>,
-    /// Guest mode: dma, boot, spin (watchdog tests), hostile.
+    /// Guest mode: dma, boot, spin (watchdog tests), hostile, console-flood, phase-repeat.
     #[arg(long, value_parser = parse_mode)]
     mode: Option<GuestMode>,
     /// Watchdog timeout, e.g. 10s.
@@ -68,8 +68,9 @@ struct RunArgs {
 }
 
 fn parse_mode(s: &str) -> Result<GuestMode, String> {
-    serde_json::from_value(serde_json::Value::String(s.into()))
-        .map_err(|_| format!("unknown mode `{s}` (dma, boot, spin, hostile)"))
+    serde_json::from_value(serde_json::Value::String(s.into())).map_err(|_| {
+        format!("unknown mode `{s}` (dma, boot, spin, hostile, console-flood, phase-repeat)")
+    })
 }
 
 fn parse_verdict(s: &str) -> Result<Verdict, String> {

@@ -9,7 +9,7 @@
 //! recorded on the run's `Timeline`.
 
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -99,6 +99,8 @@ pub fn boot_info(s: &Scenario, layout: &Layout) -> abi::BootInfo {
             GuestMode::Boot => abi::MODE_BOOT,
             GuestMode::Spin => abi::MODE_SPIN,
             GuestMode::Hostile => abi::MODE_HOSTILE,
+            GuestMode::ConsoleFlood => abi::MODE_CONSOLE_FLOOD,
+            GuestMode::PhaseRepeat => abi::MODE_PHASE_REPEAT,
         },
         ram_size: s.vm.memory.0,
         region_gpa: layout.region.start.raw(),
@@ -182,6 +184,7 @@ fn run_inner<H: PhaseHook>(
         },
     );
     let boot = boot_info(s, &layout);
+    let ram = Arc::new(RwLock::new(ram));
     // The prefault, then the THP coverage measurement, run on their own thread while this one
     // creates the VM and loads the guest (they touch the same RAM: the loader's writes and
     // MADV_POPULATE_WRITE both just fault pages in). Coverage is measured after the whole
@@ -192,6 +195,7 @@ fn run_inner<H: PhaseHook>(
                 .name("pinlab-prefault".into())
                 .spawn_scoped(scope, || {
                     let start = Mono::now();
+                    let ram = ram.read().unwrap_or_else(|p| p.into_inner());
                     ram.populate().map_err(RunError::Prefault)?;
                     let coverage = crate::pfn::thp_coverage(ram.hva(), ram.size()).ok();
                     timeline.span(
@@ -205,7 +209,7 @@ fn run_inner<H: PhaseHook>(
                 })
         });
         let start = Mono::now();
-        let created = Vm::create(&ram, &boot);
+        let created = Vm::create(ram.clone(), &boot);
         timeline.span(
             start,
             "main",
@@ -220,11 +224,9 @@ fn run_inner<H: PhaseHook>(
         };
         (created, prefault)
     });
-    let (vm, mut vcpu_fd) = created.map_err(RunError::Vm)?;
+    let vm = Arc::new(created.map_err(RunError::Vm)?);
     out.thp_coverage = prefault?;
-    let vm = Arc::new(vm);
-    let ram = Arc::new(RwLock::new(ram));
-    let devices = Arc::new(Devices::new(ram.clone(), s.device.pin));
+    let devices = Arc::new(Devices::new(vm.ram().clone(), s.device.pin));
     let scenario = Arc::new(s.clone());
 
     let iommu_evt = EventFd::new(EFD_NONBLOCK).map_err(RunError::EventFd)?;
@@ -263,14 +265,12 @@ fn run_inner<H: PhaseHook>(
         let first_round = &first_round_done;
         let order = &mut order;
         let hook = &mut *hook;
-        let vcpu_pthread = Arc::new(AtomicU64::new(0));
-        let vcpu_pthread_w = vcpu_pthread.clone();
+        let vcpu_handle = vcpu::VcpuHandle::new();
+        let vcpu_kick = vcpu_handle.clone();
         let vcpu_thread = std::thread::Builder::new()
             .name("pinlab-vcpu".into())
             .spawn_scoped(scope, move || {
-                // SAFETY: pthread_self has no preconditions.
-                vcpu_pthread_w.store(unsafe { libc::pthread_self() } as u64, Ordering::Release);
-                let mut on_phase = |p: &abi::Phase| -> Result<(), String> {
+                let mut on_phase = |p: &abi::Phase| -> Result<vcpu::PhaseAnswer, H::Error> {
                     let phase = match order.accept(p) {
                         Ok(phase) => phase,
                         Err(why) => {
@@ -283,7 +283,7 @@ fn run_inner<H: PhaseHook>(
                                     why: why.name(),
                                 },
                             );
-                            return Ok(());
+                            return Ok(vcpu::PhaseAnswer::Refused);
                         }
                     };
                     env.timeline.instant("vcpu", What::Phase { phase });
@@ -293,16 +293,17 @@ fn run_inner<H: PhaseHook>(
                             .unwrap_or_else(|e| e.into_inner())
                             .get_or_insert_with(Mono::now);
                     }
-                    hook.at_phase(phase, &env).map_err(|e| e.to_string())
+                    hook.at_phase(phase, &env)?;
+                    Ok(vcpu::PhaseAnswer::Accepted)
                 };
                 let mut ctx = vcpu::Context {
                     devices: vcpu_devices,
                     stop: vcpu_stop,
+                    handle: vcpu_handle,
                     on_phase: &mut on_phase,
-                    console: Vec::new(),
-                    first_phase_at: None,
+                    console: crate::console::Console::new(),
                 };
-                let exit = vcpu::run(&mut vcpu_fd, &mut ctx);
+                let exit = vcpu::run(&mut env.vm.vcpu(), &mut ctx);
                 let end = Mono::now();
                 let _ = done_signal.write(1);
                 (exit, ctx.console, end)
@@ -316,7 +317,7 @@ fn run_inner<H: PhaseHook>(
             &done_evt,
             s.vm.watchdog.0,
             stop.clone(),
-            vcpu_pthread,
+            vcpu_kick,
         )?);
         let mut em: EventManager<Arc<DeviceLoop>> =
             EventManager::new().map_err(RunError::EventManager)?;
@@ -336,7 +337,7 @@ fn run_inner<H: PhaseHook>(
         },
     );
 
-    out.console = console;
+    (out.console, out.console_dropped) = console.into_parts();
     out.timings_ms.launch_to_guest_done = Some(ms_between(launch, end));
     out.timings_ms.launch_to_first_dma = first_round_done
         .lock()
@@ -372,7 +373,8 @@ fn run_inner<H: PhaseHook>(
     let (report, mut failure) = match exit {
         Exit::Done(r) => (Some(r), None),
         Exit::GuestFailed(why) => (None, Some(format!("guest failed: {why}"))),
-        Exit::Kvm(why) => (None, Some(why)),
+        Exit::Kvm(e) => (None, Some(e.to_string())),
+        Exit::Hook(e) => (None, Some(e.to_string())),
         Exit::Stopped => (
             None,
             Some(format!(
@@ -402,8 +404,8 @@ fn run_inner<H: PhaseHook>(
     });
     out.verdict = verdict;
     out.reason = reason;
-    // The VM goes before guest RAM: drop order here is explicit (every clone of the Arc was
-    // dropped with the perturbations' threads, joined in `hook.finish()` above).
+    // The VM closes its vCPU and VM fds before it lets go of its share of guest RAM (`Vm`'s
+    // field order); the perturbations' clones of it went with their threads in `hook.finish()`.
     drop(vm);
     Ok(())
 }
@@ -418,8 +420,7 @@ struct DeviceLoop {
     timer_fd: i32,
     watchdog: Duration,
     stop: Arc<AtomicBool>,
-    /// The vCPU thread's pthread, once it has started (0 before).
-    vcpu: Arc<AtomicU64>,
+    vcpu: vcpu::VcpuHandle,
     last: Mutex<(u64, Instant)>,
     finished: AtomicBool,
 }
@@ -432,7 +433,7 @@ impl DeviceLoop {
         done: &EventFd,
         watchdog: Duration,
         stop: Arc<AtomicBool>,
-        vcpu: Arc<AtomicU64>,
+        vcpu: vcpu::VcpuHandle,
     ) -> Result<Self, RunError> {
         let mut timer = TimerFd::new().map_err(RunError::TimerFd)?;
         timer
@@ -470,16 +471,9 @@ impl DeviceLoop {
             *last = (now_progress, Instant::now());
             return;
         }
-        if last.1.elapsed() >= self.watchdog || self.stop.load(Ordering::Acquire) {
-            self.stop.store(true, Ordering::Release);
-            // Kick until the vCPU thread says it is done (a kick that lands just before
-            // KVM_RUN is lost; the next tick sends another).
-            let thread = self.vcpu.load(Ordering::Acquire);
-            if thread != 0 {
-                // SAFETY: `thread` is the pthread of the vCPU thread, which is joined only
-                // after this loop has finished, so it is alive.
-                unsafe { libc::pthread_kill(thread as libc::pthread_t, vcpu::kick_signal()) };
-            }
+        if last.1.elapsed() >= self.watchdog && !self.stop.swap(true, Ordering::AcqRel) {
+            // One kick is enough: it sets `immediate_exit` before the signal (see `VcpuHandle`).
+            self.vcpu.kick();
         }
     }
 }

@@ -32,7 +32,8 @@ pub struct Devices {
     pub ram: Arc<RwLock<GuestRam>>,
     state: Mutex<State>,
     pub stats: Stats,
-    /// Bumped on every doorbell serviced and every exit handled: the watchdog's heartbeat.
+    /// Bumped on every doorbell serviced, every device setup and every phase the runner accepts
+    /// (never on a bare exit): the watchdog's heartbeat.
     pub progress: AtomicU64,
 }
 
