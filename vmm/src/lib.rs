@@ -5,6 +5,7 @@
 pub mod addr;
 pub mod bench;
 pub mod config;
+pub mod console;
 pub mod devices;
 pub mod evidence;
 pub mod host;
@@ -12,6 +13,7 @@ pub mod identity;
 pub mod layout;
 pub mod matrix;
 pub mod memory;
+pub mod mmap;
 pub mod model;
 pub mod oracle;
 pub mod perturb;

@@ -183,7 +183,10 @@ fn run_one(
             stopped.unwrap_or_else(|| {
                 format!(
                     "no result: {}",
-                    String::from_utf8_lossy(&stderr).lines().last().unwrap_or("")
+                    String::from_utf8_lossy(&stderr)
+                        .lines()
+                        .last()
+                        .unwrap_or("")
                 )
             }),
         )),
@@ -327,7 +330,9 @@ pub fn table(m: &Matrix) -> String {
         live - failed
     ));
     if let Some(sig) = m.interrupted {
-        out.push_str(&format!("interrupted by signal {sig}: the rest did not run\n"));
+        out.push_str(&format!(
+            "interrupted by signal {sig}: the rest did not run\n"
+        ));
     }
     out
 }

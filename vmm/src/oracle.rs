@@ -148,6 +148,12 @@ pub fn judge(f: &Facts<'_>) -> (Verdict, Option<String>) {
                 Some("a spinning guest reported done".into()),
             )
         }
+        GuestMode::ConsoleFlood => {
+            return (
+                Verdict::Error,
+                Some("a flooding guest reported done".into()),
+            )
+        }
         GuestMode::Hostile => {
             let rows = hostile_rows(r);
             let missed: Vec<_> = rows.iter().filter(|x| !x.rejected).collect();
@@ -172,7 +178,8 @@ pub fn judge(f: &Facts<'_>) -> (Verdict, Option<String>) {
                 )
             };
         }
-        GuestMode::Dma => {}
+        // The repeats were refused by the VMM (counted on the timeline): judged as DMA.
+        GuestMode::Dma | GuestMode::PhaseRepeat => {}
     }
     if r.rounds_done < f.rounds_wanted {
         return (

@@ -63,6 +63,8 @@ pub struct Outcome {
     pub perturb: Vec<crate::scenario::Action>,
     pub evidence: Vec<crate::evidence::ActionEvidence>,
     pub console: Vec<String>,
+    /// What the bounded console did not keep (lines, bytes, unreadable records).
+    pub console_dropped: crate::console::Dropped,
     /// What happened when, on CLOCK_MONOTONIC.
     pub timeline: crate::timeline::Recorded,
     /// The kernel, its settings and the pinlab this was measured with.
@@ -107,6 +109,7 @@ impl Outcome {
             perturb: s.perturb.actions.clone(),
             evidence: Vec::new(),
             console: Vec::new(),
+            console_dropped: Default::default(),
             timeline: Default::default(),
             identity: crate::identity::Identity::of_this_host(),
             vfio: None,
@@ -147,6 +150,13 @@ impl Outcome {
         }
         for line in &self.console {
             out.push_str(&format!("  guest: {line}\n"));
+        }
+        let d = &self.console_dropped;
+        if d.any() {
+            out.push_str(&format!(
+                "  guest console: {} more lines ({} bytes) not kept, {} unreadable records\n",
+                d.lines, d.bytes, d.bad_records
+            ));
         }
         out.push_str(&format!(
             "  DMA: {} descriptors, {} MiB to guest, {} MiB from guest, {} rejected\n",

@@ -8,7 +8,7 @@
 //! caller's thread creates the VM and loads the guest. Nothing outlives `run`. Every step is
 //! recorded on the run's `Timeline`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use pinlab_abi as abi;
@@ -92,6 +92,8 @@ pub fn boot_info(s: &Scenario, layout: &Layout) -> abi::BootInfo {
             GuestMode::Boot => abi::MODE_BOOT,
             GuestMode::Spin => abi::MODE_SPIN,
             GuestMode::Hostile => abi::MODE_HOSTILE,
+            GuestMode::ConsoleFlood => abi::MODE_CONSOLE_FLOOD,
+            GuestMode::PhaseRepeat => abi::MODE_PHASE_REPEAT,
         },
         ram_size: s.vm.memory.0,
         region_gpa: layout.region.start.raw(),
@@ -175,6 +177,7 @@ fn run_inner<H: PhaseHook>(
         },
     );
     let boot = boot_info(s, &layout);
+    let ram = Arc::new(RwLock::new(ram));
     // The prefault, then the THP coverage measurement, run on their own thread while this one
     // creates the VM and loads the guest (they touch the same RAM: the loader's writes and
     // MADV_POPULATE_WRITE both just fault pages in). Coverage is measured after the whole
@@ -185,6 +188,7 @@ fn run_inner<H: PhaseHook>(
                 .name("pinlab-prefault".into())
                 .spawn_scoped(scope, || {
                     let start = Mono::now();
+                    let ram = ram.read().unwrap_or_else(|p| p.into_inner());
                     ram.populate().map_err(RunError::Prefault)?;
                     let coverage = crate::pfn::thp_coverage(ram.hva(), ram.size()).ok();
                     timeline.span(
@@ -198,7 +202,7 @@ fn run_inner<H: PhaseHook>(
                 })
         });
         let start = Mono::now();
-        let created = Vm::create(&ram, &boot);
+        let created = Vm::create(ram.clone(), &boot);
         timeline.span(
             start,
             "main",
@@ -213,19 +217,25 @@ fn run_inner<H: PhaseHook>(
         };
         (created, prefault)
     });
-    let (vm, mut vcpu_fd) = created.map_err(RunError::Vm)?;
+    let vm = Arc::new(created.map_err(RunError::Vm)?);
     out.thp_coverage = prefault?;
-    let vm = Arc::new(vm);
-    let ram = Arc::new(RwLock::new(ram));
-    // SAFETY: guest RAM outlives the attachment on every path: `vfio` is declared after `ram`
-    // and before `devices` (whose VFIO pins hold the attachment too), so both drop before
-    // `ram`; and the VMM touches guest RAM only through vm-memory's volatile accesses and
-    // system calls.
+    // SAFETY: guest RAM outlives the attachment on every path: `vfio` is declared after `vm`
+    // (which owns guest RAM) and before `devices` (whose VFIO pins hold the attachment too), so
+    // both drop before guest RAM; and the VMM touches guest RAM only through vm-memory's
+    // volatile accesses and system calls.
     let vfio = unsafe {
-        crate::pin::vfio::attach_for(s, &vm.vm, &ram.read().unwrap_or_else(|p| p.into_inner()))
+        crate::pin::vfio::attach_for(
+            s,
+            vm.fd(),
+            &vm.ram().read().unwrap_or_else(|p| p.into_inner()),
+        )
     }
     .map_err(RunError::Vfio)?;
-    let devices = Arc::new(Devices::new(ram.clone(), s.device.pin, timeline.clone()));
+    let devices = Arc::new(Devices::new(
+        vm.ram().clone(),
+        s.device.pin,
+        timeline.clone(),
+    ));
     let scenario = Arc::new(s.clone());
     if let Some(a) = &vfio {
         devices.state().iommu.attach_vfio(a.clone());
@@ -265,14 +275,12 @@ fn run_inner<H: PhaseHook>(
         let first_round = &first_round_done;
         let order = &mut order;
         let hook = &mut *hook;
-        let vcpu_pthread = Arc::new(AtomicU64::new(0));
-        let vcpu_pthread_w = vcpu_pthread.clone();
+        let vcpu_handle = vcpu::VcpuHandle::new();
+        let vcpu_kick = vcpu_handle.clone();
         let vcpu_thread = std::thread::Builder::new()
             .name("pinlab-vcpu".into())
             .spawn_scoped(scope, move || {
-                // SAFETY: pthread_self has no preconditions.
-                vcpu_pthread_w.store(unsafe { libc::pthread_self() } as u64, Ordering::Release);
-                let mut on_phase = |p: &abi::Phase| -> Result<(), String> {
+                let mut on_phase = |p: &abi::Phase| -> Result<vcpu::PhaseAnswer, H::Error> {
                     let phase = match order.accept(p) {
                         Ok(phase) => phase,
                         Err(why) => {
@@ -285,42 +293,34 @@ fn run_inner<H: PhaseHook>(
                                     why: why.name(),
                                 },
                             );
-                            return Ok(());
+                            return Ok(vcpu::PhaseAnswer::Refused);
                         }
                     };
                     env.timeline.instant("vcpu", What::Phase { phase });
-                    env.devices.progress.bump();
                     if let crate::timeline::GuestPhase::RoundDone { round: 1 } = phase {
                         first_round
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .get_or_insert_with(Mono::now);
                     }
-                    hook.at_phase(phase, &env).map_err(|e| e.to_string())
+                    hook.at_phase(phase, &env)?;
+                    Ok(vcpu::PhaseAnswer::Accepted)
                 };
                 let mut ctx = vcpu::Context {
                     devices: vcpu_devices,
                     stop: vcpu_stop,
+                    handle: vcpu_handle,
                     on_phase: &mut on_phase,
-                    console: Vec::new(),
-                    first_phase_at: None,
+                    console: crate::console::Console::new(),
                 };
-                let exit = vcpu::run(&mut vcpu_fd, &mut ctx);
+                let exit = vcpu::run(&mut env.vm.vcpu(), &mut ctx);
                 let end = Mono::now();
                 drop(done_signal);
                 (exit, ctx.console, end)
             })
             .map_err(|e| RunError::Spawn("vCPU", e))?;
 
-        let kick = || {
-            let thread = vcpu_pthread.load(Ordering::Acquire);
-            if thread != 0 {
-                // SAFETY: `thread` is the vCPU thread's pthread, set by the thread itself; its
-                // id stays valid until the thread is joined, which happens only after `serve`
-                // has returned.
-                unsafe { libc::pthread_kill(thread as libc::pthread_t, vcpu::kick_signal()) };
-            }
-        };
+        let kick = move || vcpu_kick.kick();
         let limits = devices::Limits {
             idle: s.vm.watchdog.0,
             // Generous: (rounds + 2) idle periods, where a round of configs/'s workloads takes
@@ -344,7 +344,7 @@ fn run_inner<H: PhaseHook>(
         },
     );
 
-    out.console = console;
+    (out.console, out.console_dropped) = console.into_parts();
     out.timings_ms.launch_to_guest_done = Some(ms_between(launch, end));
     out.timings_ms.launch_to_first_dma = first_round_done
         .lock()
@@ -383,7 +383,8 @@ fn run_inner<H: PhaseHook>(
     let (report, mut failure) = match exit {
         Exit::Done(r) => (Some(r), None),
         Exit::GuestFailed(why) => (None, Some(format!("guest failed: {why}"))),
-        Exit::Kvm(why) => (None, Some(why)),
+        Exit::Kvm(e) => (None, Some(e.to_string())),
+        Exit::Hook(e) => (None, Some(e.to_string())),
         Exit::Stopped => (
             None,
             Some(stopped.map_or_else(|| "stopped".to_string(), |r| r.to_string())),
@@ -411,8 +412,8 @@ fn run_inner<H: PhaseHook>(
     });
     out.verdict = verdict;
     out.reason = reason;
-    // The VM goes before guest RAM: drop order here is explicit (every clone of the Arc was
-    // dropped with the perturbations' threads, joined in `hook.finish()` above).
+    // The VM closes its vCPU and VM fds before it lets go of its share of guest RAM (`Vm`'s
+    // field order); the perturbations' clones of it went with their threads in `hook.finish()`.
     drop(vm);
     Ok(())
 }

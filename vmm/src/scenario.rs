@@ -119,6 +119,11 @@ pub enum GuestMode {
     Spin,
     /// Send malformed requests of every class; the VMM must reject and count each.
     Hostile,
+    /// Print console lines forever: the VMM's console must stay bounded and the watchdog fire.
+    ConsoleFlood,
+    /// The DMA workload with every rounds-start and round-done marker repeated: each host action
+    /// must run once.
+    PhaseRepeat,
 }
 
 /// Which DMA directions each round exercises.
@@ -470,7 +475,7 @@ impl Scenario {
             };
             return Err(invalid(key, e.to_string()));
         }
-        if w.mode == GuestMode::Dma && w.rounds == 0 {
+        if matches!(w.mode, GuestMode::Dma | GuestMode::PhaseRepeat) && w.rounds == 0 {
             return Err(invalid("workload.rounds", "must be at least 1"));
         }
         let p = &self.perturb;

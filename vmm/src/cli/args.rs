@@ -64,7 +64,7 @@ pub struct RunArgs {
     /// Create, enable and finally remove a swapfile of this size for the run.
     #[arg(long)]
     pub swap: Option<ByteSize>,
-    /// Guest mode: dma, boot, spin (watchdog tests), hostile.
+    /// Guest mode: dma, boot, spin (watchdog tests), hostile, console-flood, phase-repeat.
     #[arg(long, value_parser = parse_mode)]
     pub mode: Option<GuestMode>,
     /// Watchdog timeout, e.g. 10s.
@@ -89,8 +89,9 @@ pub struct RunArgs {
 }
 
 fn parse_mode(s: &str) -> Result<GuestMode, String> {
-    serde_json::from_value(serde_json::Value::String(s.into()))
-        .map_err(|_| format!("unknown mode `{s}` (dma, boot, spin, hostile)"))
+    serde_json::from_value(serde_json::Value::String(s.into())).map_err(|_| {
+        format!("unknown mode `{s}` (dma, boot, spin, hostile, console-flood, phase-repeat)")
+    })
 }
 
 fn parse_verdict(s: &str) -> Result<Verdict, String> {

@@ -63,7 +63,10 @@ pub fn print(m: &Matrix, format: Format) -> Result<(), String> {
 fn identity_props(m: &Matrix) -> Vec<(String, String)> {
     let id = &m.identity;
     vec![
-        ("kernel_release".into(), id.kernel_release.clone().unwrap_or_default()),
+        (
+            "kernel_release".into(),
+            id.kernel_release.clone().unwrap_or_default(),
+        ),
         ("pinlab_version".into(), id.pinlab_version.clone()),
         ("pinlab_commit".into(), id.pinlab_commit.clone()),
     ]

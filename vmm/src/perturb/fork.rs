@@ -15,41 +15,36 @@ use serde_json::json;
 
 use super::{last_os, madvise, Ctx, Done, Error, Result};
 use crate::addr::{Hva, Pfn, HUGE_PAGE_SIZE, PAGE_SIZE};
+use crate::mmap::{self, Mapping};
 use crate::scenario::{Action, PinKind};
 
 /// Shared memory the child reports into (MAP_SHARED, so the parent sees the child's writes).
 struct Shared {
-    ptr: *mut u8,
-    len: usize,
+    map: Mapping,
 }
-
-// SAFETY: the mapping is plain memory owned by this value; it is only read after the child
-// signalled or exited.
-unsafe impl Send for Shared {}
 
 impl Shared {
     fn new(action: Action, len: usize) -> Result<Shared> {
         let len = len
             .next_multiple_of(PAGE_SIZE as usize)
             .max(PAGE_SIZE as usize);
-        // SAFETY: a fresh shared anonymous mapping.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(last_os(action, "mmap(MAP_SHARED)"));
-        }
-        Ok(Shared {
-            ptr: p as *mut u8,
-            len,
-        })
+        let map = Mapping::shared(len as u64).map_err(|e| match e {
+            mmap::Error::Mmap { source, .. } => Error::Syscall {
+                action,
+                call: "mmap(MAP_SHARED)",
+                source,
+            },
+            other => Error::Failed {
+                action,
+                why: other.to_string(),
+            },
+        })?;
+        Ok(Shared { map })
+    }
+
+    /// Where the child writes byte `off` (the caller keeps `off` inside the mapping).
+    fn at(&self, off: usize) -> *mut u8 {
+        self.map.as_ptr().wrapping_add(off)
     }
 
     /// The pagemap entries the child stored at byte offset `off`, decoded to PFNs.
@@ -57,21 +52,17 @@ impl Shared {
         (0..pages)
             .map(|i| {
                 let at = off + i * 8;
-                if at + 8 > self.len {
+                if at + 8 > self.map.len() {
                     return None;
                 }
-                // SAFETY: inside the mapping; the child wrote it before signalling/exiting.
-                let e = unsafe { std::ptr::read_volatile(self.ptr.add(at) as *const u64) };
+                // SAFETY: inside the mapping (checked above), 8-byte aligned (`off` is a multiple
+                // of 8 in every caller and the mapping is page aligned); the child wrote it
+                // before signalling or exiting, and it is read volatile because it did so from
+                // another process.
+                let e = unsafe { std::ptr::read_volatile(self.at(at) as *const u64) };
                 (e >> 63 == 1 && e & ((1 << 55) - 1) != 0).then_some(Pfn(e & ((1 << 55) - 1)))
             })
             .collect()
-    }
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        // SAFETY: our own mapping.
-        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
     }
 }
 
@@ -103,7 +94,7 @@ fn run_child(plan: &[Step], pagemap_path: &CString, shared: &Shared) -> ! {
                     let want = pages * 8;
                     let got = libc::pread(
                         fd,
-                        shared.ptr.add(into) as *mut libc::c_void,
+                        shared.at(into) as *mut libc::c_void,
                         want,
                         (hva.raw() / PAGE_SIZE * 8) as libc::off_t,
                     );

@@ -18,14 +18,13 @@ pub fn mremap(ctx: &Ctx, dontunmap: bool) -> Result<Done> {
     let before = ctx.probe();
     let (old, new) = {
         let mut ram = ctx.devices.ram.write().unwrap_or_else(|p| p.into_inner());
-        let old = ram.remap(dontunmap).map_err(|e| Error::Failed {
-            action: a,
-            why: e.to_string(),
-        })?;
-        ctx.vm.repoint_ram(&ram).map_err(|e| Error::Failed {
-            action: a,
-            why: format!("re-pointing the memslot: {e}"),
-        })?;
+        let old = ctx
+            .vm
+            .remap_ram(&mut ram, dontunmap)
+            .map_err(|e| Error::Failed {
+                action: a,
+                why: e.to_string(),
+            })?;
         ctx.devices
             .state()
             .iommu

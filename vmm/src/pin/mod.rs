@@ -27,6 +27,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use serde::{Deserialize, Serialize};
 
 use crate::addr::{Hva, Pfn};
+use crate::mmap::{self, Mapping};
 
 pub mod io_uring;
 pub mod mapping;
@@ -232,26 +233,19 @@ pub unsafe fn pin(kind: PinKind, hva: Hva, len: u64) -> Result<Box<dyn Pin>> {
 
 /// The host-side bounce area: a memfd of `len` bytes, mmapped read-write, so the DMA engine can
 /// fill patterns and checksum results. Its size is sealed (it can never shrink under the mapping);
-/// the owner unmaps and closes on drop.
+/// the mapping is unmapped and the fd closed on drop.
 pub struct Staging {
+    map: Mapping,
     fd: OwnedFd,
-    ptr: *mut u8,
     len: u64,
 }
-
-// SAFETY: `Staging` owns its mapping and fd exclusively; moving it to another thread moves that
-// ownership, and access goes through `&self`/`&mut self` like a `Vec<u8>`.
-unsafe impl Send for Staging {}
-// SAFETY: shared access only hands out `&[u8]`; mutation needs `&mut self`.
-unsafe impl Sync for Staging {}
 
 impl Staging {
     /// A staging area of `len` bytes, zero filled.
     pub fn new(len: u64) -> Result<Self> {
-        let map_len = usize::try_from(len)
-            .ok()
-            .filter(|&l| l > 0 && l <= isize::MAX as usize)
-            .ok_or(Error::StagingLen { len })?;
+        if len == 0 || usize::try_from(len).map_or(true, |l| l > isize::MAX as usize) {
+            return Err(Error::StagingLen { len });
+        }
         // SAFETY: memfd_create with a NUL-terminated name; the returned fd is checked below.
         let raw = unsafe {
             libc::memfd_create(
@@ -277,47 +271,31 @@ impl Staging {
         if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
             return Err(Error::StagingSeal(io::Error::last_os_error()));
         }
-        // SAFETY: a new shared mapping of our memfd; the result is checked below.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(Error::StagingMmap {
-                len,
-                source: io::Error::last_os_error(),
-            });
-        }
-        Ok(Staging {
-            fd,
-            ptr: ptr.cast(),
-            len,
-        })
+        let map = Mapping::of_fd(fd.as_fd(), len).map_err(|e| match e {
+            mmap::Error::Mmap { source, .. } => Error::StagingMmap { len, source },
+            _ => Error::StagingLen { len },
+        })?;
+        Ok(Staging { map, fd, len })
     }
 
     /// The contents.
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: `ptr..ptr+len` is our mapping for our lifetime (the memfd size is sealed); the
-        // kernel writes to it only inside `&mut self` methods of a pin.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len as usize) }
+        // SAFETY: `map` is `len` bytes mapped for our lifetime (the memfd size is sealed, so no
+        // page of it can go away); the kernel writes to it only inside `&mut self` methods of a
+        // pin, so no write happens while this shared borrow lives.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.len as usize) }
     }
 
     /// The contents, writable.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as in `as_slice`, and `&mut self` makes this the only reference.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len as usize) }
+        unsafe { std::slice::from_raw_parts_mut(self.map.as_ptr(), self.len as usize) }
     }
 
     /// Pointer to byte `offset` (for the kernel to copy into). `offset <= len` is the caller's check.
     pub(crate) fn ptr_at(&mut self, offset: u64) -> *mut u8 {
         debug_assert!(offset <= self.len);
-        self.ptr.wrapping_add(offset as usize)
+        self.map.as_ptr().wrapping_add(offset as usize)
     }
 
     /// The memfd, for io_uring reads and writes at file offsets.
@@ -342,13 +320,6 @@ impl fmt::Debug for Staging {
             .field("fd", &self.fd.as_raw_fd())
             .field("len", &self.len)
             .finish()
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly the mapping created in `new`; no borrow outlives `self`.
-        unsafe { libc::munmap(self.ptr.cast(), self.len as usize) };
     }
 }
 
