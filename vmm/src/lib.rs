@@ -16,6 +16,7 @@ pub mod memory;
 pub mod mmap;
 pub mod model;
 pub mod oracle;
+pub mod pause;
 pub mod perturb;
 pub mod pfn;
 pub mod phase;
