@@ -9,10 +9,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use serde_json::json;
-
-use super::{last_os, Ctx, Done, Error, Result};
+use super::{last_os, observed, Ctx, Done, Error, Judged, Result};
 use crate::addr::Hva;
+use crate::evidence::{Details, HandlerEnd, LaterHalf, UffdWp};
 use crate::scenario::Action;
 
 const UFFD_API: u64 = 0xaa;
@@ -145,7 +144,8 @@ pub fn write_protect(ctx: &Ctx) -> Result<Done> {
                 why: format!("spawning the fault handler: {e}"),
             })?
     };
-    let finish = Box::new(move || -> Result<crate::evidence::Details> {
+    let protected_pages = observed(a, "PAGEMAP_SCAN", super::observe::uffd_wp_pages(hva, len))?;
+    let finish = Box::new(move || -> Result<LaterHalf> {
         stop.store(true, Ordering::Release);
         let handled = handler.join().map_err(|_| Error::Failed {
             action: a,
@@ -165,21 +165,29 @@ pub fn write_protect(ctx: &Ctx) -> Result<Done> {
                 why: "no write fault on the protected region reached the handler".into(),
             });
         }
-        Ok(crate::evidence::Details(
-            json!({ "write_faults_handled": n, "handler": handled }),
-        ))
+        Ok(LaterHalf::UffdHandler {
+            write_faults_handled: n,
+            handler: handled,
+        })
     });
-    let mut done = Done::new(
-        format!("userfaultfd write-protected the region ({len:#x} bytes at {hva}); a handler unprotects on fault"),
-        json!({ "region": hva, "len": len }),
-    );
+    let judged = if protected_pages == 0 {
+        Judged::NoEffect("UFFDIO_WRITEPROTECT returned 0 but no region page carries uffd-wp")
+    } else {
+        Judged::Done
+    };
+    let d = UffdWp {
+        region: hva,
+        len,
+        protected_pages,
+    };
+    let mut done = Done::judged(a, Details::UffdWp(d), judged)?;
     done.finish = Some(finish);
     Ok(done)
 }
 
 /// Polls the uffd; on each write-protect fault removes the protection of the faulting page and
 /// wakes the faulting thread.
-fn handle_faults(fd: &OwnedFd, faults: &AtomicU64, stop: &AtomicBool) -> String {
+fn handle_faults(fd: &OwnedFd, faults: &AtomicU64, stop: &AtomicBool) -> HandlerEnd {
     let raw = fd.as_raw_fd();
     while !stop.load(Ordering::Acquire) {
         let mut pfd = libc::pollfd {
@@ -207,12 +215,15 @@ fn handle_faults(fd: &OwnedFd, faults: &AtomicU64, stop: &AtomicBool) -> String 
         if msg.event == UFFD_EVENT_PAGEFAULT && msg.flags & UFFD_PAGEFAULT_FLAG_WP != 0 {
             let page = Hva(msg.address & !(crate::addr::PAGE_SIZE - 1));
             if let Err(e) = writeprotect(raw, page, crate::addr::PAGE_SIZE, false) {
-                return format!("unprotecting {page} failed: {e}");
+                return HandlerEnd::UnprotectFailed {
+                    page,
+                    errno: e.raw_os_error().unwrap_or(0),
+                };
             }
             faults.fetch_add(1, Ordering::Relaxed);
         }
     }
-    "stopped".into()
+    HandlerEnd::Stopped
 }
 
 const _: () = assert!(std::mem::size_of::<UffdMsg>() == 32);
