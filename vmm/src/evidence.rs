@@ -351,6 +351,9 @@ pub enum LaterHalf {
     UffdHandler {
         /// Write-protect faults the handler resolved (the guest's, taken by KVM, or the VMM's).
         write_faults_handled: u64,
+        /// Region pages still uffd-wp when the handler stopped (no write reached them while
+        /// protected), from PAGEMAP_SCAN before the protection is removed.
+        still_protected_pages: u64,
         handler: HandlerEnd,
     },
 }
@@ -363,11 +366,12 @@ impl fmt::Display for LaterHalf {
             }
             LaterHalf::UffdHandler {
                 write_faults_handled,
+                still_protected_pages,
                 handler,
             } => {
                 write!(
                     f,
-                    "the handler resolved {write_faults_handled} write-protect faults, then "
+                    "the handler resolved {write_faults_handled} write-protect faults ({still_protected_pages} pages still protected, not written since), then "
                 )?;
                 match handler {
                     HandlerEnd::Stopped => write!(f, "stopped"),

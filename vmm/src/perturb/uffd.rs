@@ -145,12 +145,16 @@ pub fn write_protect(ctx: &Ctx) -> Result<Done> {
             })?
     };
     let protected_pages = observed(a, "PAGEMAP_SCAN", super::observe::uffd_wp_pages(hva, len))?;
+    let later = ctx.clone();
     let finish = Box::new(move || -> Result<LaterHalf> {
         stop.store(true, Ordering::Release);
         let handled = handler.join().map_err(|_| Error::Failed {
             action: a,
             why: "the fault handler panicked".into(),
         })?;
+        // What the protection looks like now, before it is removed: pages nobody wrote since.
+        let (now, _) = later.region();
+        let still_protected = super::observe::uffd_wp_pages(now, len).unwrap_or(0);
         // Unprotect and unregister (the range may have moved; errors here are only logged).
         let _ = writeprotect(fd.as_raw_fd(), hva, len, false);
         let mut range = UffdioRange {
@@ -159,14 +163,15 @@ pub fn write_protect(ctx: &Ctx) -> Result<Done> {
         };
         let _ = ioctl(fd.as_raw_fd(), UFFDIO_UNREGISTER, &mut range);
         let n = faults.load(Ordering::Relaxed);
-        if n == 0 {
+        if let Judged::NoEffect(why) = judge_handler(n, still_protected) {
             return Err(Error::NoEffect {
                 action: a,
-                why: "no write fault on the protected region reached the handler".into(),
+                why: why.into(),
             });
         }
         Ok(LaterHalf::UffdHandler {
             write_faults_handled: n,
+            still_protected_pages: still_protected,
             handler: handled,
         })
     });
@@ -183,6 +188,18 @@ pub fn write_protect(ctx: &Ctx) -> Result<Done> {
     let mut done = Done::judged(a, Details::UffdWp(d), judged)?;
     done.finish = Some(finish);
     Ok(done)
+}
+
+/// The later half's check: a write fault reached the handler, or the protection still holds
+/// (nothing wrote the region while it was protected: a storm stops the handler right after
+/// protecting). Protection gone without a fault means writes bypassed the handler.
+fn judge_handler(faults: u64, still_protected: u64) -> Judged {
+    match (faults, still_protected) {
+        (0, 0) => Judged::NoEffect(
+            "no write fault reached the handler, and no region page is still write-protected",
+        ),
+        _ => Judged::Done,
+    }
 }
 
 /// Polls the uffd; on each write-protect fault removes the protection of the faulting page and
@@ -227,3 +244,31 @@ fn handle_faults(fd: &OwnedFd, faults: &AtomicU64, stop: &AtomicBool) -> Handler
 }
 
 const _: () = assert!(std::mem::size_of::<UffdMsg>() == 32);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (faults handled, pages still protected) -> judgement; a bug that lost faults while the
+    /// protection vanished must fail, a storm that stopped before any write must not.
+    #[test]
+    fn handler_judgement_table() {
+        let lost = Judged::NoEffect(
+            "no write fault reached the handler, and no region page is still write-protected",
+        );
+        let rows = [
+            (512, 0, Judged::Done, "every page written and resolved"),
+            (3, 509, Judged::Done, "some written"),
+            (
+                0,
+                512,
+                Judged::Done,
+                "stopped before any write: the protection held",
+            ),
+            (0, 0, lost, "protection gone, no fault seen"),
+        ];
+        for (faults, still, want, what) in rows {
+            assert_eq!(judge_handler(faults, still), want, "{what}");
+        }
+    }
+}
