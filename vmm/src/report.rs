@@ -140,9 +140,13 @@ impl Outcome {
             out.push_str(&format!("  perturbations: {}\n", names.join(", ")));
         }
         for e in &self.evidence {
-            out.push_str(&format!("  {}: {}\n", e.action, e.summary));
+            let when = match e.storm_iteration {
+                Some(i) => format!("storm iteration {i}"),
+                None => format!("after round {}", e.after_round),
+            };
+            out.push_str(&format!("  {} ({when}): {}\n", e.action, e.details));
             if let Some(f) = &e.finish {
-                out.push_str(&format!("    then: {}\n", f.0));
+                out.push_str(&format!("    then: {f}\n"));
             }
         }
         if let Some(v) = &self.vfio {
