@@ -1,11 +1,13 @@
 //! The on-disk journal of knob originals and active swapfiles: `/run/pinlab/knobs-<pid>.json`.
 //!
-//! It owns the journal format, its atomic write (temporary file, fsync, rename) and recovery.
-//! `registry.rs` keeps the journal equal to its own lists while anything is registered and removes
-//! it when nothing is. A process killed with SIGKILL (or that lost power to its handlers) leaves
-//! its journal behind; [`recover_stale_journals`] restores those knobs (newest record first, so a
-//! knob set twice ends at its first original) and swaps off and unlinks those swapfiles. Call it at
-//! startup of every command that touches knobs, holding the `SystemLock`.
+//! It owns the run directory, the journal format, its atomic write (temporary file, fsync, rename)
+//! and recovery. It sits on the primitives (`knobs.rs`, `swap.rs`) and knows nothing of the
+//! in-process registry or the guards: `registry.rs` keeps the journal equal to its own lists while
+//! anything is registered and removes it when nothing is. A process killed with SIGKILL (or that
+//! lost power to its handlers) leaves its journal behind; [`recover_stale_journals`] restores those
+//! knobs (newest record first, so a knob set twice ends at its first original) and swaps off and
+//! unlinks those swapfiles. Call it at startup of every command that touches knobs, holding the
+//! `SystemLock`.
 //!
 //! A journal is stale when its PID is dead, or alive with another start time (the PID was
 //! reused). The current process's own journal is never recovered. Children are not journaled: a
@@ -18,7 +20,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{knobs, swap, RUN_DIR};
+use super::{knobs, swap};
+
+/// Where pinlab keeps its lock and journals.
+pub const RUN_DIR: &str = "/run/pinlab";
 
 /// Errors of this module; each names the operation that failed and the file.
 #[derive(Debug, thiserror::Error)]
@@ -47,12 +52,12 @@ pub enum Error {
     #[error("restoring a knob from journal {journal}: {source}")]
     RestoreKnob {
         journal: PathBuf,
-        source: Box<knobs::Error>,
+        source: knobs::Error,
     },
     #[error("removing a swapfile from journal {journal}: {source}")]
     RemoveSwapfile {
         journal: PathBuf,
-        source: Box<swap::Error>,
+        source: swap::Error,
     },
 }
 
@@ -212,7 +217,7 @@ pub fn recover_stale_journals_in(dir: &Path) -> Result<Vec<Recovered>> {
                 Ok(()) => rec.restored.push((k.path.clone(), k.original.clone())),
                 Err(source) => rec.errors.push(Error::RestoreKnob {
                     journal: path.clone(),
-                    source: Box::new(source),
+                    source,
                 }),
             }
         }
@@ -221,7 +226,7 @@ pub fn recover_stale_journals_in(dir: &Path) -> Result<Vec<Recovered>> {
                 Ok(()) => rec.swapfiles_removed.push(s.clone()),
                 Err(source) => rec.errors.push(Error::RemoveSwapfile {
                     journal: path.clone(),
-                    source: Box::new(source),
+                    source,
                 }),
             }
         }

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::RUN_DIR;
+use super::journal::RUN_DIR;
 
 /// File name of the lock inside [`RUN_DIR`].
 pub const LOCK_FILE: &str = "system.lock";

@@ -1,8 +1,9 @@
 //! The process-global registry of what this process must undo before it dies: knob originals,
 //! children it started, swapfiles it activated.
 //!
-//! Owners (`KnobGuard`, `Swapfile`, the code that spawns a child) register here; their `Drop`
-//! undoes and unregisters. The registry exists for the paths on which `Drop` does not run: the
+//! It sits on the journal (`journal.rs`) and the primitives (`knobs.rs`, `swap.rs`), and below the
+//! owners: `KnobGuard` (`knob_guard.rs`), `Swapfile` (`swapfile.rs`) and the code that spawns a
+//! child register here; their `Drop` undoes and unregisters. The registry exists for the paths on which `Drop` does not run: the
 //! panic hook and the SIGINT/SIGTERM thread (`signals.rs`) call [`restore_all_knobs`],
 //! [`kill_children`] and [`remove_swapfiles`]. Every change to the knob or swapfile lists is
 //! mirrored to the journal `/run/pinlab/knobs-<pid>.json` (`journal.rs`), written while anything is
@@ -21,7 +22,25 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
-use super::{journal, knobs, swap, RUN_DIR};
+use super::{journal, knobs, swap};
+
+/// Errors of this module; each names what could not be recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("journaling the original of knob {path}: {source}")]
+    JournalKnob {
+        path: PathBuf,
+        source: journal::Error,
+    },
+    #[error("journaling swapfile {path}: {source}")]
+    JournalSwapfile {
+        path: PathBuf,
+        source: journal::Error,
+    },
+}
+
+/// Result of this module.
+pub type Result<T> = std::result::Result<T, Error>;
 
 /// One knob's original value, held while a guard on it lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,8 +88,8 @@ fn state_within(timeout: Duration) -> Option<MutexGuard<'static, State>> {
     }
 }
 
-fn sync_journal(s: &State) -> Result<(), journal::Error> {
-    let dir = Path::new(RUN_DIR);
+fn sync_journal(s: &State) -> std::result::Result<(), journal::Error> {
+    let dir = Path::new(journal::RUN_DIR);
     if s.knobs.is_empty() && s.swapfiles.is_empty() {
         return journal::remove(dir, std::process::id());
     }
@@ -88,7 +107,7 @@ fn sync_journal(s: &State) -> Result<(), journal::Error> {
 }
 
 /// Records `original` for the knob at `path`; returns the record's id.
-pub(crate) fn register_knob(path: &Path, original: &str) -> Result<u64, journal::Error> {
+pub(crate) fn register_knob(path: &Path, original: &str) -> Result<u64> {
     let mut s = state();
     let id = s.next_id;
     s.next_id += 1;
@@ -97,9 +116,12 @@ pub(crate) fn register_knob(path: &Path, original: &str) -> Result<u64, journal:
         path: path.to_path_buf(),
         original: original.to_string(),
     });
-    if let Err(e) = sync_journal(&s) {
+    if let Err(source) = sync_journal(&s) {
         s.knobs.pop();
-        return Err(e);
+        return Err(Error::JournalKnob {
+            path: path.to_path_buf(),
+            source,
+        });
     }
     Ok(id)
 }
@@ -184,12 +206,15 @@ pub(crate) fn kill_children() -> Vec<i32> {
 }
 
 /// Registers an active (or about to be activated) swapfile.
-pub(crate) fn register_swapfile(path: &Path) -> Result<(), journal::Error> {
+pub(crate) fn register_swapfile(path: &Path) -> Result<()> {
     let mut s = state();
     s.swapfiles.push(path.to_path_buf());
-    if let Err(e) = sync_journal(&s) {
+    if let Err(source) = sync_journal(&s) {
         s.swapfiles.pop();
-        return Err(e);
+        return Err(Error::JournalSwapfile {
+            path: path.to_path_buf(),
+            source,
+        });
     }
     Ok(())
 }

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{journal, registry, RUN_DIR};
+use super::{journal, registry};
 
 /// Errors of this module; each names the operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +104,7 @@ pub fn restore_and_exit(signal: i32) -> ! {
     }
     if knob_errors.is_empty() && swap_errors.is_empty() {
         // Already gone when everything was unregistered; make sure.
-        let _ = journal::remove(std::path::Path::new(RUN_DIR), std::process::id());
+        let _ = journal::remove(std::path::Path::new(journal::RUN_DIR), std::process::id());
     }
     eprintln!(
         "pinlab: signal {signal}: reaped {} children, restored host state, exiting",
@@ -194,16 +194,18 @@ pub fn install_restore_handlers() -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::knobs::{read_knob, KnobGuard};
+    use super::super::knob_guard::KnobGuard;
+    use super::super::knobs::read_knob;
     use super::super::lock::SystemLock;
     use super::*;
-    use std::io::{BufRead, BufReader};
+    use std::io::{BufRead, BufReader, Write};
     use std::path::Path;
     use std::process::{Command, Stdio};
     use std::time::Instant;
 
     /// Selects the child mode of [`signal_child_entry`]: "signal" waits to be signalled, "panic"
-    /// panics with its guards forgotten.
+    /// waits for a line on stdin (the parent has read the knobs), then panics with its guards
+    /// forgotten.
     const CHILD_ENV: &str = "PINLAB_SIGNAL_TEST_CHILD";
     const KSM: &str = "/sys/kernel/mm/ksm";
     /// (knob, value the child sets)
@@ -234,6 +236,10 @@ mod tests {
         registry::register_child(grandchild.id() as i32);
         println!("ready {}", grandchild.id());
         if mode == "panic" {
+            // Wait until the parent has read the knobs as set: panicking at once would race the
+            // parent's reads with the panic hook's restore (seen: run already back to 0).
+            let mut go = String::new();
+            let _ = std::io::stdin().read_line(&mut go);
             // Only the panic hook can restore now: the guards will never drop.
             std::mem::forget(guards);
             let mut grandchild = grandchild;
@@ -269,10 +275,12 @@ mod tests {
                 "--test-threads=1",
             ])
             .env(CHILD_ENV, mode)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
         let child_pid = child.id();
+        let mut go = child.stdin.take().unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let grandchild_pid = loop {
             match lines.next() {
@@ -293,6 +301,9 @@ mod tests {
             .iter()
             .map(|(k, _)| read_knob(&ksm_knob(k)).unwrap())
             .collect();
+        // Lets a "panic" child go on; a "signal" child does not read it.
+        let _ = go.write_all(b"go\n");
+        drop(go);
         if signal != 0 {
             // SAFETY: kill(2) on the child we spawned and have not reaped.
             assert_eq!(unsafe { libc::kill(child_pid as i32, signal) }, 0);
@@ -358,7 +369,7 @@ mod tests {
             assert_eq!(now, originals, "knobs not restored after signal {signal}");
             assert!(!pid_alive(run.child_pid), "child alive");
             assert!(!pid_alive(run.grandchild_pid), "grandchild alive");
-            let j = journal::journal_path(Path::new(RUN_DIR), run.child_pid);
+            let j = journal::journal_path(Path::new(journal::RUN_DIR), run.child_pid);
             assert!(!j.exists(), "journal {} left behind", j.display());
         }
     }
@@ -388,7 +399,7 @@ mod tests {
             // SIGKILL (checked by name just above against PID reuse).
             unsafe { libc::kill(run.grandchild_pid as i32, libc::SIGKILL) };
         }
-        let j = journal::journal_path(Path::new(RUN_DIR), run.child_pid);
+        let j = journal::journal_path(Path::new(journal::RUN_DIR), run.child_pid);
         assert!(j.exists(), "SIGKILLed child left no journal");
         let stale = journal::recover_stale_journals().unwrap();
         let mine = stale
@@ -430,7 +441,7 @@ mod tests {
             .map(|(k, _)| read_knob(&ksm_knob(k)).unwrap())
             .collect();
         assert_eq!(now, originals, "panic hook did not restore");
-        let j = journal::journal_path(Path::new(RUN_DIR), run.child_pid);
+        let j = journal::journal_path(Path::new(journal::RUN_DIR), run.child_pid);
         assert!(!j.exists(), "journal {} left behind", j.display());
     }
 }
