@@ -25,6 +25,25 @@ use super::{knobs, swap};
 /// Where pinlab keeps its lock and journals.
 pub const RUN_DIR: &str = "/run/pinlab";
 
+/// The directory this process journals into and recovers from: [`RUN_DIR`], or in this crate's
+/// unit tests the one a test process chose with [`set_run_dir_for_test`].
+pub(crate) fn run_dir() -> PathBuf {
+    #[cfg(test)]
+    if let Some(dir) = TEST_RUN_DIR.get() {
+        return dir.clone();
+    }
+    PathBuf::from(RUN_DIR)
+}
+
+#[cfg(test)]
+static TEST_RUN_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// For child processes of unit tests: journal into `dir` instead of [`RUN_DIR`] (first call wins).
+#[cfg(test)]
+pub(crate) fn set_run_dir_for_test(dir: &Path) {
+    let _ = TEST_RUN_DIR.set(dir.to_path_buf());
+}
+
 /// Errors of this module; each names the operation that failed and the file.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -128,35 +147,52 @@ pub(crate) fn write(dir: &Path, journal: &Journal) -> Result<()> {
         source,
     })?;
     let path = journal_path(dir, journal.pid);
-    let tmp = dir.join(format!(".knobs-{}.json.tmp", journal.pid));
+    let tmp = tmp_path(dir, journal.pid);
     let werr = |source| Error::Write {
         path: tmp.clone(),
         source,
     };
     let body = serde_json::to_vec_pretty(journal).map_err(|e| werr(io::Error::other(e)))?;
-    let mut f = OpenOptions::new()
+    let written = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(&tmp)
-        .map_err(werr)?;
-    f.write_all(&body).map_err(werr)?;
-    f.sync_all().map_err(werr)?;
-    fs::rename(&tmp, &path).map_err(|source| Error::Rename {
-        from: tmp.clone(),
-        to: path.clone(),
-        source,
+        .and_then(|mut f| {
+            f.write_all(&body)?;
+            f.sync_all()
+        });
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(werr(e));
+    }
+    fs::rename(&tmp, &path).map_err(|source| {
+        let _ = fs::remove_file(&tmp);
+        Error::Rename {
+            from: tmp.clone(),
+            to: path.clone(),
+            source,
+        }
     })
 }
 
-/// Removes `dir/knobs-<pid>.json` if present.
-pub(crate) fn remove(dir: &Path, pid: u32) -> Result<()> {
-    let path = journal_path(dir, pid);
+/// The temporary file a journal of `pid` is written to before the rename.
+pub fn tmp_path(dir: &Path, pid: u32) -> PathBuf {
+    dir.join(format!(".knobs-{pid}.json.tmp"))
+}
+
+fn remove_if_present(path: PathBuf) -> Result<()> {
     match fs::remove_file(&path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::Remove { path, source: e }),
         _ => Ok(()),
     }
+}
+
+/// Removes `dir/knobs-<pid>.json` and its temporary file if present.
+pub(crate) fn remove(dir: &Path, pid: u32) -> Result<()> {
+    remove_if_present(tmp_path(dir, pid))?;
+    remove_if_present(journal_path(dir, pid))
 }
 
 /// Reads one journal file.
@@ -177,7 +213,7 @@ fn is_stale(j: &Journal) -> bool {
 
 /// Restores what SIGKILLed pinlab runs left in `/run/pinlab`.
 pub fn recover_stale_journals() -> Result<Vec<Recovered>> {
-    recover_stale_journals_in(Path::new(RUN_DIR))
+    recover_stale_journals_in(&run_dir())
 }
 
 /// Restores what dead processes' journals in `dir` record; live processes' journals are left alone.

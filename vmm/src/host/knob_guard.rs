@@ -17,12 +17,8 @@ use super::{knobs, registry};
 /// Errors of this module; each names the step that failed and the knob.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("reading the original: {0}")]
-    ReadOriginal(#[source] knobs::Error),
-    #[error("recording the original: {0}")]
-    Record(#[source] registry::Error),
-    #[error("setting the knob: {0}")]
-    Write(#[source] knobs::Error),
+    #[error(transparent)]
+    Set(registry::Error),
     #[error("reading the knob back: {0}")]
     ReadBack(#[source] knobs::Error),
     #[error("restoring the original: {0}")]
@@ -48,20 +44,18 @@ pub struct KnobGuard {
 }
 
 impl KnobGuard {
-    /// Records the knob's current value, then writes `value` and reads it back to check it took.
+    /// Records the knob's current value, then writes `value` (both under the registry lock, see
+    /// `registry.rs`) and reads it back to check it took.
     pub fn set(path: impl AsRef<Path>, value: &str) -> Result<KnobGuard> {
         let path = path.as_ref();
-        let original = knobs::read_knob(path).map_err(Error::ReadOriginal)?;
-        let id = registry::register_knob(path, &original).map_err(Error::Record)?;
+        let (id, original) = registry::set_knob(path, value).map_err(Error::Set)?;
+        // From here on, dropping `guard` on an error writes the original back.
         let guard = KnobGuard {
             id,
             path: path.to_path_buf(),
             original,
             value: value.to_string(),
         };
-        // From here on, dropping `guard` on an error writes the original back, which also
-        // covers a write that failed half way.
-        knobs::write_knob(path, value).map_err(Error::Write)?;
         let actual = knobs::read_knob(path).map_err(Error::ReadBack)?;
         if actual != knobs::normalize(value) {
             return Err(Error::Verify {
@@ -146,7 +140,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let knob = dir.path().join("absent");
         match KnobGuard::set(&knob, "1") {
-            Err(Error::ReadOriginal(knobs::Error::Read { path, .. })) => assert_eq!(path, knob),
+            Err(Error::Set(registry::Error::ReadKnob(knobs::Error::Read { path, .. }))) => {
+                assert_eq!(path, knob)
+            }
             other => panic!("expected Read error, got {other:?}"),
         }
     }
@@ -162,7 +158,7 @@ mod tests {
         let _lock = super::super::lock::SystemLock::acquire().unwrap();
         let before = knobs::read_knob(knob).unwrap();
         match KnobGuard::set(knob, "not-a-number") {
-            Err(Error::Write(knobs::Error::Write { source, .. })) => {
+            Err(Error::Set(registry::Error::WriteKnob(knobs::Error::Write { source, .. }))) => {
                 assert_eq!(source.raw_os_error(), Some(libc::EINVAL))
             }
             other => panic!("expected Write error, got {other:?}"),

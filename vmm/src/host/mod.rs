@@ -24,6 +24,8 @@ mod knob_guard;
 mod knobs;
 mod ksm;
 mod lock;
+#[cfg(test)]
+mod races;
 mod registry;
 mod signals;
 mod swap;

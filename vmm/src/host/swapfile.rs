@@ -26,9 +26,9 @@ pub enum Error {
     #[error(transparent)]
     Record(registry::Error),
     #[error(transparent)]
-    Swapon(swap::Error),
+    Activate(registry::Error),
     #[error(transparent)]
-    Remove(swap::Error),
+    Remove(registry::Error),
 }
 
 /// Result of this module.
@@ -70,14 +70,13 @@ impl Swapfile {
         swap::write_area(&mut f, &path, pages).map_err(|e| fail(Error::WriteArea(e)))?;
         drop(f);
         registry::register_swapfile(&path).map_err(|e| fail(Error::Record(e)))?;
-        if let Err(e) = swap::swapon(&path) {
-            registry::unregister_swapfile(&path);
-            return Err(fail(Error::Swapon(e)));
-        }
-        Ok(Swapfile {
+        // Registered: from here on dropping `sw` swaps off (if it got that far) and unlinks.
+        let sw = Swapfile {
             path,
             size: pages * ps,
-        })
+        };
+        registry::activate_swapfile(&sw.path).map_err(Error::Activate)?;
+        Ok(sw)
     }
 
     /// The file.
@@ -92,10 +91,7 @@ impl Swapfile {
 
     /// Swaps off and unlinks now, reporting failures (drop only logs them).
     pub fn remove(self) -> Result<()> {
-        let res = swap::deactivate_and_remove(&self.path);
-        if res.is_ok() {
-            registry::unregister_swapfile(&self.path);
-        }
+        let res = registry::remove_swapfile(&self.path);
         std::mem::forget(self);
         res.map_err(Error::Remove)
     }
@@ -103,10 +99,9 @@ impl Swapfile {
 
 impl Drop for Swapfile {
     fn drop(&mut self) {
-        match swap::deactivate_and_remove(&self.path) {
-            Ok(()) => registry::unregister_swapfile(&self.path),
-            // Left registered: the signal path and journal recovery try again.
-            Err(e) => tracing::warn!("removing swapfile on drop: {e}"),
+        // On failure it stays registered: the signal path and journal recovery try again.
+        if let Err(e) = registry::remove_swapfile(&self.path) {
+            tracing::warn!("removing swapfile on drop: {e}");
         }
     }
 }

@@ -1,0 +1,157 @@
+//! Tests: SIGINT/SIGTERM at 1 ms steps while another thread is changing host state.
+//!
+//! Each case re-executes this test binary as a child (`race_child_entry`) that installs the
+//! restore handlers and changes host state in a loop on its main thread, the way a run does while
+//! its signal thread waits; the parent signals it at 0, 1, 2, ... ms after it reports ready, and
+//! after every kill checks what a bug would leave: a knob not at its original (a write that landed
+//! after the restore), a journal or a `.tmp` journal (written after the restore removed them).
+//! The child journals into a temporary directory, so nothing here touches `/run/pinlab`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::knob_guard::KnobGuard;
+use super::{journal, knobs, signals};
+
+/// The child's mode: "knobs".
+const CHILD_ENV: &str = "PINLAB_RACE_CHILD";
+/// The child's run directory (journals; the knob files of "knobs").
+const DIR_ENV: &str = "PINLAB_RACE_DIR";
+
+/// (knob file, original, value the child sets): KSM's knobs in `Ksm::start`'s order.
+const KNOBS: [(&str, &str, &str); 4] = [
+    ("advisor_mode", "scan-time", "none"),
+    ("sleep_millisecs", "20", "1"),
+    ("pages_to_scan", "100", "10000"),
+    ("run", "0", "1"),
+];
+
+/// Kills per case: delays 0..STEPS ms after ready, SIGINT and SIGTERM alternating.
+const STEPS: u64 = 40;
+
+/// Not a test by itself: a no-op unless re-executed by a parent test with `CHILD_ENV` set.
+#[test]
+fn race_child_entry() {
+    let Ok(mode) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let dir = PathBuf::from(std::env::var(DIR_ENV).unwrap());
+    journal::set_run_dir_for_test(&dir);
+    signals::install_restore_handlers().unwrap();
+    println!("ready");
+    match mode.as_str() {
+        "knobs" => loop {
+            let guards: Vec<KnobGuard> = KNOBS
+                .iter()
+                .map(|(k, _, v)| KnobGuard::set(dir.join(k), v).unwrap())
+                .collect();
+            drop(guards);
+        },
+        other => panic!("unknown child mode {other}"),
+    }
+}
+
+/// Starts the child in `mode` and waits until it is ready.
+fn setup_child(mode: &str, dir: &Path) -> Child {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "host::races::race_child_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, mode)
+        .env(DIR_ENV, dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    loop {
+        match lines.next() {
+            // libtest prints "test <name> ... " without a newline before the test runs.
+            Some(Ok(line)) if line.ends_with("ready") => return child,
+            Some(Ok(_)) => {}
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("child ended before ready: {other:?}");
+            }
+        }
+    }
+}
+
+/// Signals `child` after `delay` and waits for it (30 s, then SIGKILL and panic).
+fn kill_after(mut child: Child, delay: Duration, signal: i32) -> ExitStatus {
+    std::thread::sleep(delay);
+    // SAFETY: kill(2) on the child we spawned and have not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("child did not exit within 30 s of signal {signal}");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The journal and temporary journal of `pid` in `dir` that exist.
+fn leftover_journals(dir: &Path, pid: u32) -> Vec<PathBuf> {
+    [
+        journal::journal_path(dir, pid),
+        dir.join(format!(".knobs-{pid}.json.tmp")),
+    ]
+    .into_iter()
+    .filter(|p| p.exists())
+    .collect()
+}
+
+fn setup_knobs(dir: &Path) {
+    for (k, original, _) in KNOBS {
+        std::fs::write(dir.join(k), original).unwrap();
+    }
+}
+
+#[test]
+fn signal_while_knobs_change_restores_every_knob() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    for step in 0..STEPS {
+        setup_knobs(dir.path());
+        let signal = if step % 2 == 0 {
+            libc::SIGINT
+        } else {
+            libc::SIGTERM
+        };
+        let child = setup_child("knobs", dir.path());
+        let pid = child.id();
+        let status = kill_after(child, Duration::from_millis(step), signal);
+        let changed: Vec<String> = KNOBS
+            .iter()
+            .filter_map(|(k, original, _)| {
+                let now = knobs::read_knob(&dir.path().join(k)).unwrap();
+                (now != *original).then(|| format!("{k}={now}"))
+            })
+            .collect();
+        let left = leftover_journals(dir.path(), pid);
+        if status.code() != Some(128 + signal) || !changed.is_empty() || !left.is_empty() {
+            failures.push(format!(
+                "{step} ms, signal {signal}: {status}, knobs changed {changed:?}, left {left:?}"
+            ));
+        }
+        for p in left {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {STEPS} kills left host state behind: {failures:#?}",
+        failures.len()
+    );
+}
