@@ -114,16 +114,74 @@ impl Journal {
     }
 }
 
-/// What [`recover_stale_journals`] did for one dead process.
+/// What [`recover_stale_journals`] did with one dead process's journal (or its temporary file).
 #[derive(Debug)]
 pub struct Recovered {
+    /// The journal, or the temporary file when only that was left.
     pub journal: PathBuf,
     pub pid: u32,
     /// (knob, value written back)
     pub restored: Vec<(PathBuf, String)>,
+    /// Knobs that no longer exist (ENOENT): nothing to restore.
+    pub missing: Vec<PathBuf>,
     pub swapfiles_removed: Vec<PathBuf>,
-    /// Failures; when not empty the journal is kept for another try.
+    /// Failures; when not empty the journal is kept for another try (an unparsable one for a
+    /// human to look at).
     pub errors: Vec<Error>,
+}
+
+impl Recovered {
+    fn empty(journal: PathBuf, pid: u32) -> Recovered {
+        Recovered {
+            journal,
+            pid,
+            restored: Vec::new(),
+            missing: Vec::new(),
+            swapfiles_removed: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Display for Recovered {
+    /// One line: what was undone for which dead run, and what failed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} of dead run pid {}:",
+            if self.errors.is_empty() {
+                "recovered"
+            } else {
+                "could not fully recover"
+            },
+            self.journal.display(),
+            self.pid
+        )?;
+        let restored: Vec<String> = self
+            .restored
+            .iter()
+            .map(|(p, v)| format!("{}={v}", p.display()))
+            .collect();
+        let mut parts = Vec::new();
+        if !restored.is_empty() {
+            parts.push(format!("restored {}", restored.join(", ")));
+        }
+        for p in &self.missing {
+            parts.push(format!("{} no longer exists", p.display()));
+        }
+        for p in &self.swapfiles_removed {
+            parts.push(format!("removed swapfile {}", p.display()));
+        }
+        for e in &self.errors {
+            parts.push(e.to_string());
+        }
+        if !self.errors.is_empty() {
+            parts.push("journal kept".into());
+        } else if parts.is_empty() {
+            parts.push("nothing left to undo; removed".into());
+        }
+        write!(f, " {}", parts.join("; "))
+    }
 }
 
 /// The journal file of `pid` in `dir`.
@@ -211,12 +269,61 @@ fn is_stale(j: &Journal) -> bool {
     j.pid != std::process::id() && process_start_time(j.pid) != Some(j.start_time)
 }
 
-/// Restores what SIGKILLed pinlab runs left in `/run/pinlab`.
+/// Restores what SIGKILLed pinlab runs left in `/run/pinlab`. Call it holding the `SystemLock`
+/// (acquiring it does).
 pub fn recover_stale_journals() -> Result<Vec<Recovered>> {
     recover_stale_journals_in(&run_dir())
 }
 
-/// Restores what dead processes' journals in `dir` record; live processes' journals are left alone.
+/// What a file name in the run directory is: (pid, is the temporary file).
+fn parse_name(name: &str) -> Option<(u32, bool)> {
+    if let Some(pid) = name
+        .strip_prefix("knobs-")
+        .and_then(|r| r.strip_suffix(".json"))
+    {
+        return Some((pid.parse().ok()?, false));
+    }
+    let pid = name
+        .strip_prefix(".knobs-")
+        .and_then(|r| r.strip_suffix(".json.tmp"))?;
+    Some((pid.parse().ok()?, true))
+}
+
+/// Undoes one stale journal: knobs newest first, then swapfiles; removes it when all worked.
+fn recover_one(path: &Path, journal: &Journal) -> Recovered {
+    let mut rec = Recovered::empty(path.to_path_buf(), journal.pid);
+    for k in journal.knobs.iter().rev() {
+        match knobs::write_knob(&k.path, &k.original) {
+            Ok(()) => rec.restored.push((k.path.clone(), k.original.clone())),
+            Err(e) if e.is_not_found() => rec.missing.push(k.path.clone()),
+            Err(source) => rec.errors.push(Error::RestoreKnob {
+                journal: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+    for s in &journal.swapfiles {
+        match swap::deactivate_and_remove(s) {
+            Ok(()) => rec.swapfiles_removed.push(s.clone()),
+            Err(source) => rec.errors.push(Error::RemoveSwapfile {
+                journal: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+    if rec.errors.is_empty() {
+        if let Err(e) = remove_if_present(path.to_path_buf()) {
+            rec.errors.push(e);
+        }
+    }
+    rec
+}
+
+/// Restores what dead processes' journals in `dir` record, and removes their temporary journal
+/// files (a write that never reached its rename: the change it recorded was not made yet). Live
+/// processes' files are left alone. A journal that cannot be read or parsed is reported in its
+/// entry's `errors` and kept; the others are recovered all the same. Fails only when `dir`
+/// cannot be listed.
 pub fn recover_stale_journals_in(dir: &Path) -> Result<Vec<Recovered>> {
     let entries = match fs::read_dir(dir) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -225,54 +332,42 @@ pub fn recover_stale_journals_in(dir: &Path) -> Result<Vec<Recovered>> {
             source,
         })?,
     };
-    let mut out = Vec::new();
+    let mut names = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|source| Error::List {
             path: dir.to_path_buf(),
             source,
         })?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if !(name.starts_with("knobs-") && name.ends_with(".json")) {
+        if let Some((pid, tmp)) = parse_name(&entry.file_name().to_string_lossy()) {
+            names.push((tmp, entry.path(), pid));
+        }
+    }
+    // Journals before temporary files, each in name order: a stable report.
+    names.sort();
+    let mut out = Vec::new();
+    for (tmp, path, pid) in names {
+        let alive = pid == std::process::id() || process_start_time(pid).is_some();
+        if tmp {
+            if !alive {
+                let mut rec = Recovered::empty(path.clone(), pid);
+                if let Err(e) = remove_if_present(path) {
+                    rec.errors.push(e);
+                }
+                out.push(rec);
+            }
             continue;
         }
-        let path = entry.path();
-        let journal = read(&path)?;
-        if !is_stale(&journal) {
-            continue;
-        }
-        let mut rec = Recovered {
-            journal: path.clone(),
-            pid: journal.pid,
-            restored: Vec::new(),
-            swapfiles_removed: Vec::new(),
-            errors: Vec::new(),
-        };
-        for k in journal.knobs.iter().rev() {
-            match knobs::write_knob(&k.path, &k.original) {
-                Ok(()) => rec.restored.push((k.path.clone(), k.original.clone())),
-                Err(source) => rec.errors.push(Error::RestoreKnob {
-                    journal: path.clone(),
-                    source,
-                }),
+        match read(&path) {
+            Ok(journal) if is_stale(&journal) => out.push(recover_one(&path, &journal)),
+            Ok(_) => {}
+            // A live process's file that does not parse is not ours to judge.
+            Err(_) if alive => {}
+            Err(e) => {
+                let mut rec = Recovered::empty(path, pid);
+                rec.errors.push(e);
+                out.push(rec);
             }
         }
-        for s in &journal.swapfiles {
-            match swap::deactivate_and_remove(s) {
-                Ok(()) => rec.swapfiles_removed.push(s.clone()),
-                Err(source) => rec.errors.push(Error::RemoveSwapfile {
-                    journal: path.clone(),
-                    source,
-                }),
-            }
-        }
-        if rec.errors.is_empty() {
-            fs::remove_file(&path).map_err(|source| Error::Remove {
-                path: path.clone(),
-                source,
-            })?;
-        }
-        out.push(rec);
     }
     Ok(out)
 }
@@ -365,5 +460,45 @@ mod tests {
             assert_eq!(journal_path(dir.path(), pid).exists(), kept, "{what}");
             assert_eq!(rec.len(), usize::from(!kept), "{what}");
         }
+    }
+
+    #[test]
+    fn a_knob_that_no_longer_exists_is_reported_not_retried() {
+        // A dead run's temporary knob (a test's file, a sysfs knob of an unloaded module) is gone:
+        // a bug shows as the journal kept forever and reported as a failure on every run.
+        let dir = tempfile::tempdir().unwrap();
+        let knob = dir.path().join("knob");
+        fs::write(&knob, "set").unwrap();
+        let gone = dir.path().join("gone");
+        let j = Journal {
+            pid: dead_pid(),
+            start_time: 0,
+            knobs: vec![
+                JournalKnob {
+                    path: knob.clone(),
+                    original: "orig".into(),
+                },
+                JournalKnob {
+                    path: gone.clone(),
+                    original: "1".into(),
+                },
+            ],
+            swapfiles: vec![],
+        };
+        write(dir.path(), &j).unwrap();
+        let rec = recover_stale_journals_in(dir.path()).unwrap();
+        assert_eq!(rec.len(), 1);
+        assert_eq!(rec[0].restored, vec![(knob.clone(), "orig".to_string())]);
+        assert_eq!(rec[0].missing, vec![gone.clone()]);
+        assert!(rec[0].errors.is_empty(), "{:?}", rec[0].errors);
+        assert!(!journal_path(dir.path(), j.pid).exists());
+        let line = rec[0].to_string();
+        assert!(line.starts_with("recovered "), "{line}");
+        assert!(
+            line.contains("=orig") && line.contains("no longer exists"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'), "one line: {line}");
+        assert!(!gone.exists(), "recovery must not create a knob");
     }
 }

@@ -12,7 +12,14 @@
 //! exec do not inherit it; a process killed with SIGKILL releases it when the kernel closes its fds.
 //! The holder's PID is written into the file for diagnostics only; the lock is the `flock`.
 //!
-//! It does not touch any knob itself and knows nothing about what the holder changes.
+//! Its first act once it holds the lock is journal recovery (`journal.rs`): whatever dead runs
+//! left in the lock's directory is restored before the new holder can read any knob's
+//! "original", and each recovered journal is reported in one line on stderr (and by
+//! [`SystemLock::recovered`]). Recovery without the lock could replay a dead run's journal
+//! underneath a live run, and a run that read its originals before recovery would record the
+//! dead run's leftovers as originals and write them back later.
+//!
+//! It changes no knob itself and knows nothing about what the holder changes.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -22,9 +29,9 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::journal::RUN_DIR;
+use super::journal::{self, Recovered};
 
-/// File name of the lock inside [`RUN_DIR`].
+/// File name of the lock inside the run directory (`/run/pinlab`).
 pub const LOCK_FILE: &str = "system.lock";
 /// How long [`SystemLock::acquire`] waits before giving up.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -40,6 +47,11 @@ pub enum Error {
     Open { path: PathBuf, source: io::Error },
     #[error("flock(LOCK_EX) on {path}: {source}")]
     Flock { path: PathBuf, source: io::Error },
+    #[error("recovering dead runs' journals under {path}: {source}")]
+    Recover {
+        path: PathBuf,
+        source: journal::Error,
+    },
     #[error("timed out after {waited:?} waiting for {path} (held by pid {holder})")]
     Timeout {
         path: PathBuf,
@@ -56,6 +68,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub struct SystemLock {
     file: File,
     path: PathBuf,
+    recovered: Vec<Recovered>,
 }
 
 impl SystemLock {
@@ -66,10 +79,11 @@ impl SystemLock {
 
     /// Takes the lock on `/run/pinlab/system.lock`, waiting up to `timeout`.
     pub fn acquire_within(timeout: Duration) -> Result<SystemLock> {
-        Self::acquire_at(&Path::new(RUN_DIR).join(LOCK_FILE), timeout)
+        Self::acquire_at(&journal::run_dir().join(LOCK_FILE), timeout)
     }
 
-    /// Takes the lock on the file at `path` (its directory is created), waiting up to `timeout`.
+    /// Takes the lock on the file at `path` (its directory is created), waiting up to `timeout`,
+    /// then recovers the dead runs' journals in that directory.
     pub fn acquire_at(path: &Path, timeout: Duration) -> Result<SystemLock> {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
@@ -122,15 +136,32 @@ impl SystemLock {
         let _ = file.set_len(0);
         let _ = file.seek(SeekFrom::Start(0));
         let _ = writeln!(file, "{}", std::process::id());
-        Ok(SystemLock {
+        // Owned from here: an error below releases the lock through Drop.
+        let mut lock = SystemLock {
             file,
             path: path.to_path_buf(),
-        })
+            recovered: Vec::new(),
+        };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        lock.recovered =
+            journal::recover_stale_journals_in(dir).map_err(|source| Error::Recover {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        for r in &lock.recovered {
+            eprintln!("pinlab: {r}");
+        }
+        Ok(lock)
     }
 
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// What acquiring the lock recovered from dead runs' journals (already reported on stderr).
+    pub fn recovered(&self) -> &[Recovered] {
+        &self.recovered
     }
 }
 

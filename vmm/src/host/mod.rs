@@ -16,7 +16,7 @@
 //! changes host state only through the owners here, and only for callers holding `SystemLock`.
 //!
 //! Start-up order for a command that touches knobs: `install_restore_handlers()` (before spawning
-//! threads), `SystemLock::acquire()`, `recover_stale_journals()`, then take guards.
+//! threads), `SystemLock::acquire()` (which recovers dead runs' journals first), then take guards.
 
 mod caps;
 mod journal;

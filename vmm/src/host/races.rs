@@ -1,11 +1,14 @@
-//! Tests: SIGINT/SIGTERM at 1 ms steps while another thread is changing host state.
+//! Tests across processes: a run killed while it changes host state, and a run that waits for
+//! the lock of a run that dies.
 //!
-//! Each case re-executes this test binary as a child (`race_child_entry`) that installs the
-//! restore handlers and changes host state in a loop on its main thread, the way a run does while
-//! its signal thread waits; the parent signals it at 0, 1, 2, ... ms after it reports ready, and
-//! after every kill checks what a bug would leave: a knob not at its original (a write that landed
-//! after the restore), a journal or a `.tmp` journal (written after the restore removed them).
-//! The child journals into a temporary directory, so nothing here touches `/run/pinlab`.
+//! Each case re-executes this test binary as a child (`race_child_entry`). In the signal cases the
+//! child installs the restore handlers and changes host state in a loop on its main thread, the
+//! way a run does while its signal thread waits; the parent signals it at 0, 1, 2, ... ms after it
+//! reports ready, and after every kill checks what a bug would leave: a knob not at its original
+//! (a write that landed after the restore), a journal or a `.tmp` journal (written after the
+//! restore removed them). In the lock case the child holds the lock with a knob changed and is
+//! SIGKILLed while the parent waits for the lock. Children journal into a temporary directory
+//! (with its own lock file), so nothing here touches `/run/pinlab`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -13,9 +16,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use super::knob_guard::KnobGuard;
+use super::lock::{SystemLock, LOCK_FILE};
 use super::{journal, knobs, signals};
 
-/// The child's mode: "knobs".
+/// The child's mode: "knobs" (set and restore `KNOBS` in a loop), "hold" (hold the lock in the
+/// run directory with `HELD_KNOB` changed).
 const CHILD_ENV: &str = "PINLAB_RACE_CHILD";
 /// The child's run directory (journals; the knob files of "knobs").
 const DIR_ENV: &str = "PINLAB_RACE_DIR";
@@ -27,6 +32,9 @@ const KNOBS: [(&str, &str, &str); 4] = [
     ("pages_to_scan", "100", "10000"),
     ("run", "0", "1"),
 ];
+
+/// The knob the "hold" child changes from "orig" to "changed".
+const HELD_KNOB: &str = "held";
 
 /// Kills per case: delays 0..STEPS ms after ready, SIGINT and SIGTERM alternating.
 const STEPS: u64 = 40;
@@ -40,15 +48,25 @@ fn race_child_entry() {
     let dir = PathBuf::from(std::env::var(DIR_ENV).unwrap());
     journal::set_run_dir_for_test(&dir);
     signals::install_restore_handlers().unwrap();
-    println!("ready");
     match mode.as_str() {
-        "knobs" => loop {
-            let guards: Vec<KnobGuard> = KNOBS
-                .iter()
-                .map(|(k, _, v)| KnobGuard::set(dir.join(k), v).unwrap())
-                .collect();
-            drop(guards);
-        },
+        "knobs" => {
+            println!("ready");
+            loop {
+                let guards: Vec<KnobGuard> = KNOBS
+                    .iter()
+                    .map(|(k, _, v)| KnobGuard::set(dir.join(k), v).unwrap())
+                    .collect();
+                drop(guards);
+            }
+        }
+        "hold" => {
+            let _lock =
+                SystemLock::acquire_at(&dir.join(LOCK_FILE), Duration::from_secs(10)).unwrap();
+            let _guard = KnobGuard::set(dir.join(HELD_KNOB), "changed").unwrap();
+            println!("ready");
+            std::thread::sleep(Duration::from_secs(60));
+            panic!("hold child was not killed within 60 s");
+        }
         other => panic!("unknown child mode {other}"),
     }
 }
@@ -154,4 +172,67 @@ fn signal_while_knobs_change_restores_every_knob() {
         "{} of {STEPS} kills left host state behind: {failures:#?}",
         failures.len()
     );
+}
+
+/// PIDs above the kernel's `PID_MAX_LIMIT` (4 Mi): never alive.
+const NEVER_ALIVE: u32 = (4 << 20) + 100;
+
+#[test]
+fn a_run_waiting_for_the_lock_finds_the_dead_holders_knobs_restored() {
+    // A bug shows as the waiter reading the dead holder's "changed" as its original (recovery
+    // not done under the lock before acquire returns), or as one unparsable journal stopping
+    // the recovery of the others.
+    let dir = tempfile::tempdir().unwrap();
+    let knob = dir.path().join(HELD_KNOB);
+    std::fs::write(&knob, "orig").unwrap();
+    let mut holder = setup_child("hold", dir.path());
+    let holder_pid = holder.id();
+    assert_eq!(knobs::read_knob(&knob).unwrap(), "changed");
+    // Left by other dead runs while the holder has the lock.
+    let garbage = journal::journal_path(dir.path(), NEVER_ALIVE);
+    std::fs::write(&garbage, "{ not json").unwrap();
+    let partial = journal::tmp_path(dir.path(), NEVER_ALIVE + 1);
+    std::fs::write(&partial, "{ \"pid\": ").unwrap();
+
+    let lock_path = dir.path().join(LOCK_FILE);
+    let waiter_knob = knob.clone();
+    let waiter = std::thread::spawn(move || {
+        let lock = SystemLock::acquire_at(&lock_path, Duration::from_secs(30)).unwrap();
+        // What a run would record as the knob's original.
+        let original = knobs::read_knob(&waiter_knob).unwrap();
+        (lock, original)
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !waiter.is_finished(),
+        "the waiter got the lock while the holder lived"
+    );
+    // SAFETY: kill(2) on the child we spawned and have not reaped.
+    assert_eq!(unsafe { libc::kill(holder_pid as i32, libc::SIGKILL) }, 0);
+    holder.wait().unwrap();
+    let (lock, original) = waiter.join().unwrap();
+
+    assert_eq!(original, "orig", "the waiter saw the dead holder's value");
+    let rec = lock.recovered();
+    let of = |pid: u32| rec.iter().find(|r| r.pid == pid);
+    let held = of(holder_pid).expect("the holder's journal was recovered");
+    assert_eq!(held.restored, vec![(knob.clone(), "orig".to_string())]);
+    assert!(held.errors.is_empty(), "{:?}", held.errors);
+    assert!(!journal::journal_path(dir.path(), holder_pid).exists());
+    let bad = of(NEVER_ALIVE).expect("the unparsable journal was reported");
+    assert!(
+        matches!(bad.errors.as_slice(), [journal::Error::Parse { .. }]),
+        "{:?}",
+        bad.errors
+    );
+    assert!(
+        garbage.exists(),
+        "an unparsable journal is kept for a human"
+    );
+    assert!(of(NEVER_ALIVE + 1).is_some_and(|r| r.errors.is_empty()));
+    assert!(
+        !partial.exists(),
+        "a dead run's temporary journal is removed"
+    );
+    assert_eq!(rec.len(), 3, "{rec:?}");
 }
