@@ -10,8 +10,10 @@
 //! process runs (SIGKILL).
 //!
 //! Changing host state and restoring it are mutually exclusive: a knob is read, journaled and
-//! written ([`set_knob`]), a swapfile activated ([`activate_swapfile`]) or removed, all while the
-//! registry lock is held, and every change is journaled before it is made. The SIGINT/SIGTERM
+//! written ([`set_knob`]), a swapfile journaled and created ([`begin_swapfile`]), activated
+//! ([`activate_swapfile`]) or removed, all while the registry lock is held, and every change is
+//! journaled before it is made. (The zero-fill between creation and activation runs without the
+//! lock: a restore meanwhile unlinks the file under the writer, whose `swapon` then never comes.) The SIGINT/SIGTERM
 //! thread restores through [`restore_all_and_hold`], which takes the same lock (so it waits for a
 //! change in progress to finish and then undoes it), and never releases it: the process `_exit`s
 //! holding it, so no other thread starts a change after the restore. A restore of a swapfile
@@ -48,6 +50,8 @@ pub enum Error {
         path: PathBuf,
         source: journal::Error,
     },
+    #[error("creating the swapfile: {0}")]
+    CreateSwapfile(#[source] swap::Error),
     #[error("activating the swapfile: {0}")]
     Swapon(#[source] swap::Error),
     #[error("removing the swapfile: {0}")]
@@ -227,8 +231,9 @@ fn kill_children_locked(s: &mut State) -> Vec<i32> {
     children
 }
 
-/// Journals a swapfile that exists but is not yet active.
-pub(crate) fn register_swapfile(path: &Path) -> Result<()> {
+/// Under the registry lock: journals the swapfile `path`, then creates it (empty, mode 0600), so
+/// that no moment exists when a file of ours is on disk and unrecorded.
+pub(crate) fn begin_swapfile(path: &Path) -> Result<std::fs::File> {
     let mut s = state();
     s.swapfiles.push(path.to_path_buf());
     if let Err(source) = sync_journal(&s) {
@@ -238,7 +243,13 @@ pub(crate) fn register_swapfile(path: &Path) -> Result<()> {
             source,
         });
     }
-    Ok(())
+    swap::create_file(path).map_err(|e| {
+        s.swapfiles.pop();
+        if let Err(e) = sync_journal(&s) {
+            tracing::warn!("updating knob journal: {e}");
+        }
+        Error::CreateSwapfile(e)
+    })
 }
 
 /// Under the registry lock: `swapon` of a registered swapfile.

@@ -38,6 +38,8 @@ pub enum Error {
     Create { path: PathBuf, source: io::Error },
     #[error("writing swapfile {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
+    #[error("statvfs({path}): {source}")]
+    Statvfs { path: PathBuf, source: io::Error },
     #[error("swapon({path}): {source}")]
     Swapon { path: PathBuf, source: io::Error },
     #[error("swapoff({path}): {source}")]
@@ -113,6 +115,25 @@ pub fn swap_header(page_size: usize, pages: u64) -> Vec<u8> {
     // nr_badpages (+8), uuid (+12..28), volume_name (+28..44): zero.
     page[page_size - MAGIC.len()..].copy_from_slice(MAGIC);
     page
+}
+
+/// Bytes an unprivileged writer could still allocate on the filesystem holding `dir`
+/// (`f_bavail * f_frsize`).
+pub fn available_bytes(dir: &Path) -> Result<u64> {
+    let serr = |source| Error::Statvfs {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| serr(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    // SAFETY: a zeroed statvfs is a valid out-buffer; the kernel fills it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs with a NUL-terminated path that lives across the call and a pointer to the
+    // local struct.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(serr(io::Error::last_os_error()));
+    }
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Creates the empty file `path` (it must not exist), mode 0600, close-on-exec.
@@ -300,5 +321,19 @@ mod tests {
         deactivate_and_remove(&plain).unwrap();
         assert!(!plain.exists());
         deactivate_and_remove(&dir.path().join("absent")).unwrap();
+    }
+
+    #[test]
+    fn available_bytes_of_a_real_and_a_missing_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(available_bytes(dir.path()).unwrap() > 0);
+        let missing = dir.path().join("absent");
+        match available_bytes(&missing) {
+            Err(Error::Statvfs { path, source }) => {
+                assert_eq!(path, missing);
+                assert_eq!(source.raw_os_error(), Some(libc::ENOENT));
+            }
+            other => panic!("expected Statvfs, got {other:?}"),
+        }
     }
 }

@@ -1,14 +1,14 @@
 //! `Swapfile`: a swapfile this process creates, activates, and on drop swaps off and unlinks.
 //!
-//! It owns the file's lifetime and its name (`<dir>/pinlab-swap-<pid>-<n>`). The swap area itself
-//! (header, zero-fill, `swapon`/`swapoff`) is `swap.rs`'s; recording the file, so that
-//! SIGINT/SIGTERM (`signals.rs`) and journal recovery remove it too, is `registry.rs`'s. The file is
-//! registered *before* `swapon`, so there is no moment when an active swapfile of ours is
-//! unrecorded. It does not decide what gets swapped out (`MADV_PAGEOUT` belongs to `perturb`).
+//! It owns the file's lifetime, its name (`<dir>/pinlab-swap-<pid>-<n>`) and the size policy. The
+//! swap area itself (header, zero-fill, `swapon`/`swapoff`) is `swap.rs`'s; recording the file, so
+//! that SIGINT/SIGTERM (`signals.rs`) and journal recovery remove it too, is `registry.rs`'s. The
+//! file is journaled *before* it is created, so there is no moment when a file of ours (being
+//! zero-filled, or active) is unrecorded, even for a SIGKILL. A size that would leave less than
+//! [`RESERVE_BYTES`] free on the filesystem is refused before anything is written. It does not decide what gets swapped out (`MADV_PAGEOUT` belongs to `perturb`).
 //!
 //! It does not take the `SystemLock`: callers must hold it (swap is system-wide).
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -19,12 +19,22 @@ use super::{registry, swap};
 pub enum Error {
     #[error("swapfile of {size} bytes is smaller than {min} pages")]
     TooSmall { size: u64, min: u64 },
+    #[error("checking free space for the swapfile: {0}")]
+    FreeSpace(swap::Error),
+    #[error(
+        "a swapfile of {size} bytes does not fit in {dir}: {available} bytes free, and {reserve} \
+         must stay free"
+    )]
+    NoSpace {
+        dir: PathBuf,
+        size: u64,
+        available: u64,
+        reserve: u64,
+    },
     #[error(transparent)]
-    Create(swap::Error),
+    Create(registry::Error),
     #[error(transparent)]
     WriteArea(swap::Error),
-    #[error(transparent)]
-    Record(registry::Error),
     #[error(transparent)]
     Activate(registry::Error),
     #[error(transparent)]
@@ -33,6 +43,9 @@ pub enum Error {
 
 /// Result of this module.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// What must stay free on the swapfile's filesystem besides it (other users, our journal).
+pub const RESERVE_BYTES: u64 = 256 << 20;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -45,7 +58,8 @@ pub struct Swapfile {
 
 impl Swapfile {
     /// Creates `dir/pinlab-swap-<pid>-<n>` of `size` bytes (rounded down to pages), mode 0600,
-    /// writes the swap area and activates it. Needs CAP_SYS_ADMIN and a filesystem that supports
+    /// writes the swap area and activates it; refuses a size that leaves less than
+    /// [`RESERVE_BYTES`] free. Needs CAP_SYS_ADMIN and a filesystem that supports
     /// swapfiles.
     pub fn create(dir: &Path, size: u64) -> Result<Swapfile> {
         let ps = swap::page_size();
@@ -56,25 +70,27 @@ impl Swapfile {
                 min: swap::MIN_PAGES,
             });
         }
+        let bytes = pages * ps;
+        let available = swap::available_bytes(dir).map_err(Error::FreeSpace)?;
+        if bytes.saturating_add(RESERVE_BYTES) > available {
+            return Err(Error::NoSpace {
+                dir: dir.to_path_buf(),
+                size: bytes,
+                available,
+                reserve: RESERVE_BYTES,
+            });
+        }
         let path = dir.join(format!(
             "pinlab-swap-{}-{}",
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
-        let mut f = swap::create_file(&path).map_err(Error::Create)?;
-        // From here on the file exists: remove it on every error.
-        let fail = |e: Error| {
-            let _ = fs::remove_file(&path);
-            e
-        };
-        swap::write_area(&mut f, &path, pages).map_err(|e| fail(Error::WriteArea(e)))?;
+        let mut f = registry::begin_swapfile(&path).map_err(Error::Create)?;
+        // Journaled and created: from here on dropping `sw` swaps off (if it got that far) and
+        // unlinks.
+        let sw = Swapfile { path, size: bytes };
+        swap::write_area(&mut f, &sw.path, pages).map_err(Error::WriteArea)?;
         drop(f);
-        registry::register_swapfile(&path).map_err(|e| fail(Error::Record(e)))?;
-        // Registered: from here on dropping `sw` swaps off (if it got that far) and unlinks.
-        let sw = Swapfile {
-            path,
-            size: pages * ps,
-        };
         registry::activate_swapfile(&sw.path).map_err(Error::Activate)?;
         Ok(sw)
     }
@@ -110,6 +126,7 @@ impl Drop for Swapfile {
 mod tests {
     use super::super::lock::SystemLock;
     use super::*;
+    use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
@@ -118,6 +135,27 @@ mod tests {
         match Swapfile::create(dir.path(), 4096) {
             Err(Error::TooSmall { size: 4096, .. }) => {}
             other => panic!("expected TooSmall, got {other:?}"),
+        }
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_size_that_does_not_fit_is_refused_before_creating_anything() {
+        // A bug shows as a file written until ENOSPC (and the filesystem full meanwhile).
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let available = swap::available_bytes(dir.path()).unwrap();
+        let size = available - available % swap::page_size();
+        match Swapfile::create(dir.path(), size) {
+            Err(Error::NoSpace {
+                dir: d,
+                size: s,
+                reserve,
+                ..
+            }) => {
+                assert_eq!((d.as_path(), s), (dir.path(), size));
+                assert_eq!(reserve, RESERVE_BYTES);
+            }
+            other => panic!("expected NoSpace, got {other:?}"),
         }
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
     }
