@@ -136,7 +136,10 @@ fn run_inner(
     let touches_system =
         s.host.swap.is_some() || s.perturb.actions.iter().any(|a| a.touches_system_knobs());
     let _system_lock = if touches_system {
-        Some(crate::host::SystemLock::acquire().map_err(|e| format!("system lock: {e}"))?)
+        Some(
+            crate::host::SystemLock::acquire_for(&s.name)
+                .map_err(|e| format!("system lock: {e}"))?,
+        )
     } else {
         None
     };

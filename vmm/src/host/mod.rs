@@ -37,7 +37,7 @@ pub use journal::{recover_stale_journals, recover_stale_journals_in, Journal, Re
 pub use knob_guard::KnobGuard;
 pub use knobs::{read_knob, trigger, write_knob};
 pub use ksm::{Ksm, KsmSettings};
-pub use lock::SystemLock;
+pub use lock::{Holder as LockHolder, SystemLock};
 pub use registry::{register_child, unregister_child};
 pub use signals::{defer_to_pending_signal, install_restore_handlers, restore_and_exit};
 pub use swap::{active_swaps, SwapEntry};
