@@ -448,7 +448,11 @@ fn kill_campaign() {
         println!("{name}: {c:#?}");
         report.push((name, c));
     }
-    println!("scenario | kills (INT/TERM) | while waiting for lock | before handlers | finished first | anchor not seen | wrong exit | journals | swapfiles | swap areas | processes | KSM knobs changed | SIGKILLs | recovered by next run | left after next run");
+    println!(concat!(
+        "scenario | kills (INT/TERM) | while waiting for lock | before handlers | ",
+        "finished first | anchor not seen | wrong exit | journals | swapfiles | swap areas | ",
+        "processes | KSM knobs changed | SIGKILLs | recovered by next run | left after next run"
+    ));
     for (name, c) in &report {
         println!(
             "{name} | {} ({}/{}) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}",

@@ -6,8 +6,7 @@
 //! anything is registered and removes it when nothing is. A process killed with SIGKILL (or that
 //! lost power to its handlers) leaves its journal behind; [`recover_stale_journals`] restores those
 //! knobs (newest record first, so a knob set twice ends at its first original) and swaps off and
-//! unlinks those swapfiles. Call it at startup of every command that touches knobs, holding the
-//! `SystemLock`.
+//! unlinks those swapfiles. It runs under the `SystemLock`: acquiring the lock calls it first.
 //!
 //! A journal is stale when its PID is dead, or alive with another start time (the PID was
 //! reused). The current process's own journal is never recovered. Children are not journaled: a

@@ -9,7 +9,8 @@
 //! `flock` locks belong to the open file description: two `acquire` calls in the same process
 //! exclude each other exactly as two processes do (so the lock serializes tests inside one test
 //! binary too), and the lock is not reentrant. The descriptor is `O_CLOEXEC`, so children that we
-//! exec do not inherit it; a process killed with SIGKILL releases it when the kernel closes its fds.
+//! exec do not inherit it; a process killed with SIGKILL releases it when the kernel closes its
+//! fds.
 //!
 //! The holder writes who it is into the file (a [`Holder`]: pid and scenario, one JSON line), for
 //! waiters only; the lock is the `flock`. A waiter says on stderr whom it waits for ("waiting for

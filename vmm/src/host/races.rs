@@ -8,7 +8,8 @@
 //! (a write that landed after the restore), a journal or a `.tmp` journal (written after the
 //! restore removed them). In the lock case the child holds the lock with a knob changed and is
 //! SIGKILLed while the parent waits for the lock. Children journal into a temporary directory
-//! (with its own lock file), so nothing here touches `/run/pinlab`.
+//! (with its own lock file); only the swap cases take the real system lock, because swap areas
+//! are system-wide.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -12,12 +12,17 @@
 //! Changing host state and restoring it are mutually exclusive: a knob is read, journaled and
 //! written ([`set_knob`]), a swapfile journaled and created ([`begin_swapfile`]), activated
 //! ([`activate_swapfile`]) or removed, all while the registry lock is held, and every change is
-//! journaled before it is made. (The zero-fill between creation and activation runs without the
-//! lock: a restore meanwhile unlinks the file under the writer, whose `swapon` then never comes.) The SIGINT/SIGTERM
-//! thread restores through [`restore_all_and_hold`], which takes the same lock (so it waits for a
-//! change in progress to finish and then undoes it), and never releases it: the process `_exit`s
-//! holding it, so no other thread starts a change after the restore. A restore of a swapfile
-//! attempts `swapoff` whether or not `/proc/swaps` lists it yet.
+//! journaled before it is made. The SIGINT/SIGTERM thread restores through
+//! [`restore_all_and_hold`], which takes the same lock (so it waits for a change in progress to
+//! finish and then undoes it), and never releases it: the process `_exit`s holding it, so no
+//! other thread starts a change after the restore. A restore of a swapfile attempts `swapoff`
+//! whether or not `/proc/swaps` lists it yet. The zero-fill between a swapfile's creation and its
+//! activation runs without the lock: a restore meanwhile unlinks the file under the writer, whose
+//! `swapon` then never comes.
+//!
+//! A child is registered after its fork returns: one forked just before a restore takes the lock
+//! stays unregistered (its parent thread blocks in [`register_child`]) and is not killed here;
+//! the fork children of `perturb` exit by themselves when the `_exit` closes their release pipe.
 //!
 //! Each knob record is restored exactly once: it is written back and removed under the registry
 //! lock, whoever (guard drop, panic hook, signal thread) gets there first. Records on one path are

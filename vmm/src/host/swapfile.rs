@@ -5,7 +5,8 @@
 //! that SIGINT/SIGTERM (`signals.rs`) and journal recovery remove it too, is `registry.rs`'s. The
 //! file is journaled *before* it is created, so there is no moment when a file of ours (being
 //! zero-filled, or active) is unrecorded, even for a SIGKILL. A size that would leave less than
-//! [`RESERVE_BYTES`] free on the filesystem is refused before anything is written. It does not decide what gets swapped out (`MADV_PAGEOUT` belongs to `perturb`).
+//! [`RESERVE_BYTES`] free on the filesystem is refused before anything is written. It does not
+//! decide what gets swapped out (`MADV_PAGEOUT` belongs to `perturb`).
 //!
 //! It does not take the `SystemLock`: callers must hold it (swap is system-wide).
 
