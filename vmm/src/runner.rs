@@ -37,7 +37,7 @@ pub enum RunError {
     #[error("taking the system lock: {0}")]
     SystemLock(#[source] crate::host::errors::LockError),
     #[error("creating the [host] swapfile: {0}")]
-    Swapfile(#[source] crate::host::errors::SwapError),
+    Swapfile(#[source] Box<crate::host::errors::SwapfileError>),
     #[error("guest RAM: {0}")]
     GuestRam(#[source] crate::memory::Error),
     #[error("prefaulting guest RAM: {0}")]
@@ -156,14 +156,14 @@ fn run_inner<H: PhaseHook>(
     let touches_system =
         s.host.swap.is_some() || s.perturb.actions.iter().any(|a| a.touches_system_knobs());
     let _system_lock = if touches_system {
-        Some(crate::host::SystemLock::acquire().map_err(RunError::SystemLock)?)
+        Some(crate::host::SystemLock::acquire_for(&s.name).map_err(RunError::SystemLock)?)
     } else {
         None
     };
     let _swap = match s.host.swap {
         Some(size) => Some(
             crate::host::Swapfile::create(std::path::Path::new("/var/tmp"), size.0)
-                .map_err(RunError::Swapfile)?,
+                .map_err(|e| RunError::Swapfile(Box::new(e)))?,
         ),
         None => None,
     };

@@ -170,7 +170,6 @@ pub fn cmd_run(args: RunArgs, launch: Mono) -> ExitCode {
             "installing the signal handlers that restore host knobs: {e}"
         ));
     }
-    let _ = pinlab::host::recover_stale_journals();
     let mut hook = pinlab::perturb::Schedule::new(&scenario);
     let mut outcome = pinlab::runner::run(&scenario, launch, &mut hook);
     outcome.expected_from = expected_from;

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use super::{huge_page_of, last_os, madvise, split_pmd_by_mprotect, Ctx, Done, Error, Result};
 use crate::addr::{Hva, Pfn, HUGE_PAGE_SIZE, PAGE_SIZE};
-use crate::mmap::{self, Mapping};
 use crate::evidence::{
     AtFork, Bias1024, BiasFinding, Details, Fork, Kirill, LaterHalf, PageKind, PageList,
 };
+use crate::mmap::{self, Mapping};
 use crate::scenario::{Action, PinKind};
 
 /// Shared memory the child reports into (MAP_SHARED, so the parent sees the child's writes).
