@@ -409,6 +409,7 @@ fn run_inner<H: PhaseHook>(
         pins: &out.pins,
         control_group: s.device.pin == PinKind::Mapping,
         pfn_evidence_only: s.device.pin == PinKind::Vfio,
+        region_gpa: layout.region.start,
     });
     out.verdict = verdict;
     out.reason = reason;
