@@ -14,7 +14,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::state::{Folio, State, PIN_BIAS};
+use super::state::{Folio, HoldKind, State, PIN_BIAS};
 
 /// A kernel era, by the names configs use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -179,6 +179,24 @@ pub struct Rules {
     pub make_writable: fn(&State, u8, u8) -> bool,
     /// page_maybe_dma_pinned.
     pub maybe_pinned: fn(&Folio) -> bool,
+}
+
+impl Rules {
+    /// (refcount, pincount) a device hold adds: FOLL_PIN adds GUP_PIN_COUNTING_BIAS to a small
+    /// page and one reference plus one `_pincount` to a large folio (mm/gup.c try_grab_folio,
+    /// 5.7+); before FOLL_PIN, and for FOLL_GET, one reference per hold.
+    pub fn hold_refs(&self, large: bool, kind: HoldKind, count: u16) -> (u16, u16) {
+        match kind {
+            HoldKind::Pin if self.features.foll_pin => {
+                if large {
+                    (count, count)
+                } else {
+                    (count.saturating_mul(PIN_BIAS), 0)
+                }
+            }
+            _ => (count, 0),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@
 //! One concept per file:
 //! - `state`: pages, page tables, VMAs, anon_vmas, holders (the machine);
 //! - `era`: each era's rule functions, with the kernel source each one stands for;
-//! - `ops`: operations and their atomic steps;
+//! - `ops`: operations and their atomic steps, one file per kernel source file (`ops/mod.rs`
+//!   lists them);
 //! - `invariant`: what must hold, and which breaches are divergences;
 //! - `explore`: BFS over interleavings, shortest violating trace;
 //! - `spec`: the `[model]` section and the translation of live scenarios;

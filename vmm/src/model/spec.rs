@@ -86,7 +86,7 @@ fn round_spec(s: &Scenario, offsets: Option<&Vec<u8>>) -> RoundSpec {
 fn steps(list: &[String], key: &str) -> Result<Vec<Op>, Error> {
     list.iter()
         .enumerate()
-        .map(|(i, t)| parse_op(t).map_err(|r| error(format!("{key}[{i}]"), r)))
+        .map(|(i, t)| parse_op(t).map_err(|r| error(format!("{key}[{i}]"), r.to_string())))
         .collect()
 }
 
