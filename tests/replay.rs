@@ -280,8 +280,95 @@ fn every_live_combination_replays_under_every_era() {
 }
 
 /// Benchmark, not a test: `cargo test -p pinlab --release --test replay -- --ignored --nocapture`.
+/// Explores every scenario in configs/ that has concurrent threads, under every era,
+/// repeatedly, and prints states per second and the time of one full exploration; then the same
+/// for `explore::stress_programs`, whose figure is the per-state cost.
 #[test]
 #[ignore]
 fn bench_explorer() {
-    pinlab::model::explore::bench(&configs());
+    use pinlab::model::explore::{explore, stress_programs};
+    use std::time::Instant;
+    let dir = configs();
+    let mut total_states = 0usize;
+    let mut total_time = std::time::Duration::ZERO;
+    println!("{}", pinlab::model::HEADER);
+    for path in config::scenario_files(&dir).unwrap_or_default() {
+        let Ok(s) = config::load(Some(&path)) else {
+            continue;
+        };
+        let Ok(prog) = pinlab::model::spec::program(&s) else {
+            continue;
+        };
+        if prog.threads.len() < 2 {
+            continue;
+        }
+        for era in Era::ALL {
+            let start = Instant::now();
+            let mut runs = 0u32;
+            let mut states = 0usize;
+            let mut last = None;
+            while start.elapsed().as_millis() < 50 || runs < 10 {
+                match explore(&prog, era, false) {
+                    Ok(o) => {
+                        states += o.states;
+                        last = Some(o);
+                    }
+                    Err(_) => break,
+                }
+                runs += 1;
+            }
+            let el = start.elapsed();
+            total_states += states;
+            total_time += el;
+            if let Some(o) = last {
+                println!(
+                    "{:40} {:14} {:>6} states  {:>9.1} us/exploration  {:>6.2} M states/s  {:?}",
+                    s.name,
+                    era.name(),
+                    o.states,
+                    el.as_secs_f64() * 1e6 / runs as f64,
+                    states as f64 / el.as_secs_f64() / 1e6,
+                    o.conclusion
+                );
+            }
+        }
+    }
+    println!(
+        "overall (seed races, per-exploration setup included): {:.2} M states/s",
+        total_states as f64 / total_time.as_secs_f64().max(1e-9) / 1e6
+    );
+    println!("stress programs (per-state cost: setup is negligible next to the search):");
+    for (name, prog) in stress_programs() {
+        for era in [Era::V4_4, Era::MODERN] {
+            let start = Instant::now();
+            let mut runs = 0u32;
+            let mut states = 0usize;
+            let mut last = None;
+            while start.elapsed().as_millis() < 300 || runs < 3 {
+                match explore(&prog, era, false) {
+                    Ok(o) => {
+                        states += o.states;
+                        last = Some(o);
+                    }
+                    Err(e) => {
+                        println!("{name:40} {:14} error: {e}", era.name());
+                        break;
+                    }
+                }
+                runs += 1;
+            }
+            let el = start.elapsed();
+            if let Some(o) = last {
+                println!(
+                    "{:40} {:14} {:>6} states  {:>9.1} us/exploration  {:>6.2} M states/s  {:?}",
+                    name,
+                    era.name(),
+                    o.states,
+                    el.as_secs_f64() * 1e6 / runs as f64,
+                    states as f64 / el.as_secs_f64() / 1e6,
+                    o.conclusion
+                );
+            }
+        }
+    }
 }
