@@ -49,6 +49,11 @@ impl Era {
         self.rules().name
     }
 
+    /// Whether the era has `f` (see [`Feature`]).
+    pub fn has(self, f: Feature) -> bool {
+        self.rules().features.has(f)
+    }
+
     pub fn rules(self) -> &'static Rules {
         match self {
             Era::V2_6_29 => &R2_6_29,
@@ -80,6 +85,41 @@ impl FromStr for Era {
     }
 }
 
+/// A feature a scenario can need and an era may lack: a scenario with an op that needs a
+/// feature its era lacks is `n/a` there (`Op::needs`), and nothing else is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Feature {
+    Ksm,
+    Khugepaged,
+    UffdWp,
+    MremapDontunmap,
+}
+
+impl Feature {
+    pub const ALL: [Feature; 4] = [
+        Feature::Ksm,
+        Feature::Khugepaged,
+        Feature::UffdWp,
+        Feature::MremapDontunmap,
+    ];
+
+    /// As `n/a` details name it ("4.4 has no MREMAP_DONTUNMAP").
+    pub fn what(self) -> &'static str {
+        match self {
+            Feature::Ksm => "KSM",
+            Feature::Khugepaged => "khugepaged",
+            Feature::UffdWp => "userfaultfd write-protect",
+            Feature::MremapDontunmap => "MREMAP_DONTUNMAP",
+        }
+    }
+}
+
+impl fmt::Display for Feature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.what())
+    }
+}
+
 /// What a kernel of the era has at all. A scenario that needs a missing feature is `n/a`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Features {
@@ -103,6 +143,18 @@ pub struct Features {
     /// gup_fast re-reads the PTE after taking its reference (generic RCU gup_fast, 3.18; x86
     /// since 4.13). Before, on x86, only the IRQ-off window (the flush IPI waits) protects it.
     pub gup_fast_recheck: bool,
+}
+
+impl Features {
+    /// Whether the era has `f`.
+    pub fn has(&self, f: Feature) -> bool {
+        match f {
+            Feature::Ksm => self.ksm,
+            Feature::Khugepaged => self.khugepaged,
+            Feature::UffdWp => self.uffd_wp,
+            Feature::MremapDontunmap => self.mremap_dontunmap,
+        }
+    }
 }
 
 /// Reuse or copy, on a write fault to a write-protected anonymous PTE.

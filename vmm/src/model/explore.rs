@@ -15,7 +15,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
-use super::era::Era;
+use super::era::{Era, Feature};
 use super::invariant::Invariant;
 use super::ops::{self, Ctx, Flow, Log, Op, RoundSpec, Stop, Variant};
 use super::state::{state_hash, FxBuild, State, SLOTS, SUBS, THREADS};
@@ -31,6 +31,23 @@ pub struct Program {
     pub variant: Variant,
 }
 
+impl Program {
+    /// Every feature an op of the program needs ([`Op::needs`]), in `Feature` order. Under an
+    /// era that lacks one of them the program is `n/a`; under any other it is not.
+    pub fn needs(&self) -> Vec<Feature> {
+        let mut v: Vec<Feature> = self
+            .setup
+            .iter()
+            .chain(self.threads.iter().flat_map(|(_, ops)| ops))
+            .chain(&self.after)
+            .filter_map(Op::needs)
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
 /// What the model concluded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Conclusion {
@@ -39,8 +56,8 @@ pub enum Conclusion {
     Diverged(Invariant),
     /// A structural invariant broke.
     Broken(Invariant),
-    /// The era lacks what the scenario needs.
-    NotApplicable(String),
+    /// The era lacks a feature the scenario needs.
+    NotApplicable(Feature),
 }
 
 /// The result of exploring one program under one era.

@@ -20,7 +20,7 @@ pub mod report;
 pub mod spec;
 pub mod state;
 
-pub use era::Era;
+pub use era::{Era, Feature};
 pub use explore::{explore, Conclusion, Outcome, Program};
 pub use invariant::Invariant;
 pub use report::{

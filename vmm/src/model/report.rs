@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::era::Era;
+use super::era::{Era, Feature};
 use super::explore::{explore, Conclusion, Outcome};
 use super::invariant::Invariant;
 use super::spec;
@@ -135,6 +135,9 @@ pub struct Replay {
     pub verdict: ModelVerdict,
     /// Why `n/a`, or which data invariant broke for `diverged`.
     pub detail: Option<String>,
+    /// For `n/a`: the feature the era lacks (the detail says it in words).
+    #[serde(skip)]
+    pub lacks: Option<Feature>,
     pub findings: Vec<String>,
     pub trace: Option<Vec<String>>,
     pub states: usize,
@@ -169,11 +172,18 @@ pub enum Error {
 }
 
 fn outcome_to_replay(s: &Scenario, era: Era, o: Outcome) -> Replay {
+    let lacks = match o.conclusion {
+        Conclusion::NotApplicable(f) => Some(f),
+        _ => None,
+    };
     let (verdict, detail) = match o.conclusion {
         Conclusion::Coherent => (ModelVerdict::Coherent, None),
         Conclusion::Diverged(i) => (ModelVerdict::Diverged, Some(format!("{i} broken"))),
         Conclusion::Broken(i) => (ModelVerdict::InvariantBroken(i), None),
-        Conclusion::NotApplicable(why) => (ModelVerdict::NotApplicable, Some(why)),
+        Conclusion::NotApplicable(f) => (
+            ModelVerdict::NotApplicable,
+            Some(format!("{} has no {f}", era.name())),
+        ),
     };
     Replay {
         model: true,
@@ -181,6 +191,7 @@ fn outcome_to_replay(s: &Scenario, era: Era, o: Outcome) -> Replay {
         era: era.name().to_string(),
         verdict,
         detail,
+        lacks,
         findings: finding_names(o.findings),
         trace: o.trace,
         states: o.states,

@@ -13,16 +13,10 @@ use super::super::state::{Pmd, Pte, Regs, State, SUBS};
 use super::rmap::anon_vma_prepare;
 use super::vma::vma_of;
 use super::zap::zap_pte;
-use super::{err, flush_blocked, lock_free, Ctx, Flow, Log, Stop, R};
+use super::{err, flush_blocked, lock_free, Ctx, Flow, Log, R};
 
 pub(super) fn collapse(s: &mut State, ctx: &Ctx, r: &mut Regs, slot: u8, log: &mut Log) -> R<Flow> {
     let rules = ctx.rules;
-    if !rules.features.khugepaged {
-        return Err(Stop::NotApplicable(format!(
-            "{} has no khugepaged",
-            rules.name
-        )));
-    }
     let pmd = slot as usize / SUBS;
     let base = (pmd * SUBS) as u8;
     let tid1 = ctx.tid as u8 + 1;

@@ -12,13 +12,10 @@ use super::super::era::ClearOrder;
 use super::super::state::{Lookup, Pte, Regs, State, NONE};
 use super::huge_memory::split_folio_now;
 use super::rmap::map_pte;
-use super::{err, flush_blocked, lock_free, page_desc, Ctx, Flow, Log, Stop, R};
+use super::{err, flush_blocked, lock_free, page_desc, Ctx, Flow, Log, R};
 
 pub(super) fn ksm(s: &mut State, ctx: &Ctx, r: &mut Regs, slot: u8, log: &mut Log) -> R<Flow> {
     let rules = ctx.rules;
-    if !rules.features.ksm {
-        return Err(Stop::NotApplicable(format!("{} has no KSM", rules.name)));
-    }
     let order = ctx.variant.clear_order;
     let tid1 = ctx.tid as u8 + 1;
     let clear = |s: &mut State, r: &mut Regs| {

@@ -58,7 +58,7 @@ mod zap;
 
 pub use syntax::{op_name, parse_op, Error as SyntaxError};
 
-use super::era::{ClearOrder, Rules};
+use super::era::{ClearOrder, Feature, Rules};
 use super::invariant::{self, Invariant};
 use super::state::{State, NONE, SUBS};
 
@@ -165,6 +165,22 @@ pub enum Op {
     },
 }
 
+impl Op {
+    /// The era feature this op needs at all: without it the scenario is `n/a` under that era
+    /// (checked by [`step`] before the op runs, and statically by `Program::needs`).
+    pub fn needs(&self) -> Option<Feature> {
+        match self {
+            Op::Ksm { .. } => Some(Feature::Ksm),
+            Op::Collapse { .. } => Some(Feature::Khugepaged),
+            Op::UffdWp { .. } => Some(Feature::UffdWp),
+            Op::Mremap {
+                dontunmap: true, ..
+            } => Some(Feature::MremapDontunmap),
+            _ => None,
+        }
+    }
+}
+
 /// How the device reaches guest RAM and which directions a round runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RoundSpec {
@@ -242,8 +258,9 @@ pub enum Flow {
 pub enum Stop {
     #[error("invariant {0} broken")]
     Broken(Invariant),
-    #[error("not applicable: {0}")]
-    NotApplicable(String),
+    /// The era lacks a feature the op needs ([`Op::needs`]): the scenario is `n/a`.
+    #[error("not applicable: the era has no {0}")]
+    NotApplicable(Feature),
     #[error("model error in {op}: {reason}")]
     Model { op: &'static str, reason: String },
 }
@@ -303,6 +320,9 @@ fn lock_free(owner: u8, tid: usize) -> bool {
 
 /// Runs one step of `op` for thread `ctx.tid`.
 pub fn step(s: &mut State, ctx: &Ctx, op: &Op, log: &mut Log) -> R<Flow> {
+    if let Some(f) = op.needs().filter(|&f| !ctx.rules.features.has(f)) {
+        return Err(Stop::NotApplicable(f));
+    }
     let mut r = s.threads[ctx.tid];
     let flow = match *op {
         Op::Mmap {
@@ -348,15 +368,7 @@ pub fn step(s: &mut State, ctx: &Ctx, op: &Op, log: &mut Log) -> R<Flow> {
             repoint,
         } => mremap::mremap(s, ctx, &mut r, (start, end, dst), dontunmap, repoint, log)?,
         Op::Dontneed { start, end } => zap::dontneed(s, ctx, start, end, log)?,
-        Op::UffdWp { start, end } => {
-            if !ctx.rules.features.uffd_wp {
-                return Err(Stop::NotApplicable(format!(
-                    "{} has no userfaultfd write-protect",
-                    ctx.rules.name
-                )));
-            }
-            userfaultfd::uffd_wp(s, start, end, log)?
-        }
+        Op::UffdWp { start, end } => userfaultfd::uffd_wp(s, start, end, log)?,
         Op::Round => device::round(s, ctx, log)?,
         Op::DeviceWrite { off } => device::device_write(s, ctx, off, log)?,
         Op::DeviceRead { off } => device::device_read(s, ctx, off, log)?,

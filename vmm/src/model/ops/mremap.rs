@@ -11,7 +11,7 @@ use super::super::state::{Pmd, Pte, Regs, State, Vma, SLOTS, SUBS};
 use super::huge_memory::split_pmd;
 use super::rmap::{av_entry, av_insert, chain_avs};
 use super::vma::{vma_of, vma_remove, vmas_in};
-use super::{err, lock_free, Ctx, Flow, Log, Stop, R};
+use super::{err, lock_free, Ctx, Flow, Log, R};
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn mremap(
@@ -24,12 +24,6 @@ pub(super) fn mremap(
     log: &mut Log,
 ) -> R<Flow> {
     let rules = ctx.rules;
-    if dontunmap && !rules.features.mremap_dontunmap {
-        return Err(Stop::NotApplicable(format!(
-            "{} has no MREMAP_DONTUNMAP",
-            rules.name
-        )));
-    }
     let len = end - start;
     match r.phase {
         0 => {
