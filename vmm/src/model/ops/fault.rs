@@ -9,7 +9,7 @@
 //! (`page_count == 1`), 5.19's PG_anon_exclusive (6c287605fd56). The rules themselves are in
 //! `era.rs`; this file only applies the decision.
 
-use super::super::era::{Rules, Wp};
+use super::super::rules::{Rules, Wp};
 use super::super::state::{Lookup, Pmd, Pte, State, SUBS};
 use super::huge_memory::{do_huge_pmd_wp_page, PmdFault};
 use super::rmap::{anon_vma_prepare, map_pte};

@@ -7,11 +7,12 @@
 //! against KOSAKI's count check), seed 004 (gup_fast "runs with irq disabled", so a TLB-flush
 //! IPI waits for it), seed 001 (FOLL_PIN's GUP_PIN_COUNTING_BIAS, 5.7: `Rules::hold_refs`);
 //! 5.8's 17839856fd58 (COW broken at GUP time, even for reads), 5.19's a7f226604170
-//! (`gup_must_unshare`: every FOLL_PIN lands on an exclusive page); the recheck of the PTE
-//! after taking the reference is the era feature `gup_fast_recheck`.
+//! (`gup_must_unshare`: every FOLL_PIN lands on an exclusive page); what gup_fast rechecks
+//! after taking the reference is the era's `gup_fast_recheck` (the PTE; from 6.1 the PMD too,
+//! 70cbc3cc78a9, for seed 004's RCU-freed page tables).
 
-use super::super::era::Rules;
-use super::super::state::{HoldKind, Holder, Lookup, Pte, Regs, State};
+use super::super::rules::{Recheck, Rules};
+use super::super::state::{HoldKind, Holder, Lookup, Pmd, Pte, Regs, State, SUBS};
 use super::fault::fault;
 use super::{err, lock_free, page_desc, Ctx, Flow, Log, R};
 
@@ -203,10 +204,14 @@ pub(super) fn gup_fast(
         2 => {
             let (f, sub) = (r.reg[0], r.reg[1]);
             s.irqoff &= !bit;
-            if rules.features.gup_fast_recheck && s.mapped_page(0, slot) != Some((f, sub)) {
+            let what = match rules.gup_fast_recheck {
+                Recheck::Pte => "the PTE",
+                Recheck::PmdAndPte => "the PMD and the PTE",
+            };
+            if recheck(s, rules.gup_fast_recheck, slot) != Some((f, sub)) {
                 drop_refs(s, rules, f, kind, 1);
                 r.phase = 3;
-                log.note(|| format!("gup_fast rechecks the PTE of slot {slot}: changed -> drops its reference, interrupts on, slow path"));
+                log.note(|| format!("gup_fast rechecks {what} of slot {slot}: changed -> drops its reference, interrupts on, slow path"));
                 return Ok(Flow::Next);
             }
             add_holder(s, 0, slot, f, sub, kind, write, 1)?;
@@ -214,17 +219,24 @@ pub(super) fn gup_fast(
                 s.procs[0].has_pinned = true;
             }
             log.note(|| {
-                format!(
-                    "gup_fast {}: done, interrupts on; the device holds page #{f}",
-                    if rules.features.gup_fast_recheck {
-                        "rechecks the PTE (unchanged)"
-                    } else {
-                        "(no recheck in this era)"
-                    }
-                )
+                format!("gup_fast rechecks {what} (unchanged): done, interrupts on; the device holds page #{f}")
             });
             Ok(Flow::Done)
         }
         _ => gup_slow(s, ctx, slot, pin, write, 1, log),
+    }
+}
+
+/// What gup_fast sees when it rechecks `slot` after taking its reference. `Pte` (gup_pte_range
+/// before 70cbc3cc78a9): the PTE it read, in the page table it walked, even if khugepaged has
+/// since detached that table from the PMD; a huge PMD is rechecked itself (gup_huge_pmd).
+/// `PmdAndPte`: a PMD that changed (detached) makes it back off too.
+fn recheck(s: &State, how: Recheck, slot: u8) -> Option<(u8, u8)> {
+    match (how, s.procs[0].pmd[slot as usize / SUBS]) {
+        (Recheck::Pte, Pmd::Detached) => match s.procs[0].pte[slot as usize] {
+            Pte::Present { folio, sub, .. } => Some((folio, sub)),
+            _ => None,
+        },
+        _ => s.mapped_page(0, slot),
     }
 }

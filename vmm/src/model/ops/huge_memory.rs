@@ -10,7 +10,7 @@
 //! falls back to the PTE level (COW fixes part 1, per kernel-eras.md; `era.rs` wp_pmd_519);
 //! split_huge_page refuses a folio with extra references from 4.5 (`can_split_huge_page`).
 
-use super::super::era::{Rules, WpPmd};
+use super::super::rules::{Rules, WpPmd};
 use super::super::state::{HoldKind, Pmd, Pte, State, PMDS, PROCS, SUBS};
 use super::rmap::anon_vma_prepare;
 use super::{err, page_desc, Ctx, Flow, Log, R};

@@ -8,12 +8,12 @@
 //! for KSM case that is enough to ensure get_user_pages_fast can't succeed". khugepaged exists
 //! from 2.6.38 (the era feature `khugepaged`).
 
-use super::super::era::ClearOrder;
+use super::super::rules::ClearOrder;
 use super::super::state::{Pmd, Pte, Regs, State, SUBS};
 use super::rmap::anon_vma_prepare;
 use super::vma::vma_of;
 use super::zap::zap_pte;
-use super::{err, flush_blocked, lock_free, Ctx, Flow, Log, R};
+use super::{err, flush_blocked, flush_note, lock_free, Ctx, Flow, Log, R};
 
 pub(super) fn collapse(s: &mut State, ctx: &Ctx, r: &mut Regs, slot: u8, log: &mut Log) -> R<Flow> {
     let rules = ctx.rules;
@@ -49,12 +49,12 @@ pub(super) fn collapse(s: &mut State, ctx: &Ctx, r: &mut Regs, slot: u8, log: &m
             }
             match order {
                 ClearOrder::ClearThenCheck => {
-                    if flush_blocked(s, ctx.tid) {
+                    if flush_blocked(s, ctx) {
                         return Ok(Flow::Blocked);
                     }
                     s.mmap_lock = tid1;
                     s.procs[0].pmd[pmd] = Pmd::Detached;
-                    log.note(|| format!("khugepaged: mmap_lock taken, pmdp_collapse_flush detaches PMD {pmd} (the IPI has waited for any gup_fast)"));
+                    log.note(|| format!("khugepaged: mmap_lock taken, pmdp_collapse_flush detaches PMD {pmd} ({})", flush_note(ctx)));
                 }
                 ClearOrder::CheckBeforeClear => {
                     s.mmap_lock = tid1;
@@ -84,7 +84,7 @@ pub(super) fn collapse(s: &mut State, ctx: &Ctx, r: &mut Regs, slot: u8, log: &m
                     log.note(|| "khugepaged: count check passes on every page".to_string());
                 }
                 ClearOrder::CheckBeforeClear => {
-                    if flush_blocked(s, ctx.tid) {
+                    if flush_blocked(s, ctx) {
                         return Ok(Flow::Blocked);
                     }
                     s.procs[0].pmd[pmd] = Pmd::Detached;

@@ -8,11 +8,11 @@
 //! check; checking first lets gup_fast take one in between. 5.19+ write_protect_page also
 //! refuses an exclusive, maybe-pinned page (`folio_try_share_anon_rmap_pte`).
 
-use super::super::era::ClearOrder;
+use super::super::rules::ClearOrder;
 use super::super::state::{Lookup, Pte, Regs, State, NONE};
 use super::huge_memory::split_folio_now;
 use super::rmap::map_pte;
-use super::{err, flush_blocked, lock_free, page_desc, Ctx, Flow, Log, R};
+use super::{err, flush_blocked, flush_note, lock_free, page_desc, Ctx, Flow, Log, R};
 
 pub(super) fn ksm(s: &mut State, ctx: &Ctx, r: &mut Regs, slot: u8, log: &mut Log) -> R<Flow> {
     let rules = ctx.rules;
@@ -63,12 +63,18 @@ pub(super) fn ksm(s: &mut State, ctx: &Ctx, r: &mut Regs, slot: u8, log: &mut Lo
             };
             match order {
                 ClearOrder::ClearThenCheck => {
-                    if flush_blocked(s, ctx.tid) {
+                    if flush_blocked(s, ctx) {
                         return Ok(Flow::Blocked);
                     }
                     s.ptl = tid1;
                     clear(s, r);
-                    log.note(|| format!("ksm write_protect_page: ptep_clear_flush on slot {slot} ({}); the IPI has waited for any gup_fast", page_desc(s, f, sub)));
+                    log.note(|| {
+                        format!(
+                            "ksm write_protect_page: ptep_clear_flush on slot {slot} ({}); {}",
+                            page_desc(s, f, sub),
+                            flush_note(ctx)
+                        )
+                    });
                 }
                 ClearOrder::CheckBeforeClear => {
                     s.ptl = tid1;
@@ -107,7 +113,7 @@ pub(super) fn ksm(s: &mut State, ctx: &Ctx, r: &mut Regs, slot: u8, log: &mut Lo
                     log.note(|| format!("ksm: count check passes on {}", page_desc(s, f, sub)));
                 }
                 ClearOrder::CheckBeforeClear => {
-                    if flush_blocked(s, ctx.tid) {
+                    if flush_blocked(s, ctx) {
                         return Ok(Flow::Blocked);
                     }
                     clear(s, r);

@@ -78,12 +78,13 @@ pub(super) fn migrate(s: &mut State, ctx: &Ctx, r: &mut Regs, slot: u8, log: &mu
     match r.phase {
         0 => {
             let Some((f, _)) = s.mapped_page(0, slot) else {
+                log.note(|| format!("migrate: no page mapped at slot {slot} (moved or unmapped): nothing to migrate"));
                 return Ok(Flow::Done);
             };
             if s.folio(f).large() {
                 return Err(err("migrate", "the stepped migration models small pages"));
             }
-            if flush_blocked(s, ctx.tid) || !lock_free(s.anon_vma_lock, ctx.tid) {
+            if flush_blocked(s, ctx) || !lock_free(s.anon_vma_lock, ctx.tid) {
                 return Ok(Flow::Blocked);
             }
             let fo = *s.folio(f);

@@ -58,8 +58,8 @@ mod zap;
 
 pub use syntax::{op_name, parse_op, Error as SyntaxError};
 
-use super::era::{ClearOrder, Feature, Rules};
 use super::invariant::{self, Invariant};
+use super::rules::{ClearOrder, Feature, Rules};
 use super::state::{State, NONE, SUBS};
 
 /// An operation, as parsed from a `[model]` step or derived from a live scenario. Slots are
@@ -206,8 +206,14 @@ impl Default for RoundSpec {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Variant {
     pub clear_order: ClearOrder,
-    /// remove_migration_ptes walks the new (dst) VMA before the old one (the 2011 bug).
+    /// copy_vma links the new (dst) VMA before the old one on the anon_vma, so an rmap walk
+    /// visits dst first (seed 003's vma_merge case; what the era does about it is its
+    /// `mremap_rmap`).
     pub mremap_dst_first: bool,
+    /// The platform frees page tables by RCU and its TLB flush sends no IPI (as with
+    /// CONFIG_MMU_GATHER_RCU_TABLE_FREE and a flush that does not interrupt other CPUs), so a
+    /// flush does not wait for gup_fast (seed 004's RCU remark; 70cbc3cc78a9).
+    pub rcu_table_free: bool,
 }
 
 impl Default for Variant {
@@ -215,6 +221,7 @@ impl Default for Variant {
         Variant {
             clear_order: ClearOrder::ClearThenCheck,
             mremap_dst_first: false,
+            rcu_table_free: false,
         }
     }
 }
@@ -307,10 +314,20 @@ fn page_desc(s: &State, f: u8, sub: u8) -> String {
     )
 }
 
-/// A TLB-flush IPI from thread `tid` cannot complete while another thread is inside gup_fast's
-/// interrupts-off window (seed 004).
-fn flush_blocked(s: &State, tid: usize) -> bool {
-    s.irqoff & !(1u8 << tid) != 0
+/// A TLB-flush IPI from thread `ctx.tid` cannot complete while another thread is inside
+/// gup_fast's interrupts-off window (seed 004). With the variant `rcu-table-free` the flush
+/// sends no IPI and never waits.
+fn flush_blocked(s: &State, ctx: &Ctx) -> bool {
+    !ctx.variant.rcu_table_free && s.irqoff & !(1u8 << ctx.tid) != 0
+}
+
+/// How a trace says what the flush waited for.
+fn flush_note(ctx: &Ctx) -> &'static str {
+    if ctx.variant.rcu_table_free {
+        "no IPI: page tables are RCU-freed, gup_fast is not waited for"
+    } else {
+        "the IPI has waited for any gup_fast"
+    }
 }
 
 /// A model lock (0 = free, else the holder's tid + 1) is free or already held by `tid`.

@@ -5,8 +5,12 @@
 //!
 //! Seed 003: move_ptes can carry a migration entry from src to dst; an rmap walk that visits dst
 //! before src misses it (the walk already passed dst when the entry arrives), so the order of
-//! the anon_vma list decides.
+//! the anon_vma list decides. The era's `mremap_rmap` says what the kernel does about it: nothing
+//! before 3.2; anon_vma_moveto_tail puts dst after src (948f017b093a, 3.2); move_ptes takes the
+//! anon_vma lock when dst may be walked first (108d6642ad81, 38a76013ad80, 3.7), so no walk
+//! runs while an entry moves.
 
+use super::super::rules::MremapRmap;
 use super::super::state::{Pmd, Pte, Regs, State, Vma, SLOTS, SUBS};
 use super::huge_memory::split_pmd;
 use super::rmap::{av_entry, av_insert, chain_avs};
@@ -25,6 +29,10 @@ pub(super) fn mremap(
 ) -> R<Flow> {
     let rules = ctx.rules;
     let len = end - start;
+    // Where copy_vma links the new VMA, and whether move_ptes must exclude rmap walks.
+    let dst_first = ctx.variant.mremap_dst_first && rules.mremap_rmap != MremapRmap::MoveToTail;
+    let need_rmap_locks =
+        ctx.variant.mremap_dst_first && rules.mremap_rmap == MremapRmap::RmapLocks;
     match r.phase {
         0 => {
             if !lock_free(s.anon_vma_lock, ctx.tid) {
@@ -54,19 +62,24 @@ pub(super) fn mremap(
             };
             let src_entry = av_entry(0, src);
             for av in chain_avs(v.chain) {
-                let before = ctx.variant.mremap_dst_first.then_some(src_entry);
+                let before = dst_first.then_some(src_entry);
                 av_insert(s, av, av_entry(0, ni), before)?;
             }
             r.reg = [src as u8, ni as u8, 0];
             r.phase = 1;
             log.note(|| {
                 format!(
-                    "mremap copy_vma: new VMA [{dst}, {}) linked on the anon_vma {} the old one",
+                    "mremap copy_vma: new VMA [{dst}, {}) linked on the anon_vma {} the old one{}",
                     dst + len,
-                    if ctx.variant.mremap_dst_first {
-                        "BEFORE"
-                    } else {
-                        "after"
+                    if dst_first { "BEFORE" } else { "after" },
+                    match (ctx.variant.mremap_dst_first, rules.mremap_rmap) {
+                        (true, MremapRmap::MoveToTail) => {
+                            " (vma_merge put it first; anon_vma_moveto_tail moved it to the tail)"
+                        }
+                        (true, MremapRmap::RmapLocks) => {
+                            " (need_rmap_locks: move_ptes will hold the anon_vma lock)"
+                        }
+                        _ => "",
                     }
                 )
             });
@@ -76,7 +89,9 @@ pub(super) fn mremap(
             let i = r.reg[2];
             let (from, to) = (start + i, dst + i);
             let (fp, tp) = (from as usize / SUBS, to as usize / SUBS);
-            if !lock_free(s.ptl, ctx.tid) {
+            if !lock_free(s.ptl, ctx.tid)
+                || (need_rmap_locks && !lock_free(s.anon_vma_lock, ctx.tid))
+            {
                 return Ok(Flow::Blocked);
             }
             if (from as usize).is_multiple_of(SUBS)

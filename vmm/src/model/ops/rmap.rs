@@ -9,9 +9,9 @@
 //! page (6c287605fd56, PG_anon_exclusive). The anon_vma list order is what seed 003's mremap
 //! race turns on (`mremap` inserts before or after the source VMA).
 
-use super::super::era::UnmapRule;
+use super::super::rules::UnmapRule;
 use super::super::state::{Pmd, Pte, Regs, State, NONE, PROCS, SLOTS, SUBS};
-use super::{err, flush_blocked, lock_free, page_desc, Ctx, Flow, Log, R};
+use super::{err, flush_blocked, flush_note, lock_free, page_desc, Ctx, Flow, Log, R};
 
 pub(super) fn av_entry(proc: u8, vma: usize) -> u8 {
     (proc << 4) | vma as u8
@@ -122,7 +122,7 @@ pub(super) fn try_to_unmap(
     };
     match (rules.unmap, r.phase) {
         (UnmapRule::Always, _) | (UnmapRule::CountThenUnmap, 1) => {
-            if flush_blocked(s, ctx.tid) {
+            if flush_blocked(s, ctx) {
                 return Ok(Flow::Blocked);
             }
             let before = if log.on {
@@ -131,7 +131,12 @@ pub(super) fn try_to_unmap(
                 String::new()
             };
             unmap_to_swap(s, f);
-            log.note(|| format!("try_to_unmap: ptep_clear_flush (the IPI waits for gup_fast) and install swap entries for {before}"));
+            log.note(|| {
+                format!(
+                    "try_to_unmap: ptep_clear_flush ({}) and install swap entries for {before}",
+                    flush_note(ctx)
+                )
+            });
             Ok(Flow::Done)
         }
         (UnmapRule::CountThenUnmap, _) => {
@@ -148,7 +153,7 @@ pub(super) fn try_to_unmap(
         (UnmapRule::ClearThenShare, _) => {
             // ptep_clear_flush, then folio_try_share_anon_rmap_pte, under the PT lock: one step,
             // since gup_fast sees a cleared PTE and the slow path waits for the lock.
-            if flush_blocked(s, ctx.tid) || !lock_free(s.ptl, ctx.tid) {
+            if flush_blocked(s, ctx) || !lock_free(s.ptl, ctx.tid) {
                 return Ok(Flow::Blocked);
             }
             let fo = *s.folio(f);

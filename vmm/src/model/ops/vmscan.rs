@@ -5,7 +5,7 @@
 //! points at it), which is what a page with GUP references does. Seed 000's race is the stepped
 //! `try-to-unmap` in `rmap`.
 
-use super::super::era::UnmapRule;
+use super::super::rules::UnmapRule;
 use super::super::state::State;
 use super::huge_memory::split_folio_now;
 use super::rmap::unmap_to_swap;

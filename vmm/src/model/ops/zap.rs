@@ -4,7 +4,7 @@
 //! the pages go from the page tables, a device's hold keeps its page (the live action
 //! `dontneed`, diverged on every era).
 
-use super::super::era::Rules;
+use super::super::rules::Rules;
 use super::super::state::{Pmd, Pte, State, SUBS};
 use super::huge_memory::{split_pmd, zap_pmd};
 use super::{Ctx, Flow, Log, R};
