@@ -550,3 +550,30 @@ fn bench_explorer() {
         }
     }
 }
+
+/// Issue 10 #14: `expect.model` is checked once, by `Scenario::validate`, which `run` and
+/// `replay` both go through (`config::load`): an unknown era is refused with its key for both,
+/// an old era name or a plain version is accepted by both. A bug would let `run` accept a key
+/// that `replay` then refuses (or the reverse).
+#[test]
+fn expect_model_keys_are_checked_for_run_and_replay() {
+    let scenario = |key: &str| -> Scenario {
+        toml::from_str(&format!("[expect.model]\n\"{key}\" = \"coherent\"\n")).unwrap()
+    };
+    let bad = scenario("4.7+foo");
+    let err = bad.validate().unwrap_err();
+    assert_eq!(err.key, "expect.model.\"4.7+foo\"", "{err}");
+    assert!(replay(&bad, Era::MODERN, false).is_err());
+    for key in ["4.4", "3.7-4.4", "6.18", "6.1+"] {
+        let ok = scenario(key);
+        ok.validate().unwrap_or_else(|e| panic!("{key}: {e}"));
+        let era: Era = key.parse().unwrap();
+        let r = replay(&ok, era, false).unwrap();
+        assert_eq!(r.expected.as_deref(), Some("coherent"), "{key} names {era}");
+    }
+    // Two keys for one era: refused, not one of them silently ignored.
+    let twice: Scenario =
+        toml::from_str("[expect.model]\n\"4.4\" = \"coherent\"\n\"3.7-4.4\" = \"diverged\"\n")
+            .unwrap();
+    assert!(twice.validate().is_err());
+}
