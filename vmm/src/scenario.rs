@@ -532,6 +532,11 @@ impl Scenario {
                 "a live scenario with perturbations must say what it expects",
             ));
         }
+        // The model's one check of `expect.model` (era keys, values), for `run` and `replay`.
+        if let Err(e) = crate::model::expect::check(&self.expect.model) {
+            let key = format!("expect.model.\"{}\"", e.key);
+            return Err(invalid(&key, e.source.to_string()));
+        }
         Ok(())
     }
 

@@ -11,9 +11,9 @@
 
 use serde::Deserialize;
 
-use super::era::ClearOrder;
 use super::explore::Program;
 use super::ops::{parse_op, Op, RoundSpec, Variant};
+use super::rules::ClearOrder;
 use crate::scenario::{Action, Directions, PinKind, Scenario};
 
 /// `[model]` in a scenario file.
@@ -21,7 +21,9 @@ use crate::scenario::{Action, Directions, PinKind, Scenario};
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
     /// Rule variants: `check-before-clear` (KSM/khugepaged check the count before clearing the
-    /// PTE, seed 004's unsafe order), `mremap-dst-first` / `mremap-src-first` (seed 003).
+    /// PTE, seed 004's unsafe order), `mremap-dst-first` / `mremap-src-first` (seed 003: where
+    /// copy_vma links the new VMA), `rcu-table-free` / `ipi-flush` (seed 004: the platform's TLB
+    /// flush does not / does wait for gup_fast).
     #[serde(default)]
     pub variant: Vec<String>,
     /// Steps run once, in order, before the threads.
@@ -86,7 +88,7 @@ fn round_spec(s: &Scenario, offsets: Option<&Vec<u8>>) -> RoundSpec {
 fn steps(list: &[String], key: &str) -> Result<Vec<Op>, Error> {
     list.iter()
         .enumerate()
-        .map(|(i, t)| parse_op(t).map_err(|r| error(format!("{key}[{i}]"), r)))
+        .map(|(i, t)| parse_op(t).map_err(|r| error(format!("{key}[{i}]"), r.to_string())))
         .collect()
 }
 
@@ -106,10 +108,12 @@ fn model_program(s: &Scenario, m: &ModelSpec) -> Result<Program, Error> {
             "clear-then-check" => variant.clear_order = ClearOrder::ClearThenCheck,
             "mremap-dst-first" => variant.mremap_dst_first = true,
             "mremap-src-first" => variant.mremap_dst_first = false,
+            "rcu-table-free" => variant.rcu_table_free = true,
+            "ipi-flush" => variant.rcu_table_free = false,
             other => {
                 return Err(error(
                     format!("model.variant[{i}]"),
-                    format!("unknown variant `{other}` (check-before-clear, clear-then-check, mremap-dst-first, mremap-src-first)"),
+                    format!("unknown variant `{other}` (check-before-clear, clear-then-check, mremap-dst-first, mremap-src-first, rcu-table-free, ipi-flush)"),
                 ))
             }
         }
