@@ -126,7 +126,9 @@ pub fn run<H: PhaseHook>(s: &Scenario, launch: Mono, hook: &mut H) -> Outcome {
         },
     );
     if let Some(why) = missing_capability(s).or_else(|| crate::perturb::preflight(s)) {
-        return Outcome::skipped(s, why);
+        let mut out = Outcome::skipped(s, why);
+        out.timeline = (&*timeline).into();
+        return out;
     }
     let mut out = Outcome::empty(s);
     if let Err(e) = run_inner(s, launch, hook, &timeline, &mut out) {

@@ -156,7 +156,8 @@ pub enum Command {
     Replay {
         /// Scenario files (default: every scenario in configs/).
         scenarios: Vec<PathBuf>,
-        /// Kernel era (repeatable). Default: all.
+        /// Kernel era (repeatable): its name (e.g. `6.1+`) or any kernel version it covers
+        /// (`4.4`, `6.18`). Default: all.
         #[arg(long = "era")]
         eras: Vec<String>,
         /// Scenario directory when no file is given.
