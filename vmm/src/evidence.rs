@@ -498,3 +498,14 @@ mod tests {
         assert_eq!(serde_json::to_value(p).unwrap(), "r--p");
     }
 }
+
+/// How a storm went: iterations planned and run, and why it ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StormRun {
+    pub planned: u32,
+    pub ran: u32,
+    /// Iterations whose actions paused the vCPU (they write guest RAM or change its mappings).
+    pub paused_vcpu: u32,
+    /// `all-ran`, `rounds-ended` (the guest finished first) or `failed`.
+    pub ended: &'static str,
+}

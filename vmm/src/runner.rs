@@ -263,22 +263,25 @@ fn run_inner<H: PhaseHook>(
     let first_round_done: Mutex<Option<Mono>> = Mutex::new(None);
     let mut order = PhaseOrder::new(s.workload.rounds);
 
+    // The vCPU's handle: the device loop kicks it, a storm pauses it.
+    let env_handle = vcpu::VcpuHandle::new();
     let (exit, console, end, stopped) = std::thread::scope(|scope| -> Result<_, RunError> {
         let vcpu_devices = devices.clone();
         let vcpu_stop = stop.clone();
         let done_signal = doorbells.done_signal().map_err(RunError::Devices)?;
+        let vcpu_handle = env_handle.clone();
+        let vcpu_kick = vcpu_handle.clone();
         let env = RunEnv {
             devices: &devices,
             vm: &vm,
             scenario: &scenario,
             layout: &layout,
             timeline,
+            vcpu: &env_handle,
         };
         let first_round = &first_round_done;
         let order = &mut order;
         let hook = &mut *hook;
-        let vcpu_handle = vcpu::VcpuHandle::new();
-        let vcpu_kick = vcpu_handle.clone();
         let vcpu_thread = std::thread::Builder::new()
             .name("pinlab-vcpu".into())
             .spawn_scoped(scope, move || {
@@ -354,6 +357,7 @@ fn run_inner<H: PhaseHook>(
         .map(|t| ms_between(launch, t));
     let (evidence, finish_error) = hook.finish();
     out.evidence = evidence;
+    out.storm = hook.storm();
 
     // Gather: counters, PFN evidence, guest report.
     let stats = &devices.stats;

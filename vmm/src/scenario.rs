@@ -273,6 +273,30 @@ impl Action {
         }
     }
 
+    /// Whether, off the vCPU thread (a storm), the action would race the running guest: it
+    /// writes guest RAM (KSM's content fill), changes the memslot (mremap) or changes the
+    /// protection of guest RAM under it (an mprotect round trip splits a PMD). Such actions run
+    /// with the vCPU paused, as a VMM pauses vCPUs around a memory-map change.
+    pub fn races_guest(self) -> bool {
+        matches!(
+            self,
+            Action::Ksm
+                | Action::Mremap
+                | Action::MremapDontunmap
+                | Action::MprotectRoundtrip
+                | Action::Kirill
+                | Action::Collapse
+                | Action::SplitFolio
+        )
+    }
+
+    /// Whether the action destroys the region's data as the guest sees it (KSM's content fill,
+    /// a discard): harmless between rounds, where the guest writes every page afresh, but in a
+    /// storm it must put the guest's data back (see perturb's `storm_action`).
+    pub fn destroys_guest_data(self) -> bool {
+        matches!(self, Action::Ksm | Action::Dontneed)
+    }
+
     /// Whether the action changes a system-wide knob (runs are serialized across processes).
     pub fn touches_system_knobs(self) -> bool {
         matches!(
