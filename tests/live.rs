@@ -1,6 +1,6 @@
 //! Live tests: the real `pinlab` binary, on this host's KVM.
 //!
-//! Every case that creates a VM runs `pinlab` as a child process (STYLE.md, point 9): the test
+//! Every case that creates a VM runs `pinlab` as a child process (the project style: a VM always in its own process): the test
 //! waits for it with a deadline, kills and reaps it when the deadline passes, and shows its
 //! stdout and stderr whenever an assertion fails. Nothing here builds a VM in the test process.
 //!

@@ -1,6 +1,6 @@
 //! pinlab: a hypervisor-backed lab for DMA pinning on Linux.
 //!
-//! See `DESIGN.md` for the architecture. This file is the module list.
+//! See `docs/architecture.md` for the architecture. This file is the module list.
 
 pub mod addr;
 pub mod bench;
