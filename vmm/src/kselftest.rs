@@ -56,14 +56,13 @@ pub struct Package {
 /// The runner script: the exit code of `pinlab matrix` is the test's (0 all met, 1 any unmet,
 /// 4 = KSFT_SKIP when the host lacks what every scenario needs, 2 config error).
 pub fn script() -> String {
-    format!(
-        "#!/bin/sh\n\
+    "#!/bin/sh\n\
          # SPDX-License-Identifier: GPL-2.0\n\
          # Written by `pinlab kselftest`: pinlab's live scenario matrix as one kselftest.\n\
          # Prints KTAP; exits 0 all met, 1 any unmet, 4 (KSFT_SKIP) nothing could run here.\n\
          cd \"$(dirname \"$0\")\" || exit 1\n\
          exec ./pinlab matrix ./configs --format ktap\n"
-    )
+        .to_string()
 }
 
 fn write(path: &Path, text: &str, mode: u32) -> Result<(), Error> {
