@@ -154,17 +154,34 @@ pub enum Command {
     },
     /// Replay scenarios under each kernel era's rules (the model executor: simulated).
     Replay {
-        /// Scenario files (default: every scenario in configs/).
+        /// Scenario files or embedded scenario names (default: every scenario of --dir, or the
+        /// embedded set).
         scenarios: Vec<PathBuf>,
         /// Kernel era (repeatable): its name (e.g. `6.1+`) or any kernel version it covers
         /// (`4.4`, `6.18`). Default: all.
         #[arg(long = "era")]
         eras: Vec<String>,
-        /// Scenario directory when no file is given.
-        #[arg(long, default_value = "configs")]
-        dir: PathBuf,
+        /// Scenario directory when no scenario is given (default: the embedded set).
         #[arg(long)]
-        json: bool,
+        dir: Option<PathBuf>,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Write a kselftest package to DIR: run_kselftest.sh runs pinlab's matrix from it as is.
+    Kselftest {
+        /// The directory to write (created if missing).
+        dir: PathBuf,
+    },
+    /// Compare two results (runs, matrices or sweeps): verdict changes, regressions first,
+    /// and the evidence that changed. Exit 1 on a regression.
+    Diff {
+        /// The baseline result (JSON of `run --json`, `matrix --format json`, `sweep`).
+        a: PathBuf,
+        /// The result compared against it.
+        b: PathBuf,
+        /// Output format: human, json or ktap.
+        #[command(flatten)]
+        out: OutputArgs,
     },
 }
 

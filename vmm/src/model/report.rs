@@ -162,6 +162,93 @@ pub fn check_expectations(s: &Scenario) -> Result<expect::ModelExpectations, Err
     })
 }
 
+/// The eras `--era` names (each once, in order), or every era when none is named.
+pub fn parse_eras(eras: &[String]) -> Result<Vec<Era>, super::era::UnknownEra> {
+    let mut era_list = Vec::new();
+    for e in eras {
+        let era = e.parse::<Era>()?;
+        if !era_list.contains(&era) {
+            era_list.push(era);
+        }
+    }
+    if era_list.is_empty() {
+        era_list = Era::ALL.to_vec();
+    }
+    Ok(era_list)
+}
+
+/// Checks what `replay` would refuse, before anything runs: the `expect.model` keys and the
+/// scenario's model program.
+pub fn validate(s: &Scenario) -> Result<(), Error> {
+    check_expectations(s)?;
+    spec::program(s).map(|_| ()).map_err(|source| Error::Spec {
+        scenario: s.name.clone(),
+        source,
+    })
+}
+
+/// A whole replay: every scenario under every era, scenario-major, as `replay` computes it.
+#[derive(Clone, Debug)]
+pub struct ReplaySet {
+    pub eras: Vec<Era>,
+    /// One per scenario x era, grouped by scenario in the order given.
+    pub results: Vec<Replay>,
+    /// One scenario only: the human output prints its traces.
+    pub single: bool,
+}
+
+impl ReplaySet {
+    /// True when every stated expectation is met.
+    pub fn ok(&self) -> bool {
+        self.results.iter().all(|r| r.met != Some(false))
+    }
+
+    /// The human output: the era x scenario table, then (one scenario only) its traces.
+    pub fn human(&self) -> String {
+        let mut out = table(&self.results, &self.eras);
+        if self.single {
+            for r in &self.results {
+                out.push_str(&trace_text(r));
+            }
+        }
+        out
+    }
+
+    /// The JSON document `--json` prints.
+    pub fn json(&self) -> serde_json::Result<String> {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            model: bool,
+            header: &'a str,
+            results: &'a [Replay],
+        }
+        serde_json::to_string_pretty(&Out {
+            model: true,
+            header: HEADER,
+            results: &self.results,
+        })
+    }
+}
+
+/// Replays `scenarios` (already validated) under `eras`; traces are kept when `want_trace`.
+pub fn replay_set(
+    scenarios: &[Scenario],
+    eras: &[Era],
+    want_trace: bool,
+) -> Result<ReplaySet, Error> {
+    let mut results = Vec::new();
+    for s in scenarios {
+        for &era in eras {
+            results.push(replay(s, era, want_trace)?);
+        }
+    }
+    Ok(ReplaySet {
+        eras: eras.to_vec(),
+        results,
+        single: scenarios.len() == 1,
+    })
+}
+
 /// `pinlab replay [SCENARIO...] [--era E]... [--json]`. Returns the exit code: 0 when every
 /// stated expectation is met, 1 otherwise, 2 for a usage error (unknown era, bad config).
 pub fn replay_command(
@@ -170,20 +257,13 @@ pub fn replay_command(
     json: bool,
     default_dir: &Path,
 ) -> anyhow::Result<i32> {
-    let mut era_list = Vec::new();
-    for e in eras {
-        match e.parse::<Era>() {
-            Ok(era) if era_list.contains(&era) => {}
-            Ok(era) => era_list.push(era),
-            Err(msg) => {
-                eprintln!("pinlab replay: --era: {msg}");
-                return Ok(2);
-            }
+    let era_list = match parse_eras(eras) {
+        Ok(e) => e,
+        Err(msg) => {
+            eprintln!("pinlab replay: --era: {msg}");
+            return Ok(2);
         }
-    }
-    if era_list.is_empty() {
-        era_list = Era::ALL.to_vec();
-    }
+    };
     let paths = if scenario_paths.is_empty() {
         match crate::config::scenario_files(default_dir) {
             Ok(p) => p,
@@ -199,12 +279,7 @@ pub fn replay_command(
     for p in &paths {
         match crate::config::load(Some(p)) {
             Ok(s) => {
-                if let Err(e) = check_expectations(&s).map(|_| ()).and_then(|_| {
-                    spec::program(&s).map(|_| ()).map_err(|source| Error::Spec {
-                        scenario: s.name.clone(),
-                        source,
-                    })
-                }) {
+                if let Err(e) = validate(&s) {
                     eprintln!("pinlab replay: {}: {e}", p.display());
                     return Ok(2);
                 }
@@ -217,37 +292,13 @@ pub fn replay_command(
         }
     }
     let want_trace = scenarios.len() == 1 || json;
-    let mut results = Vec::new();
-    for s in &scenarios {
-        for &era in &era_list {
-            results.push(replay(s, era, want_trace)?);
-        }
-    }
-    let ok = results.iter().all(|r| r.met != Some(false));
+    let set = replay_set(&scenarios, &era_list, want_trace)?;
     if json {
-        #[derive(Serialize)]
-        struct Out<'a> {
-            model: bool,
-            header: &'a str,
-            results: &'a [Replay],
-        }
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&Out {
-                model: true,
-                header: HEADER,
-                results: &results,
-            })?
-        );
+        println!("{}", set.json()?);
     } else {
-        print!("{}", table(&results, &era_list));
-        if scenarios.len() == 1 {
-            for r in &results {
-                print!("{}", trace_text(r));
-            }
-        }
+        print!("{}", set.human());
     }
-    Ok(if ok { 0 } else { 1 })
+    Ok(if set.ok() { 0 } else { 1 })
 }
 
 /// The era x scenario table; cells whose expectation is not met are marked `!`, then listed.
