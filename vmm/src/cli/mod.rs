@@ -8,6 +8,7 @@ pub mod args;
 mod bench;
 mod matrix;
 mod run;
+mod sweep;
 
 use std::process::ExitCode;
 
@@ -59,5 +60,6 @@ pub fn dispatch(command: Command, launch: Mono) -> ExitCode {
             Err(e) => usage_error(format!("{e:#}")),
         },
         Command::Host { json } => cmd_host(json),
+        Command::Sweep(args) => sweep::cmd_sweep(args),
     }
 }
