@@ -657,7 +657,10 @@ mod tests {
         }
         for k in MemoryKind::ALL {
             assert_eq!(k.name().parse::<MemoryKind>().unwrap(), k);
-            assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{}\"", k.name()));
+            assert_eq!(
+                serde_json::to_string(&k).unwrap(),
+                format!("\"{}\"", k.name())
+            );
         }
         let s: Scenario = toml::from_str("[vm]\nmemory_kind = \"pte-mapped-thp\"\n").unwrap();
         assert_eq!(s.vm.memory_kind(), MemoryKind::PteMappedThp);

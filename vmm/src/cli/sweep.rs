@@ -79,11 +79,7 @@ pub fn cmd_sweep(args: SweepArgs) -> ExitCode {
     if args.list {
         let (run, not_built) = sweep::plan(&cells, era);
         for (c, l) in &run {
-            println!(
-                "{:<64} expects {}",
-                c.name(),
-                l.scenario.expected_live()
-            );
+            println!("{:<64} expects {}", c.name(), l.scenario.expected_live());
         }
         for s in &not_built {
             println!("{:<64} not built: {}", s.cell, s.why);
