@@ -27,6 +27,7 @@ pub mod report;
 pub mod results;
 pub mod runner;
 pub mod scenario;
+pub mod sweep;
 pub mod timeline;
 pub mod units;
 pub mod vcpu;

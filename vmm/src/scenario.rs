@@ -325,6 +325,52 @@ impl FromStr for Action {
     }
 }
 
+/// How guest RAM under the DMA region is backed when the device pins it: the memory axis of the
+/// kernel's `tools/testing/selftests/mm/cow.c`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum MemoryKind {
+    /// THP mapped by one PMD (`vm.thp = true`).
+    Thp,
+    /// 4 KiB pages (`vm.thp = false`).
+    Small,
+    /// THP whose PMD was split before pinning: the compound page is kept, mapped by 512 PTEs.
+    PteMappedThp,
+}
+
+impl MemoryKind {
+    pub const ALL: [MemoryKind; 3] = [MemoryKind::Thp, MemoryKind::Small, MemoryKind::PteMappedThp];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MemoryKind::Thp => "thp",
+            MemoryKind::Small => "small",
+            MemoryKind::PteMappedThp => "pte-mapped-thp",
+        }
+    }
+
+    /// Whether guest RAM gets MADV_HUGEPAGE.
+    pub fn thp(self) -> bool {
+        self != MemoryKind::Small
+    }
+}
+
+impl fmt::Display for MemoryKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for MemoryKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        MemoryKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("unknown memory kind `{s}` (thp, small, pte-mapped-thp)"))
+    }
+}
+
 /// `[vm]`: the guest's shape.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -340,6 +386,10 @@ pub struct VmSpec {
     /// Fault all of guest RAM in before boot (MADV_POPULATE_WRITE), as a VMM that preallocates
     /// or a VFIO type1 map of all RAM would; THP coverage is measured over all of it.
     pub prefault: bool,
+    /// How the region's RAM is backed when pinned; unset: `thp` decides (THP or small pages).
+    /// Must agree with `thp` (`small` needs `thp = false`, the others `thp = true`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_kind: Option<MemoryKind>,
 }
 
 impl Default for VmSpec {
@@ -350,7 +400,19 @@ impl Default for VmSpec {
             dontfork: false,
             watchdog: Duration::from_secs(10),
             prefault: true,
+            memory_kind: None,
         }
+    }
+}
+
+impl VmSpec {
+    /// The memory kind this VM has: `memory_kind`, or what `thp` means without it.
+    pub fn memory_kind(&self) -> MemoryKind {
+        self.memory_kind.unwrap_or(if self.thp {
+            MemoryKind::Thp
+        } else {
+            MemoryKind::Small
+        })
     }
 }
 
@@ -488,6 +550,24 @@ impl Scenario {
         if !mem.is_multiple_of(HUGE_PAGE_SIZE) {
             return Err(invalid("vm.memory", "must be a multiple of 2MiB"));
         }
+        if let Some(kind) = self.vm.memory_kind {
+            if kind.thp() != self.vm.thp {
+                return Err(invalid(
+                    "vm.memory_kind",
+                    format!(
+                        "`{kind}` needs thp = {}, but thp = {}",
+                        kind.thp(),
+                        self.vm.thp
+                    ),
+                ));
+            }
+            if kind == MemoryKind::PteMappedThp && !self.vm.prefault {
+                return Err(invalid(
+                    "vm.memory_kind",
+                    "`pte-mapped-thp` splits the PMDs of prefaulted huge pages: needs prefault = true",
+                ));
+            }
+        }
         if self.vm.watchdog.is_zero() {
             return Err(invalid("vm.watchdog", "must be greater than zero"));
         }
@@ -599,6 +679,18 @@ mod tests {
             let json = serde_json::to_string(&a).unwrap();
             assert_eq!(json, format!("\"{}\"", a.name()));
         }
+        for k in MemoryKind::ALL {
+            assert_eq!(k.name().parse::<MemoryKind>().unwrap(), k);
+            assert_eq!(
+                serde_json::to_string(&k).unwrap(),
+                format!("\"{}\"", k.name())
+            );
+        }
+        let s: Scenario = toml::from_str("[vm]\nmemory_kind = \"pte-mapped-thp\"\n").unwrap();
+        assert_eq!(s.vm.memory_kind(), MemoryKind::PteMappedThp);
+        s.validate().unwrap();
+        let s: Scenario = toml::from_str("[vm]\nthp = false\n").unwrap();
+        assert_eq!(s.vm.memory_kind(), MemoryKind::Small);
         for k in PinKind::ALL.into_iter().chain([PinKind::Vfio]) {
             assert_eq!(k.name().parse::<PinKind>().unwrap(), k);
             let json = serde_json::to_string(&k).unwrap();
@@ -664,6 +756,27 @@ mod tests {
                 "workload.region",
             ),
             ("zero rounds", |s| s.workload.rounds = 0, "workload.rounds"),
+            (
+                "small pages with THP on",
+                |s| s.vm.memory_kind = Some(MemoryKind::Small),
+                "vm.memory_kind",
+            ),
+            (
+                "PTE-mapped THP without THP",
+                |s| {
+                    s.vm.thp = false;
+                    s.vm.memory_kind = Some(MemoryKind::PteMappedThp);
+                },
+                "vm.memory_kind",
+            ),
+            (
+                "PTE-mapped THP without prefault",
+                |s| {
+                    s.vm.prefault = false;
+                    s.vm.memory_kind = Some(MemoryKind::PteMappedThp);
+                },
+                "vm.memory_kind",
+            ),
             (
                 "action after the last round",
                 |s| {

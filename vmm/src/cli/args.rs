@@ -152,6 +152,9 @@ pub enum Command {
         #[command(flatten)]
         out: OutputArgs,
     },
+    /// Generate every cell of pin x action x memory kind x layout, run each live in its own VMM
+    /// process, and compare each with the model's prediction for the running kernel's era.
+    Sweep(SweepArgs),
     /// Replay scenarios under each kernel era's rules (the model executor: simulated).
     Replay {
         /// Scenario files or embedded scenario names (default: every scenario of --dir, or the
@@ -183,6 +186,22 @@ pub enum Command {
         #[command(flatten)]
         out: OutputArgs,
     },
+}
+
+#[derive(clap::Args)]
+pub struct SweepArgs {
+    /// Run N cells, evenly spaced over the full sweep (deterministic; every axis is met).
+    #[arg(long, value_name = "N")]
+    pub cells: Option<usize>,
+    /// Compare with this model era (its name or a kernel version) instead of the running
+    /// kernel's.
+    #[arg(long)]
+    pub era: Option<String>,
+    /// List the cells (and why any cannot be built) without running them.
+    #[arg(long)]
+    pub list: bool,
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
 #[derive(clap::Args)]

@@ -11,6 +11,7 @@ mod kselftest;
 mod matrix;
 mod replay;
 mod run;
+mod sweep;
 
 use std::process::ExitCode;
 
@@ -61,5 +62,6 @@ pub fn dispatch(command: Command, launch: Mono) -> ExitCode {
         Command::Kselftest { dir } => kselftest::cmd_kselftest(&dir),
         Command::Diff { a, b, out } => diff::cmd_diff(&a, &b, out),
         Command::Host { json } => cmd_host(json),
+        Command::Sweep(args) => sweep::cmd_sweep(args),
     }
 }

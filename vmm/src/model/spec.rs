@@ -1,7 +1,7 @@
 //! From a [`Scenario`] to the explorer's [`Program`]: the `[model]` TOML section (owned here, a
 //! serde type with `deny_unknown_fields`, errors naming the key such as
 //! `model.threads[1].steps[0]`), and the translation of a live scenario (pin kind, directions,
-//! `perturb.actions`, `vm.dontfork`) that has no `[model]` section. A SIMULATION's input: what
+//! `perturb.actions`, `vm.dontfork`, `vm.memory_kind`) that has no `[model]` section. A SIMULATION's input: what
 //! the live executor does to a real guest, restated as model operations.
 //!
 //! Layout of a derived program: guest RAM is slots `0..4` (one model THP, standing for the 2 MiB
@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::explore::Program;
 use super::ops::{parse_op, Op, RoundSpec, Variant};
 use super::rules::ClearOrder;
-use crate::scenario::{Action, Directions, PinKind, Scenario};
+use crate::scenario::{Action, Directions, MemoryKind, PinKind, Scenario};
 
 /// `[model]` in a scenario file.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -157,6 +157,11 @@ pub fn live_program(s: &Scenario) -> Program {
         dontfork: s.vm.dontfork,
         populate: true,
     }];
+    // `vm.memory_kind = "pte-mapped-thp"`: the live runner splits the region's PMDs after the
+    // prefault and before anything pins (compound pages kept), as seed002's kirill does first.
+    if s.vm.memory_kind() == MemoryKind::PteMappedThp {
+        setup.push(Op::SplitPmd { slot: 0 });
+    }
     for slot in [0, 1] {
         match s.device.pin {
             // VFIO type1 MAP_DMA pins with FOLL_WRITE | FOLL_LONGTERM, the io_uring class.
@@ -344,5 +349,20 @@ mod tests {
                 assert!(!p.threads.is_empty(), "{a} {pin}");
             }
         }
+    }
+
+    /// The memory kind reaches the program: small pages map without THP, a PTE-mapped THP is
+    /// split before the first pin. A bug would model every kind as PMD-mapped THP.
+    #[test]
+    fn memory_kind_shapes_the_setup() {
+        let thp = live_program(&scenario(""));
+        assert!(matches!(thp.setup[0], Op::Mmap { thp: true, .. }));
+        assert!(matches!(thp.setup[1], Op::Gup { .. }));
+        let small = live_program(&scenario("[vm]\nthp = false\nmemory_kind = \"small\"\n"));
+        assert!(matches!(small.setup[0], Op::Mmap { thp: false, .. }));
+        let pte = live_program(&scenario("[vm]\nmemory_kind = \"pte-mapped-thp\"\n"));
+        assert!(matches!(pte.setup[0], Op::Mmap { thp: true, .. }));
+        assert_eq!(pte.setup[1], Op::SplitPmd { slot: 0 });
+        assert!(matches!(pte.setup[2], Op::Gup { .. }));
     }
 }

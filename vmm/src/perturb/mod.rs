@@ -277,6 +277,12 @@ pub fn run_action(
     ))
 }
 
+/// Whether one PMD maps all of the 2 MiB huge page at `huge` (2 MiB aligned), from
+/// PAGEMAP_SCAN: for the runner's `pte-mapped-thp` check, which acts before any action does.
+pub fn pmd_mapped(huge: Hva) -> std::io::Result<bool> {
+    observe::pmd_mapped(huge)
+}
+
 /// Why this host cannot run the scenario's actions, in one line, or `None`. Checked before
 /// the VM is built.
 pub fn preflight(s: &Scenario) -> Option<String> {
