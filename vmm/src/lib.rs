@@ -25,6 +25,7 @@ pub mod report;
 pub mod results;
 pub mod runner;
 pub mod scenario;
+pub mod shadow;
 pub mod timeline;
 pub mod units;
 pub mod vcpu;

@@ -165,6 +165,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// ksm-shadow's helper process (re-executed by the VMM, not for users): stdin is a memfd of
+    /// PAGES pages; it holds COPIES copies of each and as many control pages, mergeable.
+    #[command(name = "__ksm-shadow", hide = true)]
+    KsmShadowHelper {
+        #[arg(long)]
+        pages: u64,
+        #[arg(long)]
+        copies: u64,
+    },
 }
 
 #[derive(clap::Args)]

@@ -59,5 +59,14 @@ pub fn dispatch(command: Command, launch: Mono) -> ExitCode {
             Err(e) => usage_error(format!("{e:#}")),
         },
         Command::Host { json } => cmd_host(json),
+        Command::KsmShadowHelper { pages, copies } => {
+            match pinlab::shadow::helper_main(pages, copies) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("pinlab {}: {e}", pinlab::shadow::SUBCOMMAND);
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
