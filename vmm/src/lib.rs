@@ -27,6 +27,7 @@ pub mod report;
 pub mod results;
 pub mod runner;
 pub mod scenario;
+pub mod shadow;
 pub mod sweep;
 pub mod timeline;
 pub mod units;

@@ -162,6 +162,9 @@ pub enum Action {
     Collapse,
     /// KSM merge of identical content.
     Ksm,
+    /// Finding F1 (issue 16): a helper process standing for another VM holds copies of the
+    /// region's pages and control pages; KSM runs with the mms entering in `perturb.ksm_order`.
+    KsmShadow,
     /// /proc/sys/vm/compact_memory.
     Compact,
     /// MADV_PAGEOUT (needs swap).
@@ -180,7 +183,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 16] = [
+    pub const ALL: [Action; 17] = [
         Action::ForkParentWrite,
         Action::ForkChildWrite,
         Action::ForkChildExit,
@@ -190,6 +193,7 @@ impl Action {
         Action::Kirill,
         Action::Collapse,
         Action::Ksm,
+        Action::KsmShadow,
         Action::Compact,
         Action::Pageout,
         Action::Mremap,
@@ -210,6 +214,7 @@ impl Action {
             Action::Kirill => "kirill",
             Action::Collapse => "collapse",
             Action::Ksm => "ksm",
+            Action::KsmShadow => "ksm-shadow",
             Action::Compact => "compact",
             Action::Pageout => "pageout",
             Action::Mremap => "mremap",
@@ -235,6 +240,9 @@ impl Action {
             }
             Action::Collapse => "THP enabled for madvise; a split first (it splits if needed)",
             Action::Ksm => "KSM (/sys/kernel/mm/ksm); a decoy huge page after the region (vm.memory)",
+            Action::KsmShadow => {
+                "KSM; root (the helper's PFNs); a region of at most 64MiB; run once, not in a storm"
+            }
             Action::Compact => "/proc/sys/vm/compact_memory (root)",
             Action::Pageout => "swap: an active swap area or [host] swap / --swap SIZE",
             Action::Mremap | Action::MremapDontunmap => {
@@ -263,6 +271,9 @@ impl Action {
             Action::Collapse => "MADV_COLLAPSE result, thp_collapse_alloc delta, PFNs",
             Action::Ksm => {
                 "region vs decoy pages merged (PFNs, KSM bit), KSM counters over the interval"
+            }
+            Action::KsmShadow => {
+                "helper copies vs control pages merged (KSM bit), region PFNs kept, KSM counters, the finding"
             }
             Action::Compact => "pgmigrate_success / compact_* deltas, region PFNs moved",
             Action::Pageout => "pswpout delta, region vs decoy pages swapped",
@@ -301,7 +312,11 @@ impl Action {
     pub fn touches_system_knobs(self) -> bool {
         matches!(
             self,
-            Action::Ksm | Action::Compact | Action::Pageout | Action::SplitFolio
+            Action::Ksm
+                | Action::KsmShadow
+                | Action::Compact
+                | Action::Pageout
+                | Action::SplitFolio
         )
     }
 }
@@ -356,6 +371,34 @@ impl MemoryKind {
 }
 
 impl fmt::Display for MemoryKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which process enters KSM first in `ksm-shadow` (`[perturb] ksm_order`). Processes that
+/// become mergeable while ksmd is stopped are scanned in that order, and within one scan the
+/// first copy of a content reached becomes the unstable tree's node for it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KsmOrder {
+    /// The VMM (the pinned region) first, the helper after it.
+    #[default]
+    PinnedFirst,
+    /// The helper first, the VMM after it.
+    ShadowFirst,
+}
+
+impl KsmOrder {
+    pub fn name(self) -> &'static str {
+        match self {
+            KsmOrder::PinnedFirst => "pinned-first",
+            KsmOrder::ShadowFirst => "shadow-first",
+        }
+    }
+}
+
+impl fmt::Display for KsmOrder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
@@ -465,6 +508,8 @@ pub struct PerturbSpec {
     pub storm: u32,
     /// Interval between storm repetitions.
     pub interval: Duration,
+    /// `ksm-shadow`: which process becomes mergeable first.
+    pub ksm_order: KsmOrder,
 }
 
 impl Default for PerturbSpec {
@@ -474,6 +519,7 @@ impl Default for PerturbSpec {
             after_round: 1,
             storm: 0,
             interval: Duration::from_millis(5),
+            ksm_order: KsmOrder::PinnedFirst,
         }
     }
 }
@@ -530,6 +576,9 @@ pub struct Scenario {
 fn yes() -> bool {
     true
 }
+
+/// Largest region `ksm-shadow` copies into its helper (which holds several copies of it).
+pub const KSM_SHADOW_MAX_REGION: u64 = 64 << 20;
 
 /// Smallest guest RAM: page tables, the guest image, its stack and one DMA huge page.
 pub const MIN_MEMORY: u64 = 8 << 20;
@@ -604,6 +653,7 @@ impl Scenario {
         if p.storm > 0 && p.interval.is_zero() {
             return Err(invalid("perturb.interval", "must be greater than zero"));
         }
+        self.validate_ksm_shadow()?;
         if self.device.pin == PinKind::Vmsplice && w.directions == Directions::ToGuest {
             return Err(invalid(
                 "workload.directions",
@@ -644,6 +694,54 @@ impl Scenario {
         Ok(())
     }
 
+    /// What `ksm-shadow` needs of the rest of the scenario: it runs once, at a phase (it waits
+    /// for many KSM scans), over a region the helper can copy; with `shadow-first` this process
+    /// must enter KSM after the helper, so no `ksm` action may run before it (an mm stays on
+    /// KSM's list once it has entered).
+    fn validate_ksm_shadow(&self) -> Result<(), Invalid> {
+        let p = &self.perturb;
+        let at = p.actions.iter().position(|&a| a == Action::KsmShadow);
+        let Some(at) = at else {
+            if p.ksm_order != KsmOrder::default() {
+                return Err(invalid(
+                    "perturb.ksm_order",
+                    "only ksm-shadow reads it, and the actions have none",
+                ));
+            }
+            return Ok(());
+        };
+        if p.actions
+            .iter()
+            .filter(|&&a| a == Action::KsmShadow)
+            .count()
+            > 1
+        {
+            return Err(invalid("perturb.actions", "ksm-shadow may run only once"));
+        }
+        if p.storm > 0 {
+            return Err(invalid(
+                "perturb.storm",
+                "ksm-shadow waits for many KSM scans: run it at a phase (storm = 0)",
+            ));
+        }
+        if self.workload.region.0 > KSM_SHADOW_MAX_REGION {
+            return Err(invalid(
+                "workload.region",
+                format!(
+                    "ksm-shadow copies the region into a helper process: at most {}",
+                    ByteSize(KSM_SHADOW_MAX_REGION)
+                ),
+            ));
+        }
+        if p.ksm_order == KsmOrder::ShadowFirst && p.actions[..at].contains(&Action::Ksm) {
+            return Err(invalid(
+                "perturb.ksm_order",
+                "shadow-first needs this process to enter KSM after the helper, but a ksm action runs before ksm-shadow",
+            ));
+        }
+        Ok(())
+    }
+
     /// Where the workload's region and its neighbours are in guest RAM.
     pub fn layout(&self) -> Result<Layout, layout::Error> {
         Layout::new(
@@ -670,6 +768,29 @@ mod tests {
     #[test]
     fn defaults_validate() {
         base().validate().unwrap();
+    }
+
+    /// Both orders parse from their names, and ksm-shadow after ksm is fine in pinned-first
+    /// order (this process is on KSM's list first either way).
+    #[test]
+    fn ksm_order_parses_and_validates() {
+        for (text, order) in [
+            ("pinned-first", KsmOrder::PinnedFirst),
+            ("shadow-first", KsmOrder::ShadowFirst),
+        ] {
+            let s: Scenario = toml::from_str(&format!(
+                "[perturb]\nactions = [\"ksm-shadow\"]\nksm_order = \"{text}\"\n[expect]\nlive = \"coherent\"\n"
+            ))
+            .unwrap();
+            assert_eq!(s.perturb.ksm_order, order);
+            assert_eq!(order.to_string(), text);
+            s.validate().unwrap();
+        }
+        let mut s = base();
+        s.perturb.actions = vec![Action::Ksm, Action::KsmShadow];
+        s.expect.live = Some(Verdict::Coherent);
+        s.validate().unwrap();
+        assert!(toml::from_str::<Scenario>("[perturb]\nksm_order = \"last\"\n").is_err());
     }
 
     #[test]
@@ -824,6 +945,47 @@ mod tests {
                 "perturbed live scenario without expectation",
                 |s| s.perturb.actions = vec![Action::Compact],
                 "expect.live",
+            ),
+            (
+                "ksm_order without ksm-shadow",
+                |s| s.perturb.ksm_order = KsmOrder::ShadowFirst,
+                "perturb.ksm_order",
+            ),
+            (
+                "ksm-shadow twice",
+                |s| {
+                    s.perturb.actions = vec![Action::KsmShadow, Action::KsmShadow];
+                    s.expect.live = Some(Verdict::Coherent);
+                },
+                "perturb.actions",
+            ),
+            (
+                "ksm-shadow in a storm",
+                |s| {
+                    s.perturb.actions = vec![Action::KsmShadow];
+                    s.perturb.storm = 3;
+                    s.expect.live = Some(Verdict::Coherent);
+                },
+                "perturb.storm",
+            ),
+            (
+                "ksm-shadow over a region the helper will not copy",
+                |s| {
+                    s.vm.memory = ByteSize::mib(256);
+                    s.workload.region = ByteSize::mib(128);
+                    s.perturb.actions = vec![Action::KsmShadow];
+                    s.expect.live = Some(Verdict::Coherent);
+                },
+                "workload.region",
+            ),
+            (
+                "shadow-first after this process entered KSM",
+                |s| {
+                    s.perturb.actions = vec![Action::Ksm, Action::KsmShadow];
+                    s.perturb.ksm_order = KsmOrder::ShadowFirst;
+                    s.expect.live = Some(Verdict::Coherent);
+                },
+                "perturb.ksm_order",
             ),
         ];
         for (what, edit, key) in rows {

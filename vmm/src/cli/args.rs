@@ -186,6 +186,15 @@ pub enum Command {
         #[command(flatten)]
         out: OutputArgs,
     },
+    /// ksm-shadow's helper process (re-executed by the VMM, not for users): stdin is a memfd of
+    /// PAGES pages; it holds COPIES copies of each and as many control pages, mergeable.
+    #[command(name = "__ksm-shadow", hide = true)]
+    KsmShadowHelper {
+        #[arg(long)]
+        pages: u64,
+        #[arg(long)]
+        copies: u64,
+    },
 }
 
 #[derive(clap::Args)]

@@ -63,5 +63,14 @@ pub fn dispatch(command: Command, launch: Mono) -> ExitCode {
         Command::Diff { a, b, out } => diff::cmd_diff(&a, &b, out),
         Command::Host { json } => cmd_host(json),
         Command::Sweep(args) => sweep::cmd_sweep(args),
+        Command::KsmShadowHelper { pages, copies } => {
+            match pinlab::shadow::helper_main(pages, copies) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("pinlab {}: {e}", pinlab::shadow::SUBCOMMAND);
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }

@@ -16,6 +16,7 @@
 //! children are registered with `host` so a signal reaps them.
 
 mod fork;
+mod ksm_shadow;
 mod observe;
 mod reclaim;
 mod remap;
@@ -237,6 +238,7 @@ pub fn run_action(
         Action::SplitFolio => thp::split_folio(ctx)?,
         Action::Collapse => thp::collapse(ctx)?,
         Action::Ksm => reclaim::ksm(ctx)?,
+        Action::KsmShadow => ksm_shadow::ksm_shadow(ctx)?,
         Action::Compact => reclaim::compact(ctx)?,
         Action::Pageout => reclaim::pageout(ctx)?,
         Action::Mremap | Action::MremapDontunmap => {
@@ -289,7 +291,7 @@ pub fn preflight(s: &Scenario) -> Option<String> {
     let caps = host::Caps::probe();
     for &a in &s.perturb.actions {
         let need = match a {
-            Action::Ksm => Some("ksm"),
+            Action::Ksm | Action::KsmShadow => Some("ksm"),
             Action::UffdWp => Some("userfaultfd"),
             _ => None,
         };
