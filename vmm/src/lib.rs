@@ -2,6 +2,7 @@
 //!
 //! See `docs/architecture.md` for the architecture. This file is the module list.
 
+pub mod action_notes;
 pub mod addr;
 pub mod bench;
 pub mod config;

@@ -30,6 +30,27 @@ fn invalid(key: &str, reason: impl Into<String>) -> Invalid {
     }
 }
 
+/// A name that is none of a vocabulary's words (`--pin dma-buf`, `--perturb fork`).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown {what} `{name}` (one of: {choices})")]
+pub struct UnknownName {
+    pub what: &'static str,
+    pub name: String,
+    pub choices: String,
+}
+
+fn unknown<'a>(
+    what: &'static str,
+    name: &str,
+    choices: impl Iterator<Item = &'a str>,
+) -> UnknownName {
+    UnknownName {
+        what,
+        name: name.to_string(),
+        choices: choices.collect::<Vec<_>>().join(", "),
+    }
+}
+
 /// A verdict about the kernel, or about the lab's ability to ask.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "kebab-case")]
@@ -94,15 +115,12 @@ impl fmt::Display for PinKind {
 }
 
 impl FromStr for PinKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        PinKind::ALL
-            .into_iter()
-            .chain([PinKind::Vfio])
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
+        let all = || PinKind::ALL.into_iter().chain([PinKind::Vfio]);
+        all()
             .find(|k| k.name() == s)
-            .ok_or_else(|| {
-                format!("unknown pin mechanism `{s}` (io-uring, vmsplice, mapping, vfio)")
-            })
+            .ok_or_else(|| unknown("pin mechanism", s, all().map(PinKind::name)))
     }
 }
 
@@ -225,65 +243,6 @@ impl Action {
         }
     }
 
-    /// What the action needs from the host and the layout, in one line.
-    pub fn needs(self) -> &'static str {
-        match self {
-            Action::ForkParentWrite | Action::ForkChildWrite | Action::ForkChildExit => {
-                "nothing beyond the run (set vm.dontfork to see QEMU's mitigation)"
-            }
-            Action::MprotectRoundtrip => "a THP-backed region (vm.thp) to show the PMD split",
-            Action::SplitPmd | Action::Kirill => {
-                "an unpinned 4 KiB page beside the region inside its huge page (region smaller than its huge pages, or an offset)"
-            }
-            Action::SplitFolio => {
-                "a page beside the region to split the PMD first; THP-backed RAM"
-            }
-            Action::Collapse => "THP enabled for madvise; a split first (it splits if needed)",
-            Action::Ksm => "KSM (/sys/kernel/mm/ksm); a decoy huge page after the region (vm.memory)",
-            Action::KsmShadow => {
-                "KSM; root (the helper's PFNs); a region of at most 64MiB; run once, not in a storm"
-            }
-            Action::Compact => "/proc/sys/vm/compact_memory (root)",
-            Action::Pageout => "swap: an active swap area or [host] swap / --swap SIZE",
-            Action::Mremap | Action::MremapDontunmap => {
-                "nothing beyond the run (the memslot is re-pointed with the vCPU stopped)"
-            }
-            Action::UffdWp => "userfaultfd with write-protect support",
-            Action::Dontneed => "nothing beyond the run",
-            Action::Bias1024 => "a guest page after the region (vm.memory)",
-        }
-    }
-
-    /// What evidence the action leaves, in one line.
-    pub fn leaves(self) -> &'static str {
-        match self {
-            Action::ForkParentWrite | Action::ForkChildWrite | Action::ForkChildExit => {
-                "pages copied at fork (parent vs child PFNs), the child's exit, vmstat deltas"
-            }
-            Action::MprotectRoundtrip => {
-                "the page's VMA read-only then read-write again, thp_split_pmd delta"
-            }
-            Action::SplitPmd => "thp_split_pmd delta, region THP pages before/after",
-            Action::SplitFolio => {
-                "thp_split_page / thp_split_page_failed deltas: whether the pinned folio refused"
-            }
-            Action::Kirill => "seed 002's sequence: PFNs of both halves in parent and child",
-            Action::Collapse => "MADV_COLLAPSE result, thp_collapse_alloc delta, PFNs",
-            Action::Ksm => {
-                "region vs decoy pages merged (PFNs, KSM bit), KSM counters over the interval"
-            }
-            Action::KsmShadow => {
-                "helper copies vs control pages merged (KSM bit), region PFNs kept, KSM counters, the finding"
-            }
-            Action::Compact => "pgmigrate_success / compact_* deltas, region PFNs moved",
-            Action::Pageout => "pswpout delta, region vs decoy pages swapped",
-            Action::Mremap | Action::MremapDontunmap => "old and new host address, PFNs kept",
-            Action::UffdWp => "write faults handled by the uffd handler",
-            Action::Dontneed => "region PFNs discarded and refaulted",
-            Action::Bias1024 => "whether fork copied a page with >= 1024 plain references",
-        }
-    }
-
     /// Whether, off the vCPU thread (a storm), the action would race the running guest: it
     /// writes guest RAM (KSM's content fill), changes the memslot (mremap) or changes the
     /// protection of guest RAM under it (an mprotect round trip splits a PMD). Such actions run
@@ -328,15 +287,12 @@ impl fmt::Display for Action {
 }
 
 impl FromStr for Action {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
         Action::ALL
             .into_iter()
             .find(|a| a.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<_> = Action::ALL.iter().map(|a| a.name()).collect();
-                format!("unknown action `{s}` (one of: {})", names.join(", "))
-            })
+            .ok_or_else(|| unknown("action", s, Action::ALL.iter().map(|a| a.name())))
     }
 }
 
@@ -405,12 +361,12 @@ impl fmt::Display for KsmOrder {
 }
 
 impl FromStr for MemoryKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
         MemoryKind::ALL
             .into_iter()
             .find(|k| k.name() == s)
-            .ok_or_else(|| format!("unknown memory kind `{s}` (thp, small, pte-mapped-thp)"))
+            .ok_or_else(|| unknown("memory kind", s, MemoryKind::ALL.iter().map(|k| k.name())))
     }
 }
 

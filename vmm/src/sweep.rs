@@ -97,12 +97,19 @@ impl Cell {
     }
 }
 
+/// The actions the sweep varies: all but ksm-shadow, a finding about KSM across processes that
+/// runs once per scenario with its own order (configs/live-iouring-ksm-shadow-*.toml), not a
+/// coherence cell.
+pub fn swept_actions() -> impl Iterator<Item = Action> {
+    Action::ALL.into_iter().filter(|&a| a != Action::KsmShadow)
+}
+
 /// Every cell: each single action on every pin, memory kind and placement (actions that take
 /// the system lock straddle only on THP, to keep the locked cells few), then every pair of
 /// `PAIRS` in both orders on every pin and memory kind, aligned. Ordered memory kind, then
 /// placement, then pin, then actions, so an evenly spaced subset meets every axis.
 pub fn cells() -> Vec<Cell> {
-    let mut lists: Vec<Vec<Action>> = Action::ALL.iter().map(|&a| vec![a]).collect();
+    let mut lists: Vec<Vec<Action>> = swept_actions().map(|a| vec![a]).collect();
     for (a, b) in PAIRS {
         lists.push(vec![a, b]);
         lists.push(vec![b, a]);
@@ -466,7 +473,7 @@ mod tests {
         for p in Placement::ALL {
             assert!(sub.iter().any(|c| c.placement == p), "{p:?}");
         }
-        for a in Action::ALL {
+        for a in swept_actions() {
             assert!(sub.iter().any(|c| c.actions.contains(&a)), "{a}");
         }
         assert!(sub.iter().any(|c| c.actions.len() == 2));
