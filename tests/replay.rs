@@ -361,7 +361,7 @@ fn modern_era_agrees_with_the_planned_live_matrix() {
 fn live_needs(a: pinlab::scenario::Action) -> Vec<Feature> {
     use pinlab::scenario::Action as A;
     match a {
-        A::Ksm => vec![Feature::Ksm],
+        A::Ksm | A::KsmShadow => vec![Feature::Ksm],
         A::Collapse => vec![Feature::Khugepaged],
         A::UffdWp => vec![Feature::UffdWp],
         A::MremapDontunmap => vec![Feature::MremapDontunmap],
