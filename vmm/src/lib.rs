@@ -3,7 +3,6 @@
 //! See `DESIGN.md` for the architecture. This file is the module list.
 
 pub mod addr;
-pub mod bench;
 pub mod config;
 pub mod devices;
 pub mod host;

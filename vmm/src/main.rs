@@ -3,6 +3,8 @@
 //! Exit status: 0 when every verdict meets its expectation (a skipped run says why and exits
 //! 0), 1 when one does not, 2 for usage or config errors.
 
+mod bench;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -137,12 +139,10 @@ struct BenchArgs {
     json: bool,
 }
 
+/// `pinlab bench`: every error, a refused option or a failed measurement, is one line and
+/// exit 2 (there is no verdict to meet or miss).
 fn cmd_bench(args: BenchArgs) -> ExitCode {
-    let mut o = pinlab::bench::BenchOptions {
-        pinlab: std::env::current_exe().unwrap_or_else(|_| "pinlab".into()),
-        json: args.json,
-        ..Default::default()
-    };
+    let mut o = bench::Options::default();
     o.region = args.region.map_or(o.region, |b| b.0);
     o.descriptor = args.descriptor.map_or(o.descriptor, |b| b.0);
     o.map_size = args.map_size.map_or(o.map_size, |b| b.0);
@@ -152,20 +152,20 @@ fn cmd_bench(args: BenchArgs) -> ExitCode {
         let on = |s: &str| args.only.iter().any(|x| x == s);
         (o.dma, o.map, o.launch) = (on("dma"), on("map"), on("launch"));
     }
-    let report = match pinlab::bench::run(&o) {
+    let report = match bench::run(&o) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("pinlab bench: {e:#}");
-            return ExitCode::from(1);
+            eprintln!("pinlab bench: {e}");
+            return ExitCode::from(2);
         }
     };
-    if o.json {
+    if args.json {
         match serde_json::to_string(&report) {
             Ok(j) => println!("{j}"),
             Err(e) => return usage_error(format!("serializing the report: {e}")),
         }
     } else {
-        print!("{}", report.render());
+        print!("{}", bench::render::render(&report));
     }
     ExitCode::SUCCESS
 }

@@ -79,7 +79,7 @@ pub fn missing_capability(s: &Scenario) -> Option<String> {
     None
 }
 
-pub(crate) fn boot_info(s: &Scenario) -> abi::BootInfo {
+pub fn boot_info(s: &Scenario) -> abi::BootInfo {
     let (gpa, len) = crate::layout::dma_region(s);
     abi::BootInfo {
         magic: abi::BOOT_INFO_MAGIC,

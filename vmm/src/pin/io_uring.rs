@@ -9,8 +9,11 @@
 //! completion loop while later SQEs are still in flight (the DMA engine checksums piece k while
 //! the kernel copies piece k+1).
 //!
-//! Owns the ring and the registration. It must not touch the VMM mapping of the range and records
-//! no PFNs (that is [`crate::pfn`]'s job, by the caller at pin time).
+//! [`FixedRing`] owns the ring, the registration and the one submission/completion loop of the
+//! codebase (at a given depth, with a per-transfer completion hand-over); [`IoUringPin`] is a
+//! `FixedRing` over guest RAM, and the raw baseline of `pinlab bench` drives a `FixedRing` over
+//! its own memory and memfd. It must not touch the VMM mapping of the range and records no PFNs
+//! (that is [`crate::pfn`]'s job, by the caller at pin time).
 //!
 //! Limits: Linux 6.18 refuses a registered buffer longer than 1 GiB (`io_validate_user_buf_range`
 //! in io_uring/rsrc.c: "arbitrary limit, but we need something", `ulen > SZ_1G` -> -EFAULT), and
@@ -144,11 +147,12 @@ fn plan(ops: &[Transfer], max_buffer: u64, chunk: u64) -> Vec<Chunk> {
     out
 }
 
+/// Which fixed-buffer opcode moves the bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Direction {
-    /// Device write: READ_FIXED from staging into the buffer.
+    /// Device write: READ_FIXED from the file into the buffer.
     ToGuest,
-    /// Device read: WRITE_FIXED from the buffer into staging.
+    /// Device read: WRITE_FIXED from the buffer into the file.
     FromGuest,
 }
 
@@ -176,8 +180,11 @@ impl Direction {
     }
 }
 
-/// A range of guest RAM pinned as io_uring fixed buffers. Drop unregisters them (unpins).
-pub struct IoUringPin {
+/// An io_uring ring with a range of memory registered as fixed buffers, and the one
+/// submission/completion loop of the codebase that moves bytes between that range and a
+/// [`Staging`] memfd. [`IoUringPin`] is one (over guest RAM); the raw baseline of `pinlab bench`
+/// is another, over its own memory and its own memfd. Drop unregisters the buffers (unpins).
+pub struct FixedRing {
     ring: IoUring,
     hva: Hva,
     len: u64,
@@ -185,9 +192,9 @@ pub struct IoUringPin {
     buffers: usize,
 }
 
-impl std::fmt::Debug for IoUringPin {
+impl std::fmt::Debug for FixedRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IoUringPin")
+        f.debug_struct("FixedRing")
             .field("hva", &self.hva)
             .field("len", &self.len)
             .field("buffers", &self.buffers)
@@ -195,23 +202,26 @@ impl std::fmt::Debug for IoUringPin {
     }
 }
 
-impl IoUringPin {
-    /// Pins `hva..hva+len` (page aligned, checked by [`super::pin`]) as registered buffers.
+impl FixedRing {
+    /// A ring of [`RING_ENTRIES`] with `hva..hva+len` registered (pinned, FOLL_LONGTERM) as
+    /// consecutive buffers of at most [`MAX_BUFFER_LEN`] bytes.
     ///
     /// # Safety
     ///
-    /// As [`super::pin`]: the kernel writes into the pinned pages on `write_to_guest`, so no Rust
-    /// reference to the range may be alive across that call.
-    pub unsafe fn new(hva: Hva, len: u64) -> Result<Self, Error> {
+    /// `hva..hva+len` must be a page-aligned mapping of this process that stays mapped for the
+    /// ring's lifetime, and no Rust reference to it may be alive across [`Self::read_fixed`]
+    /// (the kernel writes into it).
+    pub unsafe fn register(hva: Hva, len: u64) -> Result<Self, Error> {
         // SAFETY: forwarded from this function's contract.
         unsafe { Self::with_max_buffer(hva, len, MAX_BUFFER_LEN) }
     }
 
-    /// As [`Self::new`] with buffers of at most `max_buffer` bytes (a multiple of the page size).
+    /// As [`Self::register`] with buffers of at most `max_buffer` bytes (a multiple of the page
+    /// size).
     ///
     /// # Safety
     ///
-    /// As [`Self::new`].
+    /// As [`Self::register`].
     pub(crate) unsafe fn with_max_buffer(
         hva: Hva,
         len: u64,
@@ -246,7 +256,7 @@ impl IoUringPin {
                 source,
             }
         })?;
-        Ok(IoUringPin {
+        Ok(FixedRing {
             ring,
             hva,
             len,
@@ -255,20 +265,62 @@ impl IoUringPin {
         })
     }
 
+    /// Bytes registered.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing is registered (never: registration of an empty range fails).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// Number of registered buffers.
     pub fn buffers(&self) -> usize {
         self.buffers
     }
 
-    /// Runs every chunk, keeping the ring full; a short completion is resubmitted for the rest.
-    /// On the first error no new chunk is submitted, the in-flight ones are reaped, and the error
-    /// is returned (so no SQE outlives the call). `op_done(i)` is called (until the first error)
-    /// when the last byte of transfer `i` has moved, with the later chunks still in flight.
+    /// READ_FIXED: `from[staging_offset..+len]` into the registered range at `pin_offset`, for
+    /// each transfer, in [`CHUNK_LEN`] SQEs with at most `depth` in flight (clamped to
+    /// 1..=RING_ENTRIES). Every transfer is checked against both lengths before any SQE.
+    pub fn read_fixed(
+        &mut self,
+        from: &Staging,
+        ops: &[Transfer],
+        depth: usize,
+    ) -> super::Result<()> {
+        validate(ops, self.len, from.len())?;
+        let chunks = plan(ops, self.max_buffer, CHUNK_LEN);
+        let fd = from.fd().as_raw_fd();
+        Ok(self.run(Direction::ToGuest, fd, chunks, depth, &mut |_| {})?)
+    }
+
+    /// WRITE_FIXED: the registered range at `pin_offset` into `into[staging_offset..+len]`, for
+    /// each transfer, at most `depth` SQEs in flight; `op_done(i)` is called from the
+    /// completion loop when transfer `i` has fully landed (later ones may still be in flight).
+    pub fn write_fixed(
+        &mut self,
+        into: &mut Staging,
+        ops: &[Transfer],
+        depth: usize,
+        op_done: &mut dyn FnMut(usize),
+    ) -> super::Result<()> {
+        validate(ops, self.len, into.len())?;
+        let chunks = plan(ops, self.max_buffer, CHUNK_LEN);
+        let fd = into.fd().as_raw_fd();
+        Ok(self.run(Direction::FromGuest, fd, chunks, depth, op_done)?)
+    }
+
+    /// Runs every chunk, at most `depth` in flight; a short completion is resubmitted for the
+    /// rest. On the first error no new chunk is submitted, the in-flight ones are reaped, and the
+    /// error is returned (so no SQE outlives the call). `op_done(i)` is called (until the first
+    /// error) when the last byte of transfer `i` has moved, with the later chunks still in flight.
     fn run(
         &mut self,
         dir: Direction,
         staging_fd: i32,
         chunks: Vec<Chunk>,
+        depth: usize,
         op_done: &mut dyn FnMut(usize),
     ) -> Result<(), Error> {
         // Bytes still to move per transfer.
@@ -280,7 +332,7 @@ impl IoUringPin {
             left[c.op] += u64::from(c.len);
         }
         let mut pending: VecDeque<Chunk> = chunks.into();
-        let mut slots: Vec<Option<Chunk>> = vec![None; RING_ENTRIES as usize];
+        let mut slots: Vec<Option<Chunk>> = vec![None; depth.clamp(1, RING_ENTRIES as usize)];
         let mut in_flight = 0usize;
         let mut first_error: Option<Error> = None;
         loop {
@@ -361,27 +413,70 @@ impl IoUringPin {
     }
 }
 
+impl Drop for FixedRing {
+    fn drop(&mut self) {
+        // Unpins the pages; closing the ring (next) would too, but only once every reference to
+        // the ring is gone, so do it explicitly.
+        let _ = self.ring.submitter().unregister_buffers();
+    }
+}
+
+/// A range of guest RAM pinned as io_uring fixed buffers: a [`FixedRing`] over it, driven with
+/// up to [`RING_ENTRIES`] SQEs in flight. Drop unregisters them (unpins).
+#[derive(Debug)]
+pub struct IoUringPin {
+    ring: FixedRing,
+}
+
+impl IoUringPin {
+    /// Pins `hva..hva+len` (page aligned, checked by [`super::pin`]) as registered buffers.
+    ///
+    /// # Safety
+    ///
+    /// As [`super::pin`]: the kernel writes into the pinned pages on `write_to_guest`, so no Rust
+    /// reference to the range may be alive across that call.
+    pub unsafe fn new(hva: Hva, len: u64) -> Result<Self, Error> {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { Self::with_max_buffer(hva, len, MAX_BUFFER_LEN) }
+    }
+
+    /// As [`Self::new`] with buffers of at most `max_buffer` bytes (a multiple of the page size).
+    ///
+    /// # Safety
+    ///
+    /// As [`Self::new`].
+    pub(crate) unsafe fn with_max_buffer(
+        hva: Hva,
+        len: u64,
+        max_buffer: u64,
+    ) -> Result<Self, Error> {
+        // SAFETY: forwarded from this function's contract (the same as FixedRing's).
+        let ring = unsafe { FixedRing::with_max_buffer(hva, len, max_buffer) }?;
+        Ok(IoUringPin { ring })
+    }
+
+    /// Number of registered buffers.
+    pub fn buffers(&self) -> usize {
+        self.ring.buffers()
+    }
+}
+
 impl Pin for IoUringPin {
     fn kind(&self) -> PinKind {
         PinKind::IoUring
     }
 
     fn len(&self) -> u64 {
-        self.len
+        self.ring.len()
     }
 
     fn write_to_guest(&mut self, staging: &Staging, ops: &[Transfer]) -> super::Result<()> {
-        validate(ops, self.len, staging.len())?;
-        let chunks = plan(ops, self.max_buffer, CHUNK_LEN);
-        let fd = staging.fd().as_raw_fd();
-        Ok(self.run(Direction::ToGuest, fd, chunks, &mut |_| {})?)
+        self.ring.read_fixed(staging, ops, RING_ENTRIES as usize)
     }
 
     fn read_from_guest(&mut self, staging: &mut Staging, ops: &[Transfer]) -> super::Result<()> {
-        validate(ops, self.len, staging.len())?;
-        let chunks = plan(ops, self.max_buffer, CHUNK_LEN);
-        let fd = staging.fd().as_raw_fd();
-        Ok(self.run(Direction::FromGuest, fd, chunks, &mut |_| {})?)
+        self.ring
+            .write_fixed(staging, ops, RING_ENTRIES as usize, &mut |_| {})
     }
 
     /// Each transfer is handed to `done` from the completion loop, while the ring holds the
@@ -393,7 +488,7 @@ impl Pin for IoUringPin {
         ops: &[Transfer],
         done: &mut dyn FnMut(usize, &[u8]),
     ) -> super::Result<()> {
-        validate(ops, self.len, staging.len())?;
+        validate(ops, self.ring.len(), staging.len())?;
         if !staging_disjoint(ops) {
             // A finished transfer could share bytes with one in flight: no early hand-over.
             self.read_from_guest(staging, ops)?;
@@ -406,8 +501,6 @@ impl Pin for IoUringPin {
         for (i, _) in ops.iter().enumerate().filter(|(_, t)| t.len == 0) {
             done(i, &[]);
         }
-        let chunks = plan(ops, self.max_buffer, CHUNK_LEN);
-        let fd = staging.fd().as_raw_fd();
         let base = staging.ptr_at(0);
         let mut op_done = |i: usize| {
             let t = &ops[i];
@@ -423,15 +516,8 @@ impl Pin for IoUringPin {
             };
             done(i, bytes);
         };
-        Ok(self.run(Direction::FromGuest, fd, chunks, &mut op_done)?)
-    }
-}
-
-impl Drop for IoUringPin {
-    fn drop(&mut self) {
-        // Unpins the pages; closing the ring (next) would too, but only once every reference to
-        // the ring is gone, so do it explicitly.
-        let _ = self.ring.submitter().unregister_buffers();
+        self.ring
+            .write_fixed(staging, ops, RING_ENTRIES as usize, &mut op_done)
     }
 }
 
@@ -532,6 +618,58 @@ mod tests {
         let res = unsafe { IoUringPin::new(hva, 2 * MIB) };
         assert!(
             matches!(&res, Err(Error::RegisterBuffers { source, .. }) if source.raw_os_error() == Some(libc::EFAULT)),
+            "{res:?}"
+        );
+    }
+
+    /// The loop at every depth, in the raw baseline's shape (many transfers from one staging
+    /// range, more chunks than the depth): each depth moves exactly the bytes asked, and the
+    /// completion hand-over names every transfer once. A bug: a depth that drops or repeats a
+    /// chunk, a slot reused while still in flight, or a transfer reported before it landed.
+    #[test]
+    fn fixed_ring_moves_the_same_bytes_at_every_depth() {
+        const LEN: u64 = 8 * MIB;
+        const PIECE: u64 = MIB + 4096;
+        let mut r = AnonRegion::new(LEN, libc::MADV_HUGEPAGE);
+        r.fill(|_| 0);
+        // SAFETY: `r` outlives the ring; no reference into it is held across ring calls.
+        let mut ring = unsafe { FixedRing::register(r.hva, LEN) }.unwrap();
+        assert_eq!((ring.len(), ring.buffers()), (LEN, 1));
+        let ops: Vec<Transfer> = (0..LEN / PIECE)
+            .map(|i| Transfer {
+                pin_offset: i * PIECE,
+                staging_offset: 0,
+                len: PIECE,
+            })
+            .collect();
+        let mut staging = Staging::new(PIECE).unwrap();
+        for depth in [1, 2, 5, RING_ENTRIES as usize, 1000] {
+            let tag = depth as u8;
+            staging.as_mut_slice().fill(tag);
+            ring.read_fixed(&staging, &ops, depth).unwrap();
+            let covered = (LEN / PIECE * PIECE) as usize;
+            let bytes = r.bytes();
+            assert!(bytes[..covered].iter().all(|&b| b == tag), "depth {depth}");
+            assert!(bytes[covered..].iter().all(|&b| b == 0), "depth {depth}");
+            bytes[..PIECE as usize].fill(tag ^ 0xff);
+            let one = [ops[0]];
+            let mut seen = Vec::new();
+            ring.write_fixed(&mut staging, &one, depth, &mut |i| seen.push(i))
+                .unwrap();
+            assert_eq!(seen, [0], "depth {depth}");
+            assert!(
+                staging.as_slice().iter().all(|&b| b == tag ^ 0xff),
+                "depth {depth}"
+            );
+        }
+        let past = [Transfer {
+            pin_offset: LEN - 4096,
+            staging_offset: 0,
+            len: 8192,
+        }];
+        let res = ring.read_fixed(&staging, &past, 2);
+        assert!(
+            matches!(res, Err(super::super::Error::TransferOutOfRange { .. })),
             "{res:?}"
         );
     }

@@ -1,0 +1,394 @@
+//! DMA throughput through io-uring pins, against a raw fixed-buffer loop and memcpy.
+//!
+//! Every trial measures, interleaved, over the same THP-backed, prefaulted region:
+//! - the engine: `DmaEngine::execute` per descriptor (pattern fill + READ_FIXED for device
+//!   writes, WRITE_FIXED + per-page checksums for device reads), through an io-uring `Iommu`;
+//! - the pin alone: the mapping's `Pin` calls in staging-sized pieces (no fill, no checksums);
+//! - raw: the library's fixed-buffer loop ([`FixedRing`]) over its own registration of the same
+//!   bytes and its own staging-sized memfd, at the engine's depth (each descriptor reaped before
+//!   the next) and with the ring kept full;
+//! - memcpy between two prefaulted buffers, and the engine's CPU work alone.
+//!
+//! Owns what it allocates (guest RAM, rings, staging, buffers); changes no host knob.
+
+use std::time::Instant;
+
+use pinlab::addr::PAGE_SIZE;
+use pinlab::devices::dma::{DmaEngine, STAGING_MAX};
+use pinlab::devices::iommu::Iommu;
+use pinlab::devices::Stats;
+use pinlab::memory::GuestRam;
+use pinlab::pin::io_uring::{FixedRing, CHUNK_LEN, MAX_BUFFER_LEN, RING_ENTRIES};
+use pinlab::pin::{Staging, Transfer};
+use pinlab::scenario::PinKind;
+use pinlab_abi as abi;
+use serde::Serialize;
+
+use super::stat::{gib_per_s, ratio, Stat, MIB};
+
+const RW: u32 = abi::PERM_READ | abi::PERM_WRITE;
+
+/// Errors of the DMA benchmark.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `--region` out of range.
+    #[error("--region {0:#x}: must be a non-zero multiple of 2 MiB up to 1 GiB")]
+    Region(u64),
+    /// `--descriptor` out of range.
+    #[error("--descriptor {0:#x}: must be a non-zero multiple of 4 KiB")]
+    Descriptor(u64),
+    /// Guest RAM for the region could not be mapped or faulted in.
+    #[error("guest RAM of {size:#x} bytes: {source}")]
+    GuestRam {
+        size: u64,
+        #[source]
+        source: pinlab::memory::Error,
+    },
+    /// The IOMMU refused to map the region.
+    #[error("Iommu::map of {len:#x} bytes: {status}")]
+    IommuMap { len: u64, status: &'static str },
+    /// The IOMMU has no mapping for the region.
+    #[error("Iommu::lookup of {len:#x} bytes: {status}")]
+    IommuLookup { len: u64, status: &'static str },
+    /// The engine refused or failed a descriptor.
+    #[error("DmaEngine::execute(op {op:#x}, iova {iova:#x}): {status}")]
+    Execute {
+        op: u32,
+        iova: u64,
+        status: &'static str,
+    },
+    /// A staging memfd could not be made.
+    #[error("Staging::new({len:#x}): {source}")]
+    Staging {
+        len: u64,
+        #[source]
+        source: pinlab::pin::Error,
+    },
+    /// A transfer of the mapping's pin failed.
+    #[error("pin transfer at offset {offset:#x}: {source}")]
+    Pin {
+        offset: u64,
+        #[source]
+        source: pinlab::pin::Error,
+    },
+    /// The raw baseline's registration failed.
+    #[error("raw registration of {len:#x} bytes: {source}")]
+    RawRegister {
+        len: u64,
+        #[source]
+        source: pinlab::pin::io_uring::Error,
+    },
+    /// A raw baseline transfer failed.
+    #[error("raw {op} at offset {offset:#x}: {source}")]
+    Raw {
+        op: &'static str,
+        offset: u64,
+        #[source]
+        source: pinlab::pin::Error,
+    },
+}
+
+/// Result of this module.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// DMA throughput, GiB/s, and the ratios the goals are stated in.
+#[derive(Clone, Debug, Serialize)]
+pub struct DmaReport {
+    pub region: u64,
+    pub descriptor: u64,
+    /// Bytes per SQE (the pin's CHUNK_LEN) and SQEs in flight per descriptor.
+    pub chunk: u64,
+    pub queue_depth: u64,
+    pub staging: u64,
+    pub thp_coverage: Option<f64>,
+    /// `execute(OP_TO_GUEST)` with a new seed every pass: pattern fill + READ_FIXED.
+    pub engine_to_guest: Option<Stat>,
+    /// `execute(OP_FROM_GUEST)`: WRITE_FIXED + a checksum per 4 KiB page.
+    pub engine_from_guest: Option<Stat>,
+    /// The engine's pin calls alone (`Pin::write_to_guest` / `read_from_guest`, same pieces).
+    pub pin_to_guest: Option<Stat>,
+    pub pin_from_guest: Option<Stat>,
+    /// Raw io_uring, same chunks, same depth, a staging-sized memfd.
+    pub raw_read_fixed: Option<Stat>,
+    pub raw_write_fixed: Option<Stat>,
+    /// Raw io_uring with the ring kept full (RING_ENTRIES in flight) across descriptors.
+    pub raw_read_fixed_deep: Option<Stat>,
+    pub raw_write_fixed_deep: Option<Stat>,
+    /// `copy_from_slice` of `region` bytes between two prefaulted buffers.
+    pub memcpy: Option<Stat>,
+    /// The engine's CPU work alone, over `region` bytes in staging-sized pieces.
+    pub fill_pattern: Option<Stat>,
+    pub checksum: Option<Stat>,
+    pub ratios: DmaRatios,
+}
+
+/// Ratios of medians. Goal: engine / raw >= 0.9.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DmaRatios {
+    pub engine_to_guest_vs_raw: Option<f64>,
+    pub engine_from_guest_vs_raw: Option<f64>,
+    pub pin_to_guest_vs_raw: Option<f64>,
+    pub pin_from_guest_vs_raw: Option<f64>,
+    pub engine_to_guest_vs_memcpy: Option<f64>,
+    pub engine_from_guest_vs_memcpy: Option<f64>,
+    pub raw_vs_raw_deep_read: Option<f64>,
+    pub raw_vs_raw_deep_write: Option<f64>,
+}
+
+/// What the DMA benchmark moves.
+#[derive(Clone, Copy, Debug)]
+pub struct DmaOptions {
+    /// Bytes of guest RAM mapped and moved (a multiple of 2 MiB, at most 1 GiB).
+    pub region: u64,
+    /// Bytes per DMA descriptor (a multiple of 4 KiB).
+    pub descriptor: u64,
+    /// Timed trials (one untimed warm-up comes first).
+    pub trials: usize,
+}
+
+impl DmaOptions {
+    /// Refuses sizes the benchmark cannot use, before anything is allocated.
+    pub fn validate(&self) -> Result<()> {
+        let r = self.region;
+        if r == 0 || r > MAX_BUFFER_LEN || !r.is_multiple_of(2 * MIB) {
+            return Err(Error::Region(r));
+        }
+        let d = self.descriptor;
+        if d == 0 || !d.is_multiple_of(PAGE_SIZE) {
+            return Err(Error::Descriptor(d));
+        }
+        Ok(())
+    }
+}
+
+/// Which fixed-buffer opcode a raw pass runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RawDir {
+    /// READ_FIXED: file -> buffer (a device write).
+    Read,
+    /// WRITE_FIXED: buffer -> file (a device read).
+    Write,
+}
+
+/// One raw pass over the whole registered range: `batch` bytes at a time, each batch at file
+/// offset 0 in file-sized transfers and fully reaped before the next (as the engine does per
+/// descriptor), at most `depth` SQEs in flight. Seconds.
+fn raw_pass(
+    ring: &mut FixedRing,
+    file: &mut Staging,
+    dir: RawDir,
+    batch: u64,
+    depth: usize,
+) -> Result<f64> {
+    let (len, file_len) = (ring.len(), file.len());
+    let t = Instant::now();
+    let mut ops = Vec::new();
+    for start in (0..len).step_by(batch as usize) {
+        let end = (start + batch).min(len);
+        ops.clear();
+        ops.extend((start..end).step_by(file_len as usize).map(|off| Transfer {
+            pin_offset: off,
+            staging_offset: 0,
+            len: file_len.min(end - off),
+        }));
+        let (op, r) = match dir {
+            RawDir::Read => ("READ_FIXED", ring.read_fixed(file, &ops, depth)),
+            RawDir::Write => (
+                "WRITE_FIXED",
+                ring.write_fixed(file, &ops, depth, &mut |_| {}),
+            ),
+        };
+        r.map_err(|source| Error::Raw {
+            op,
+            offset: start,
+            source,
+        })?;
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// One pass of `execute` over the region, one descriptor per `descriptor` bytes. Seconds.
+fn engine_pass(
+    engine: &mut DmaEngine,
+    ram: &GuestRam,
+    iommu: &mut Iommu,
+    op: u32,
+    arg: u64,
+    o: &DmaOptions,
+) -> Result<f64> {
+    let stats = Stats::default();
+    let t = Instant::now();
+    for iova in (0..o.region).step_by(o.descriptor as usize) {
+        let d = abi::Descriptor {
+            op,
+            iova,
+            arg,
+            len: o.descriptor.min(o.region - iova),
+            ..Default::default()
+        };
+        engine
+            .execute(ram, iommu, &d, &[], &stats)
+            .map_err(|st| Error::Execute {
+                op,
+                iova,
+                status: abi::status_name(st),
+            })?;
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// One pass of the mapping's pin over the region, in staging-sized pieces (the engine's calls
+/// without its fill and checksum). Seconds.
+fn pin_pass(iommu: &mut Iommu, staging: &mut Staging, to_guest: bool, region: u64) -> Result<f64> {
+    let (m, base) = iommu
+        .lookup(0, region, RW)
+        .map_err(|st| Error::IommuLookup {
+            len: region,
+            status: abi::status_name(st),
+        })?;
+    let piece = staging.len();
+    let t = Instant::now();
+    for off in (0..region).step_by(piece as usize) {
+        let op = [Transfer {
+            pin_offset: base + off,
+            staging_offset: 0,
+            len: piece.min(region - off),
+        }];
+        if to_guest {
+            m.pin.write_to_guest(staging, &op)
+        } else {
+            m.pin.read_from_guest(staging, &op)
+        }
+        .map_err(|source| Error::Pin {
+            offset: off,
+            source,
+        })?;
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+fn staging(len: u64) -> Result<Staging> {
+    Staging::new(len).map_err(|source| Error::Staging { len, source })
+}
+
+/// Runs the DMA benchmark.
+pub fn run(o: &DmaOptions) -> Result<DmaReport> {
+    o.validate()?;
+    let (region, desc) = (o.region, o.descriptor);
+    let piece = desc.min(STAGING_MAX);
+    // Guest RAM: the region at GPA 0, then room for the checksum arrays of from-guest descriptors.
+    let out_gpa = region;
+    let size = region + 2 * MIB;
+    let ram_error = |source| Error::GuestRam { size, source };
+    let ram = GuestRam::new(size, true, false).map_err(ram_error)?;
+    ram.populate().map_err(ram_error)?;
+    let thp_coverage = pinlab::pfn::thp_coverage(ram.hva(), region).ok();
+    let mut iommu = Iommu::new(PinKind::IoUring);
+    iommu
+        .map(&ram, 0, 0, region, RW)
+        .map_err(|st| Error::IommuMap {
+            len: region,
+            status: abi::status_name(st),
+        })?;
+    let mut engine = DmaEngine::default();
+    let mut staging_area = staging(piece)?;
+    let mut raw_file = staging(piece)?;
+    raw_file.as_mut_slice().fill(0x5a);
+    // SAFETY: guest RAM outlives the ring (declared after `ram`, dropped first); nothing holds a
+    // Rust reference into guest RAM across a pass.
+    let mut raw =
+        unsafe { FixedRing::register(ram.hva(), region) }.map_err(|source| Error::RawRegister {
+            len: region,
+            source,
+        })?;
+    let depth = desc.div_ceil(CHUNK_LEN).min(RING_ENTRIES as u64) as usize;
+    let full = RING_ENTRIES as usize;
+    let src = vec![0x3cu8; region as usize];
+    let mut dst = vec![0xc3u8; region as usize];
+    let mut words = vec![0u64; (piece / 8) as usize];
+
+    let mut s: [Vec<f64>; 11] = Default::default();
+    for trial in 0..=o.trials {
+        let seed = 0x5eed ^ trial as u64;
+        let t = [
+            engine_pass(&mut engine, &ram, &mut iommu, abi::OP_TO_GUEST, seed, o)?,
+            engine_pass(
+                &mut engine,
+                &ram,
+                &mut iommu,
+                abi::OP_FROM_GUEST,
+                out_gpa,
+                o,
+            )?,
+            pin_pass(&mut iommu, &mut staging_area, true, region)?,
+            pin_pass(&mut iommu, &mut staging_area, false, region)?,
+            raw_pass(&mut raw, &mut raw_file, RawDir::Read, desc, depth)?,
+            raw_pass(&mut raw, &mut raw_file, RawDir::Write, desc, depth)?,
+            raw_pass(&mut raw, &mut raw_file, RawDir::Read, region, full)?,
+            raw_pass(&mut raw, &mut raw_file, RawDir::Write, region, full)?,
+            {
+                let t = Instant::now();
+                dst.copy_from_slice(std::hint::black_box(&src));
+                std::hint::black_box(&mut dst);
+                t.elapsed().as_secs_f64()
+            },
+            {
+                let t = Instant::now();
+                for off in (0..region).step_by(piece as usize) {
+                    abi::fill_pattern(&mut words, seed, off / 8);
+                    std::hint::black_box(&mut words);
+                }
+                t.elapsed().as_secs_f64()
+            },
+            {
+                let t = Instant::now();
+                let mut acc = 0u64;
+                for _ in (0..region).step_by(piece as usize) {
+                    for page in std::hint::black_box(&words).chunks_exact(512) {
+                        acc ^= abi::page_checksum(page);
+                    }
+                }
+                std::hint::black_box(acc);
+                t.elapsed().as_secs_f64()
+            },
+        ];
+        if trial > 0 {
+            for (v, secs) in s.iter_mut().zip(t) {
+                v.push(gib_per_s(region, secs));
+            }
+        }
+    }
+    drop(raw);
+    iommu.clear();
+    let [e_to, e_from, p_to, p_from, r_rd, r_wr, d_rd, d_wr, mc, fill, sum] =
+        std::array::from_fn(|i| Stat::of(&s[i]));
+    Ok(DmaReport {
+        region,
+        descriptor: desc,
+        chunk: CHUNK_LEN,
+        queue_depth: depth as u64,
+        staging: piece,
+        thp_coverage,
+        ratios: DmaRatios {
+            engine_to_guest_vs_raw: ratio(e_to, r_rd),
+            engine_from_guest_vs_raw: ratio(e_from, r_wr),
+            pin_to_guest_vs_raw: ratio(p_to, r_rd),
+            pin_from_guest_vs_raw: ratio(p_from, r_wr),
+            engine_to_guest_vs_memcpy: ratio(e_to, mc),
+            engine_from_guest_vs_memcpy: ratio(e_from, mc),
+            raw_vs_raw_deep_read: ratio(r_rd, d_rd),
+            raw_vs_raw_deep_write: ratio(r_wr, d_wr),
+        },
+        engine_to_guest: e_to,
+        engine_from_guest: e_from,
+        pin_to_guest: p_to,
+        pin_from_guest: p_from,
+        raw_read_fixed: r_rd,
+        raw_write_fixed: r_wr,
+        raw_read_fixed_deep: d_rd,
+        raw_write_fixed_deep: d_wr,
+        memcpy: mc,
+        fill_pattern: fill,
+        checksum: sum,
+    })
+}
