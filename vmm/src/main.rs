@@ -122,9 +122,12 @@ struct BenchArgs {
     /// DMA descriptor size, e.g. 8MiB.
     #[arg(long)]
     descriptor: Option<ByteSize>,
-    /// IOMMU map size, e.g. 1GiB.
-    #[arg(long)]
-    map_size: Option<ByteSize>,
+    /// IOMMU map size on THP RAM (repeatable), e.g. 1GiB. Default: 1GiB and 8GiB.
+    #[arg(long = "map-size")]
+    map_sizes: Vec<ByteSize>,
+    /// IOMMU map size on 4 KiB-page RAM (repeatable). Default: 1GiB.
+    #[arg(long = "map-size-4k")]
+    map_sizes_4k: Vec<ByteSize>,
     /// Timed trials per measurement.
     #[arg(long)]
     trials: Option<usize>,
@@ -145,7 +148,12 @@ fn cmd_bench(args: BenchArgs) -> ExitCode {
     let mut o = bench::Options::default();
     o.region = args.region.map_or(o.region, |b| b.0);
     o.descriptor = args.descriptor.map_or(o.descriptor, |b| b.0);
-    o.map_size = args.map_size.map_or(o.map_size, |b| b.0);
+    if !args.map_sizes.is_empty() {
+        o.map_sizes = args.map_sizes.iter().map(|b| b.0).collect();
+    }
+    if !args.map_sizes_4k.is_empty() {
+        o.map_sizes_4k = args.map_sizes_4k.iter().map(|b| b.0).collect();
+    }
     o.trials = args.trials.unwrap_or(o.trials);
     o.launches = args.launches.unwrap_or(o.launches);
     if !args.only.is_empty() {

@@ -47,8 +47,10 @@ pub struct Options {
     pub region: u64,
     /// Bytes per DMA descriptor (a multiple of 4 KiB).
     pub descriptor: u64,
-    /// Bytes the map benchmark maps (at most 1 GiB).
-    pub map_size: u64,
+    /// Bytes the map benchmark maps, each size on THP-advised guest RAM.
+    pub map_sizes: Vec<u64>,
+    /// Sizes also mapped on 4 KiB-page guest RAM.
+    pub map_sizes_4k: Vec<u64>,
     /// Timed trials per measurement (one untimed warm-up comes first).
     pub trials: usize,
     /// Spawns of the `pinlab` binary per launch measurement.
@@ -66,7 +68,8 @@ impl Default for Options {
         Options {
             region: 256 * MIB,
             descriptor: 8 * MIB,
-            map_size: 1 << 30,
+            map_sizes: vec![stat::GIB, 8 * stat::GIB],
+            map_sizes_4k: vec![stat::GIB],
             trials: 7,
             launches: 20,
             pinlab: std::env::current_exe().unwrap_or_else(|_| "pinlab".into()),
@@ -99,7 +102,9 @@ impl Options {
             self.dma_options().validate()?;
         }
         if self.map {
-            map::validate(self.map_size)?;
+            for &size in self.map_sizes.iter().chain(&self.map_sizes_4k) {
+                map::validate(size)?;
+            }
         }
         Ok(())
     }
@@ -110,7 +115,8 @@ impl Options {
 pub struct BenchReport {
     pub trials: usize,
     pub dma: Option<dma::DmaReport>,
-    pub map: Option<map::MapReport>,
+    /// One report per size and page kind (empty when the section did not run).
+    pub map: Vec<map::MapReport>,
     pub launch: Option<launch::LaunchReport>,
 }
 
@@ -120,12 +126,22 @@ pub fn run(o: &Options) -> Result<BenchReport, Error> {
     Ok(BenchReport {
         trials: o.trials,
         dma: o.dma.then(|| dma::run(&o.dma_options())).transpose()?,
-        map: o.map.then(|| map::run(o.map_size, o.trials)).transpose()?,
+        map: if o.map { run_maps(o)? } else { Vec::new() },
         launch: o
             .launch
             .then(|| launch::run(&o.pinlab, o.launches, o.trials))
             .transpose()?,
     })
+}
+
+/// The map section: every THP size, then every 4 KiB-page size, one guest RAM at a time.
+fn run_maps(o: &Options) -> Result<Vec<map::MapReport>, Error> {
+    let thp = o.map_sizes.iter().map(|&s| (s, true));
+    let base = o.map_sizes_4k.iter().map(|&s| (s, false));
+    Ok(thp
+        .chain(base)
+        .map(|(size, thp)| map::run(size, thp, o.trials))
+        .collect::<Result<_, _>>()?)
 }
 
 #[cfg(test)]
@@ -161,7 +177,7 @@ mod tests {
             ),
             (
                 "map size not 2 MiB sized",
-                |o| o.map_size = 3 * MIB,
+                |o| o.map_sizes_4k = vec![3 * MIB],
                 |e| matches!(e, Error::Map(map::Error::Size(_))),
             ),
         ];
