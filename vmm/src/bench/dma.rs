@@ -247,10 +247,7 @@ fn raw_pass(
         }));
         let (op, r) = match dir {
             RawDir::Read => ("READ_FIXED", ring.read_fixed(file, &ops, depth)),
-            RawDir::Write => (
-                "WRITE_FIXED",
-                ring.write_fixed(file, &ops, depth, &mut |_| {}),
-            ),
+            RawDir::Write => ("WRITE_FIXED", ring.write_fixed(file, &ops, depth)),
         };
         r.map_err(|source| Error::Raw {
             op,

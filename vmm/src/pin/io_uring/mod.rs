@@ -1,0 +1,404 @@
+//! io_uring registered buffers as the device's pin on guest RAM.
+//!
+//! IORING_REGISTER_BUFFERS pins the pages with FOLL_PIN | FOLL_LONGTERM (`io_pin_pages` ->
+//! `pin_user_pages_fast`), the same class of pin VFIO type1's MAP_DMA takes. The pin lasts until
+//! the buffers are unregistered (on drop). Device writes are IORING_OP_READ_FIXED from the staging
+//! memfd into a registered buffer, device reads IORING_OP_WRITE_FIXED from a registered buffer
+//! into the staging memfd: the kernel copies to and from the pinned pages, never through the
+//! VMM's page tables. `read_from_guest_each` hands each finished transfer to the caller from the
+//! completion loop while later SQEs are still in flight (the DMA engine checksums piece k while
+//! the kernel copies piece k+1).
+//!
+//! [`FixedRing`] owns the ring, the registration and the one submission/completion loop of the
+//! codebase (at a given depth, with a per-transfer completion hand-over); [`IoUringPin`] is a
+//! `FixedRing` over guest RAM, and the raw baseline of `pinlab bench` drives a `FixedRing` over
+//! its own memory and memfd. It must not touch the VMM mapping of the range and records no PFNs
+//! (that is [`crate::pfn`]'s job, by the caller at pin time).
+//!
+//! Limits: Linux 6.18 refuses a registered buffer longer than 1 GiB (`io_validate_user_buf_range`
+//! in io_uring/rsrc.c: "arbitrary limit, but we need something", `ulen > SZ_1G` -> -EFAULT), and
+//! at most IORING_MAX_REG_BUFFERS (1 << 14) buffers per ring. A longer range is registered as
+//! consecutive 1 GiB buffers; a transfer crossing a buffer boundary is split there.
+
+use std::io;
+
+use super::{Pin, PinKind, Staging, Transfer};
+use crate::addr::Hva;
+
+mod ring;
+
+pub use ring::FixedRing;
+
+/// Largest registered buffer the kernel accepts (io_uring/rsrc.c, `SZ_1G`).
+pub const MAX_BUFFER_LEN: u64 = 1 << 30;
+/// Most buffers one ring can register (IORING_MAX_REG_BUFFERS).
+pub const MAX_BUFFERS: usize = 1 << 14;
+/// Largest byte count of one SQE. Measured here (256 MiB THP-backed pin, release build, device
+/// read / device write): 64 KiB 4.4-4.9 / 5.1-5.2 GiB/s, 1 MiB 6.2 / 6.5-6.7, 4 MiB 6.4-6.5 /
+/// 6.9, 16 MiB 6.3-6.6 / 6.8-7.0, 64 MiB 6.1-6.3 / 6.6-6.7: gains stop at 4 MiB.
+pub const CHUNK_LEN: u64 = 4 << 20;
+/// Submission queue depth.
+pub const RING_ENTRIES: u32 = 64;
+
+/// Errors of the io_uring pin.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// io_uring_setup(2) failed.
+    #[error("io_uring_setup({entries}): {source}")]
+    Setup {
+        entries: u32,
+        #[source]
+        source: io::Error,
+    },
+    /// The range needs more registered buffers than a ring allows.
+    #[error("{len:#x} bytes need {buffers} registered buffers (max {MAX_BUFFERS})")]
+    TooManyBuffers { len: u64, buffers: usize },
+    /// IORING_REGISTER_BUFFERS failed (EFAULT: a buffer over 1 GiB or unmapped memory; ENOMEM:
+    /// RLIMIT_MEMLOCK without CAP_IPC_LOCK).
+    #[error("IORING_REGISTER_BUFFERS of {buffers} buffers over {hva} + {len:#x}: {source}")]
+    RegisterBuffers {
+        hva: Hva,
+        len: u64,
+        buffers: usize,
+        #[source]
+        source: io::Error,
+    },
+    /// io_uring_enter(2) failed.
+    #[error("io_uring_enter: {0}")]
+    Submit(#[source] io::Error),
+    /// The submission queue refused an entry although a slot was free.
+    #[error("submission queue full")]
+    QueueFull,
+    /// An IORING_OP_READ_FIXED (device write) completed with an error.
+    #[error("READ_FIXED into pin offset {pin_offset:#x} ({len:#x} bytes): {source}")]
+    ReadFixed {
+        pin_offset: u64,
+        len: u64,
+        #[source]
+        source: io::Error,
+    },
+    /// An IORING_OP_WRITE_FIXED (device read) completed with an error.
+    #[error("WRITE_FIXED from pin offset {pin_offset:#x} ({len:#x} bytes): {source}")]
+    WriteFixed {
+        pin_offset: u64,
+        len: u64,
+        #[source]
+        source: io::Error,
+    },
+    /// An operation completed with 0 bytes while bytes remained (no progress: not retried).
+    #[error("{op} at pin offset {pin_offset:#x} made no progress with {len:#x} bytes left")]
+    NoProgress {
+        op: &'static str,
+        pin_offset: u64,
+        len: u64,
+    },
+}
+
+/// One registered buffer: a slice of the pinned range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BufferSpan {
+    pub hva: Hva,
+    pub len: u64,
+}
+
+impl BufferSpan {
+    fn iovec(&self) -> libc::iovec {
+        libc::iovec {
+            iov_base: self.hva.as_ptr().cast(),
+            iov_len: self.len as usize,
+        }
+    }
+}
+
+/// Splits `hva..hva+len` into consecutive buffers of at most `max` bytes (`max > 0`).
+pub fn split_buffers(hva: Hva, len: u64, max: u64) -> Vec<BufferSpan> {
+    assert!(max > 0);
+    (0..len.div_ceil(max))
+        .map(|i| BufferSpan {
+            hva: Hva(hva.raw() + i * max),
+            len: max.min(len - i * max),
+        })
+        .collect()
+}
+
+/// One SQE's worth of a transfer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Chunk {
+    /// Index of the transfer this chunk belongs to.
+    op: usize,
+    buf_index: u16,
+    /// Offset in the pinned range (the buffer address is `hva + pin_offset`).
+    pin_offset: u64,
+    staging_offset: u64,
+    len: u32,
+}
+
+/// Splits validated transfers at buffer boundaries (every `max_buffer` bytes of the range) and
+/// into chunks of at most `chunk` bytes.
+pub(super) fn plan(ops: &[Transfer], max_buffer: u64, chunk: u64) -> Vec<Chunk> {
+    let mut out = Vec::new();
+    for (op, t) in ops.iter().enumerate() {
+        let mut done = 0;
+        while done < t.len {
+            let pin_offset = t.pin_offset + done;
+            let buf_end = (pin_offset / max_buffer + 1) * max_buffer;
+            let len = (t.len - done).min(chunk).min(buf_end - pin_offset);
+            out.push(Chunk {
+                op,
+                buf_index: (pin_offset / max_buffer) as u16,
+                pin_offset,
+                staging_offset: t.staging_offset + done,
+                len: len as u32,
+            });
+            done += len;
+        }
+    }
+    out
+}
+
+/// A range of guest RAM pinned as io_uring fixed buffers: a [`FixedRing`] over it, driven with
+/// up to `depth` SQEs in flight. Drop unregisters them (unpins).
+#[derive(Debug)]
+pub struct IoUringPin {
+    ring: FixedRing,
+    depth: usize,
+}
+
+impl IoUringPin {
+    /// Pins `hva..hva+len` (page aligned, checked by [`super::pin`]) as registered buffers, with
+    /// up to [`RING_ENTRIES`] SQEs in flight.
+    ///
+    /// # Safety
+    ///
+    /// As [`super::pin`]: the kernel writes into the pinned pages on `write_to_guest`, so no Rust
+    /// reference to the range may be alive across that call.
+    pub unsafe fn new(hva: Hva, len: u64) -> Result<Self, Error> {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { Self::with_max_buffer(hva, len, MAX_BUFFER_LEN) }
+    }
+
+    /// As [`Self::new`] with buffers of at most `max_buffer` bytes (a multiple of the page size).
+    ///
+    /// # Safety
+    ///
+    /// As [`Self::new`].
+    pub(crate) unsafe fn with_max_buffer(
+        hva: Hva,
+        len: u64,
+        max_buffer: u64,
+    ) -> Result<Self, Error> {
+        // SAFETY: forwarded from this function's contract (the same as FixedRing's).
+        let ring = unsafe { FixedRing::with_max_buffer(hva, len, max_buffer) }?;
+        Ok(IoUringPin {
+            ring,
+            depth: RING_ENTRIES as usize,
+        })
+    }
+
+    /// Number of registered buffers.
+    pub fn buffers(&self) -> usize {
+        self.ring.buffers()
+    }
+}
+
+impl Pin for IoUringPin {
+    fn kind(&self) -> PinKind {
+        PinKind::IoUring
+    }
+
+    fn len(&self) -> u64 {
+        self.ring.len()
+    }
+
+    fn write_to_guest(&mut self, staging: &Staging, ops: &[Transfer]) -> super::Result<()> {
+        self.ring.read_fixed(staging, ops, self.depth)
+    }
+
+    /// Each transfer is filled just before its SQEs are submitted, and the next one is filled
+    /// while the kernel copies it (see [`FixedRing::read_fixed_each`]).
+    fn write_to_guest_each(
+        &mut self,
+        staging: &mut Staging,
+        ops: &[Transfer],
+        fill: &mut dyn FnMut(usize, &mut [u8]),
+    ) -> super::Result<()> {
+        self.ring.read_fixed_each(staging, ops, self.depth, fill)
+    }
+
+    fn read_from_guest(&mut self, staging: &mut Staging, ops: &[Transfer]) -> super::Result<()> {
+        self.ring.write_fixed(staging, ops, self.depth)
+    }
+
+    /// Each transfer is handed to `done` from the completion loop, while the ring holds the
+    /// next ones (see [`FixedRing::write_fixed_each`]).
+    fn read_from_guest_each(
+        &mut self,
+        staging: &mut Staging,
+        ops: &[Transfer],
+        done: &mut dyn FnMut(usize, &[u8]),
+    ) -> super::Result<()> {
+        self.ring.write_fixed_each(staging, ops, self.depth, done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::PAGE_SIZE;
+    use crate::pfn::test_support::AnonRegion;
+
+    const GIB: u64 = 1 << 30;
+    const MIB: u64 = 1 << 20;
+
+    /// Splitting a range into registered buffers, without allocating it.
+    /// A bug: a buffer over 1 GiB (the kernel's EFAULT) or a gap/overlap between buffers.
+    #[test]
+    fn split_buffers_table() {
+        let base = Hva(0x7f00_0000_0000);
+        let s = |off: u64, len: u64| BufferSpan {
+            hva: Hva(base.raw() + off),
+            len,
+        };
+        // (description, len, expected spans)
+        let table = [
+            ("one page", PAGE_SIZE, vec![s(0, PAGE_SIZE)]),
+            ("exactly 1 GiB", GIB, vec![s(0, GIB)]),
+            (
+                "1 GiB + 1 page",
+                GIB + PAGE_SIZE,
+                vec![s(0, GIB), s(GIB, PAGE_SIZE)],
+            ),
+            (
+                "2.5 GiB",
+                5 * GIB / 2,
+                vec![s(0, GIB), s(GIB, GIB), s(2 * GIB, GIB / 2)],
+            ),
+        ];
+        for (desc, len, want) in table {
+            let got = split_buffers(base, len, MAX_BUFFER_LEN);
+            assert_eq!(got, want, "{desc}");
+            assert!(got.iter().all(|b| b.len <= MAX_BUFFER_LEN), "{desc}");
+            assert_eq!(got.iter().map(|b| b.len).sum::<u64>(), len, "{desc}");
+        }
+    }
+
+    #[test]
+    fn plan_splits_at_buffer_boundaries_and_chunks() {
+        let t = |pin_offset, staging_offset, len| Transfer {
+            pin_offset,
+            staging_offset,
+            len,
+        };
+        let c = |buf_index, pin_offset, staging_offset, len| Chunk {
+            op: 0,
+            buf_index,
+            pin_offset,
+            staging_offset,
+            len,
+        };
+        // (description, transfer, expected chunks)
+        let table = [
+            (
+                "inside one buffer",
+                t(4096, 0, 100),
+                vec![c(0, 4096, 0, 100)],
+            ),
+            (
+                "crosses the 1 GiB boundary",
+                t(GIB - 4096, 8, 8192),
+                vec![c(0, GIB - 4096, 8, 4096), c(1, GIB, 4104, 4096)],
+            ),
+            (
+                "longer than a chunk",
+                t(0, 0, CHUNK_LEN + 1),
+                vec![c(0, 0, 0, CHUNK_LEN as u32), c(0, CHUNK_LEN, CHUNK_LEN, 1)],
+            ),
+            ("empty", t(5, 5, 0), vec![]),
+        ];
+        for (desc, op, want) in table {
+            assert_eq!(plan(&[op], MAX_BUFFER_LEN, CHUNK_LEN), want, "{desc}");
+        }
+    }
+
+    #[test]
+    fn too_many_buffers_is_refused_before_registering() {
+        // 2^14 + 1 buffers of one page each: refused without touching memory.
+        let len = (MAX_BUFFERS as u64 + 1) * PAGE_SIZE;
+        // SAFETY: refused before registration; nothing is pinned or written.
+        let res = unsafe { IoUringPin::with_max_buffer(Hva(0x7f00_0000_0000), len, PAGE_SIZE) };
+        assert!(matches!(res, Err(Error::TooManyBuffers { .. })), "{res:?}");
+    }
+
+    #[test]
+    fn unmapped_memory_fails_registration() {
+        let r = AnonRegion::new(2 * MIB, libc::MADV_NOHUGEPAGE);
+        let hva = r.hva;
+        drop(r);
+        // SAFETY: the range is unmapped: registration fails, nothing is pinned.
+        let res = unsafe { IoUringPin::new(hva, 2 * MIB) };
+        assert!(
+            matches!(&res, Err(Error::RegisterBuffers { source, .. }) if source.raw_os_error() == Some(libc::EFAULT)),
+            "{res:?}"
+        );
+    }
+
+    /// The multi-buffer path on real memory: 1 MiB buffers over 4 MiB, with transfers crossing
+    /// buffer boundaries in both directions.
+    #[test]
+    fn transfers_cross_registered_buffers() {
+        let mut r = AnonRegion::new(4 * MIB, libc::MADV_HUGEPAGE);
+        r.fill(|i| (i % 251) as u8);
+        // SAFETY: `r` outlives the pin; no reference into it is held across pin calls.
+        let mut p = unsafe { IoUringPin::with_max_buffer(r.hva, r.len, MIB) }.unwrap();
+        assert_eq!(p.buffers(), 4);
+        let ops = [Transfer {
+            pin_offset: MIB - 3,
+            staging_offset: 1,
+            len: 2 * MIB + 10,
+        }];
+        let mut staging = Staging::new(3 * MIB).unwrap();
+        p.read_from_guest(&mut staging, &ops).unwrap();
+        let (po, l) = ((MIB - 3) as usize, (2 * MIB + 10) as usize);
+        assert!(staging.as_slice()[1..1 + l] == r.bytes()[po..po + l]);
+        staging.as_mut_slice().fill(0xab);
+        p.write_to_guest(&staging, &ops).unwrap();
+        assert!(r.bytes()[po..po + l].iter().all(|&b| b == 0xab));
+        assert_eq!(r.bytes()[po - 1], ((po - 1) % 251) as u8);
+        assert_eq!(r.bytes()[po + l], ((po + l) % 251) as u8);
+    }
+
+    /// The real kernel limit and the real split: one buffer of 1 GiB + 2 MiB is refused with
+    /// EFAULT, the same range as two buffers registers, and a transfer across the 1 GiB boundary
+    /// moves the right bytes. A bug: the single buffer registering (the limit moved: revisit
+    /// MAX_BUFFER_LEN) or the split registration failing.
+    #[test]
+    #[ignore = "faults in and pins 1 GiB + 2 MiB; run with --ignored"]
+    fn over_1gib_pin_is_split_into_buffers() {
+        let len = GIB + 2 * MIB;
+        let mut r = AnonRegion::new(len, libc::MADV_HUGEPAGE);
+        // SAFETY: refused by the kernel (EFAULT) before anything is pinned.
+        let res = unsafe { IoUringPin::with_max_buffer(r.hva, len, len) };
+        assert!(
+            matches!(&res, Err(Error::RegisterBuffers { source, .. }) if source.raw_os_error() == Some(libc::EFAULT)),
+            "{res:?}"
+        );
+        // SAFETY: `r` outlives the pin; no reference into it is held across pin calls.
+        let mut p = unsafe { IoUringPin::new(r.hva, len) }.unwrap();
+        assert_eq!(p.buffers(), 2);
+        let ops = [Transfer {
+            pin_offset: GIB - MIB,
+            staging_offset: 0,
+            len: 2 * MIB,
+        }];
+        let mut staging = Staging::new(2 * MIB).unwrap();
+        for (i, b) in staging.as_mut_slice().iter_mut().enumerate() {
+            *b = (i % 253) as u8;
+        }
+        p.write_to_guest(&staging, &ops).unwrap();
+        let at = (GIB - MIB) as usize;
+        assert!(r.bytes()[at..at + 2 * MIB as usize] == *staging.as_slice());
+        r.bytes()[at..at + 2 * MIB as usize].fill(0x3c);
+        p.read_from_guest(&mut staging, &ops).unwrap();
+        assert!(staging.as_slice().iter().all(|&b| b == 0x3c));
+    }
+}
