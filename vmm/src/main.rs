@@ -128,6 +128,9 @@ struct BenchArgs {
     /// IOMMU map size on 4 KiB-page RAM (repeatable). Default: 1GiB.
     #[arg(long = "map-size-4k")]
     map_sizes_4k: Vec<ByteSize>,
+    /// The engine's queue depth (SQEs in flight), as `[device] queue_depth`.
+    #[arg(long)]
+    queue_depth: Option<u32>,
     /// Timed trials per measurement.
     #[arg(long)]
     trials: Option<usize>,
@@ -154,6 +157,7 @@ fn cmd_bench(args: BenchArgs) -> ExitCode {
     if !args.map_sizes_4k.is_empty() {
         o.map_sizes_4k = args.map_sizes_4k.iter().map(|b| b.0).collect();
     }
+    o.queue_depth = args.queue_depth.unwrap_or(o.queue_depth);
     o.trials = args.trials.unwrap_or(o.trials);
     o.launches = args.launches.unwrap_or(o.launches);
     if !args.only.is_empty() {

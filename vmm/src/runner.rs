@@ -174,7 +174,7 @@ fn run_inner(
     out.thp_coverage = prefault?;
     let vm = Arc::new(vm);
     let ram = Arc::new(RwLock::new(ram));
-    let devices = Arc::new(Devices::new(ram.clone(), s.device.pin));
+    let devices = Arc::new(Devices::new(ram.clone(), &s.device));
 
     let iommu_evt = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?;
     let dma_evt = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?;

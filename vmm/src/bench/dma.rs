@@ -19,8 +19,8 @@ use pinlab::devices::iommu::Iommu;
 use pinlab::devices::Stats;
 use pinlab::memory::GuestRam;
 use pinlab::pin::io_uring::{FixedRing, CHUNK_LEN, MAX_BUFFER_LEN, RING_ENTRIES};
-use pinlab::pin::{Staging, Transfer};
-use pinlab::scenario::PinKind;
+use pinlab::pin::{PinOptions, Staging, Transfer};
+use pinlab::scenario::{PinKind, MAX_QUEUE_DEPTH};
 use pinlab_abi as abi;
 use serde::Serialize;
 
@@ -37,6 +37,9 @@ pub enum Error {
     /// `--descriptor` out of range.
     #[error("--descriptor {0:#x}: must be a non-zero multiple of 4 KiB")]
     Descriptor(u64),
+    /// `--queue-depth` out of range.
+    #[error("--queue-depth {0}: must be within 1..={MAX_QUEUE_DEPTH}")]
+    QueueDepth(u32),
     /// Guest RAM for the region could not be mapped or faulted in.
     #[error("guest RAM of {size:#x} bytes: {source}")]
     GuestRam {
@@ -100,6 +103,8 @@ pub struct DmaReport {
     /// per-descriptor loop.
     pub chunk: u64,
     pub queue_depth: u64,
+    /// The engine's queue depth (`[device] queue_depth`).
+    pub engine_queue_depth: u32,
     pub staging: u64,
     pub thp_coverage: Option<f64>,
     /// The goals' three figures per direction: the engine, the best raw loop, memcpy.
@@ -196,6 +201,8 @@ pub struct DmaOptions {
     pub region: u64,
     /// Bytes per DMA descriptor (a multiple of 4 KiB).
     pub descriptor: u64,
+    /// The engine's queue depth (`[device] queue_depth`, 1..=MAX_QUEUE_DEPTH).
+    pub queue_depth: u32,
     /// Timed trials (one untimed warm-up comes first).
     pub trials: usize,
 }
@@ -210,6 +217,9 @@ impl DmaOptions {
         let d = self.descriptor;
         if d == 0 || !d.is_multiple_of(PAGE_SIZE) {
             return Err(Error::Descriptor(d));
+        }
+        if !(1..=MAX_QUEUE_DEPTH).contains(&self.queue_depth) {
+            return Err(Error::QueueDepth(self.queue_depth));
         }
         Ok(())
     }
@@ -334,7 +344,10 @@ pub fn run(o: &DmaOptions) -> Result<DmaReport> {
     let ram = GuestRam::new(size, true, false).map_err(ram_error)?;
     ram.populate().map_err(ram_error)?;
     let thp_coverage = pinlab::pfn::thp_coverage(ram.hva(), region).ok();
-    let mut iommu = Iommu::new(PinKind::IoUring);
+    let options = PinOptions {
+        queue_depth: o.queue_depth,
+    };
+    let mut iommu = Iommu::with_options(PinKind::IoUring, options);
     iommu
         .map(&ram, 0, 0, region, RW)
         .map_err(|st| Error::IommuMap {
@@ -451,6 +464,7 @@ pub fn run(o: &DmaOptions) -> Result<DmaReport> {
         descriptor: desc,
         chunk: CHUNK_LEN,
         queue_depth: depth as u64,
+        engine_queue_depth: o.queue_depth,
         staging: piece,
         thp_coverage,
         to_guest,

@@ -51,6 +51,8 @@ pub struct Options {
     pub map_sizes: Vec<u64>,
     /// Sizes also mapped on 4 KiB-page guest RAM.
     pub map_sizes_4k: Vec<u64>,
+    /// The engine's queue depth (`[device] queue_depth`).
+    pub queue_depth: u32,
     /// Timed trials per measurement (one untimed warm-up comes first).
     pub trials: usize,
     /// Spawns of the `pinlab` binary per launch measurement.
@@ -70,6 +72,7 @@ impl Default for Options {
             descriptor: 8 * MIB,
             map_sizes: vec![stat::GIB, 8 * stat::GIB],
             map_sizes_4k: vec![stat::GIB],
+            queue_depth: pinlab::scenario::DEFAULT_QUEUE_DEPTH,
             trials: 7,
             launches: 20,
             pinlab: std::env::current_exe().unwrap_or_else(|_| "pinlab".into()),
@@ -85,6 +88,7 @@ impl Options {
         dma::DmaOptions {
             region: self.region,
             descriptor: self.descriptor,
+            queue_depth: self.queue_depth,
             trials: self.trials,
         }
     }

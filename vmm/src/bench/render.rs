@@ -31,11 +31,12 @@ pub fn render(r: &BenchReport) -> String {
     if let Some(d) = &r.dma {
         o += &format!(
             "DMA through io-uring pins: {} MiB region, {} MiB descriptors, {} MiB SQEs x {} \
-             in flight, {} MiB staging, THP {}\n",
+             in flight (engine queue depth {}), {} MiB staging, THP {}\n",
             d.region / MIB,
             d.descriptor / MIB,
             d.chunk / MIB,
             d.queue_depth,
+            d.engine_queue_depth,
             d.staging / MIB,
             percent(d.thp_coverage)
         );

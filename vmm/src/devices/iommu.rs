@@ -99,6 +99,7 @@ impl Mapping {
 /// The IOMMU's translation table.
 pub struct Iommu {
     kind: PinKind,
+    options: pin::PinOptions,
     max_mappings: usize,
     mappings: BTreeMap<u64, Mapping>,
     /// Evidence taken from each mapping as it was unmapped.
@@ -107,8 +108,14 @@ pub struct Iommu {
 
 impl Iommu {
     pub fn new(kind: PinKind) -> Self {
+        Self::with_options(kind, pin::PinOptions::default())
+    }
+
+    /// An IOMMU whose maps pin with `kind`, driven with `options`.
+    pub fn with_options(kind: PinKind, options: pin::PinOptions) -> Self {
         Iommu {
             kind,
+            options,
             max_mappings: abi::IOMMU_MAX_MAPPINGS as usize,
             mappings: BTreeMap::new(),
             retired: Vec::new(),
@@ -178,7 +185,7 @@ impl Iommu {
         // SAFETY: [hva, hva+len) is guest RAM, which stays mapped while the mapping lives
         // (`rebase` re-takes VMM-mapping pins when guest RAM moves; real pins hold pages, not
         // addresses), and the VMM keeps no Rust reference into guest RAM across a transfer.
-        let pin = unsafe { pin::pin(self.kind, hva, len) }.map_err(|e| {
+        let pin = unsafe { pin::pin_with(self.kind, hva, len, self.options) }.map_err(|e| {
             tracing::warn!("pinning {len:#x} bytes at {hva} failed: {e}");
             abi::STATUS_PIN_FAILED
         })?;

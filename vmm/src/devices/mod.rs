@@ -16,7 +16,7 @@ use pinlab_abi as abi;
 
 use crate::addr::Gpa;
 use crate::memory::GuestRam;
-use crate::scenario::PinKind;
+use crate::scenario::DeviceSpec;
 
 pub use dma::Stats;
 
@@ -37,13 +37,13 @@ pub struct Devices {
 }
 
 impl Devices {
-    pub fn new(ram: Arc<RwLock<GuestRam>>, kind: PinKind) -> Self {
+    pub fn new(ram: Arc<RwLock<GuestRam>>, device: &DeviceSpec) -> Self {
         Devices {
             ram,
             state: Mutex::new(State {
                 iommu_queue: None,
                 dma_queue: None,
-                iommu: iommu::Iommu::new(kind),
+                iommu: iommu::Iommu::with_options(device.pin, device.into()),
                 dma: dma::DmaEngine::default(),
             }),
             stats: Stats::default(),

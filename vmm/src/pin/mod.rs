@@ -235,6 +235,50 @@ pub unsafe fn pin(kind: PinKind, hva: Hva, len: u64) -> Result<Box<dyn Pin>> {
     })
 }
 
+/// How a pin is taken and driven (what `[device]` configures beyond the mechanism).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PinOptions {
+    /// io-uring: most SQEs in flight per call (1..=[`io_uring::RING_ENTRIES`]).
+    pub queue_depth: u32,
+}
+
+impl Default for PinOptions {
+    fn default() -> Self {
+        PinOptions::from(&crate::scenario::DeviceSpec::default())
+    }
+}
+
+impl From<&crate::scenario::DeviceSpec> for PinOptions {
+    fn from(d: &crate::scenario::DeviceSpec) -> Self {
+        PinOptions {
+            queue_depth: d.queue_depth,
+        }
+    }
+}
+
+/// As [`pin`], driven with `options` (io-uring: its queue depth).
+///
+/// # Safety
+///
+/// As [`pin`].
+pub unsafe fn pin_with(
+    kind: PinKind,
+    hva: Hva,
+    len: u64,
+    options: PinOptions,
+) -> Result<Box<dyn Pin>> {
+    check_range(hva, len)?;
+    if kind == PinKind::IoUring {
+        let depth = options.queue_depth as usize;
+        // SAFETY: forwarded from this function's contract.
+        return Ok(Box::new(unsafe {
+            io_uring::IoUringPin::with_depth(hva, len, depth)
+        }?));
+    }
+    // SAFETY: forwarded from this function's contract.
+    unsafe { pin(kind, hva, len) }
+}
+
 /// The host-side bounce area: a memfd of `len` bytes, mmapped read-write, so the DMA engine can
 /// fill patterns and checksum results. Its size is sealed (it can never shrink under the mapping);
 /// the owner unmaps and closes on drop.

@@ -37,8 +37,8 @@ pub const MAX_BUFFERS: usize = 1 << 14;
 /// read / device write): 64 KiB 4.4-4.9 / 5.1-5.2 GiB/s, 1 MiB 6.2 / 6.5-6.7, 4 MiB 6.4-6.5 /
 /// 6.9, 16 MiB 6.3-6.6 / 6.8-7.0, 64 MiB 6.1-6.3 / 6.6-6.7: gains stop at 4 MiB.
 pub const CHUNK_LEN: u64 = 4 << 20;
-/// Submission queue depth.
-pub const RING_ENTRIES: u32 = 64;
+/// Submission queue depth (the largest `[device] queue_depth`).
+pub const RING_ENTRIES: u32 = crate::scenario::MAX_QUEUE_DEPTH;
 
 /// Errors of the io_uring pin.
 #[derive(Debug, thiserror::Error)]
@@ -195,9 +195,26 @@ impl IoUringPin {
         })
     }
 
+    /// As [`Self::new`], with up to `depth` SQEs in flight (clamped to 1..=[`RING_ENTRIES`]).
+    ///
+    /// # Safety
+    ///
+    /// As [`Self::new`].
+    pub unsafe fn with_depth(hva: Hva, len: u64, depth: usize) -> Result<Self, Error> {
+        // SAFETY: forwarded from this function's contract.
+        let mut pin = unsafe { Self::new(hva, len) }?;
+        pin.depth = depth.clamp(1, RING_ENTRIES as usize);
+        Ok(pin)
+    }
+
     /// Number of registered buffers.
     pub fn buffers(&self) -> usize {
         self.ring.buffers()
+    }
+
+    /// Most SQEs in flight.
+    pub fn depth(&self) -> usize {
+        self.depth
     }
 }
 
@@ -327,6 +344,28 @@ mod tests {
         // SAFETY: refused before registration; nothing is pinned or written.
         let res = unsafe { IoUringPin::with_max_buffer(Hva(0x7f00_0000_0000), len, PAGE_SIZE) };
         assert!(matches!(res, Err(Error::TooManyBuffers { .. })), "{res:?}");
+    }
+
+    /// The configured depth reaches the pin, clamped to the ring; a pin configured at depth 1
+    /// still moves every byte. A bug: `[device] queue_depth` silently ignored, or a depth of 0
+    /// (no slot) hanging the loop.
+    #[test]
+    fn depth_is_configured_and_clamped() {
+        let mut r = AnonRegion::new(4 * MIB, libc::MADV_HUGEPAGE);
+        r.fill(|i| (i % 249) as u8);
+        for (asked, got) in [(0, 1), (1, 1), (7, 7), (1000, RING_ENTRIES as usize)] {
+            // SAFETY: `r` outlives the pin; no reference into it is held across pin calls.
+            let mut p = unsafe { IoUringPin::with_depth(r.hva, r.len, asked) }.unwrap();
+            assert_eq!(p.depth(), got);
+            let ops = [Transfer {
+                pin_offset: 0,
+                staging_offset: 0,
+                len: 4 * MIB,
+            }];
+            let mut staging = Staging::new(4 * MIB).unwrap();
+            p.read_from_guest(&mut staging, &ops).unwrap();
+            assert!(staging.as_slice() == r.bytes(), "depth {asked}");
+        }
     }
 
     #[test]
