@@ -137,9 +137,13 @@ struct BenchArgs {
     /// Spawns per launch measurement.
     #[arg(long)]
     launches: Option<usize>,
-    /// Sections to run (repeatable): dma, map, launch. Default: all.
+    /// Sections to run (repeatable): dma, map, launch. Default: all (none with --scale).
     #[arg(long, value_parser = ["dma", "map", "launch"])]
     only: Vec<String>,
+    /// How each cost grows: map time, DMA throughput, launch time and explorer speed against
+    /// the size of the work (markdown tables, or JSON with --json). Takes minutes; maps 8GiB.
+    #[arg(long)]
+    scale: bool,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -160,10 +164,11 @@ fn cmd_bench(args: BenchArgs) -> ExitCode {
     o.queue_depth = args.queue_depth.unwrap_or(o.queue_depth);
     o.trials = args.trials.unwrap_or(o.trials);
     o.launches = args.launches.unwrap_or(o.launches);
-    if !args.only.is_empty() {
+    if !args.only.is_empty() || args.scale {
         let on = |s: &str| args.only.iter().any(|x| x == s);
         (o.dma, o.map, o.launch) = (on("dma"), on("map"), on("launch"));
     }
+    o.scale = args.scale;
     let report = match bench::run(&o) {
         Ok(r) => r,
         Err(e) => {

@@ -332,39 +332,124 @@ fn staging(len: u64) -> Result<Staging> {
     Staging::new(len).map_err(|source| Error::Staging { len, source })
 }
 
+/// What a DMA measurement moves bytes with. Field order is drop order: the rings (the IOMMU's
+/// pin and the raw registration) go before the guest RAM they pin.
+struct Rig {
+    iommu: Iommu,
+    raw: FixedRing,
+    engine: DmaEngine,
+    raw_file: Staging,
+    ram: GuestRam,
+    /// GPA of the from-guest checksum arrays (just past the region).
+    out_gpa: u64,
+    thp_coverage: Option<f64>,
+}
+
+impl Rig {
+    /// THP guest RAM of `region` bytes (+ 2 MiB for checksum arrays), prefaulted, mapped by an
+    /// io-uring IOMMU at `queue_depth` and registered again in a raw ring; a raw memfd of `piece`.
+    fn new(region: u64, piece: u64, queue_depth: u32) -> Result<Self> {
+        let size = region + 2 * MIB;
+        let ram_error = |source| Error::GuestRam { size, source };
+        let ram = GuestRam::new(size, true, false).map_err(ram_error)?;
+        ram.populate().map_err(ram_error)?;
+        let thp_coverage = pinlab::pfn::thp_coverage(ram.hva(), region).ok();
+        let options = PinOptions { queue_depth };
+        let mut iommu = Iommu::with_options(PinKind::IoUring, options);
+        iommu
+            .map(&ram, 0, 0, region, RW)
+            .map_err(|st| Error::IommuMap {
+                len: region,
+                status: abi::status_name(st),
+            })?;
+        let mut raw_file = staging(piece)?;
+        raw_file.as_mut_slice().fill(0x5a);
+        // SAFETY: guest RAM outlives the ring (`Rig` drops `raw` before `ram`); nothing holds a
+        // Rust reference into guest RAM across a pass.
+        let raw = unsafe { FixedRing::register(ram.hva(), region) }.map_err(|source| {
+            Error::RawRegister {
+                len: region,
+                source,
+            }
+        })?;
+        Ok(Rig {
+            iommu,
+            raw,
+            engine: DmaEngine::default(),
+            raw_file,
+            ram,
+            out_gpa: region,
+            thp_coverage,
+        })
+    }
+
+    fn engine(&mut self, to_guest: bool, seed: u64, o: &DmaOptions) -> Result<f64> {
+        let (op, arg) = if to_guest {
+            (abi::OP_TO_GUEST, seed)
+        } else {
+            (abi::OP_FROM_GUEST, self.out_gpa)
+        };
+        engine_pass(&mut self.engine, &self.ram, &mut self.iommu, op, arg, o)
+    }
+
+    fn raw(&mut self, dir: RawDir, batch: u64, depth: usize) -> Result<f64> {
+        raw_pass(&mut self.raw, &mut self.raw_file, dir, batch, depth)
+    }
+}
+
+/// DMA throughput at one region size and queue depth, GiB/s (medians): the engine, and the raw
+/// loop with the ring kept full at the same depth.
+#[derive(Clone, Debug, Serialize)]
+pub struct DmaPoint {
+    pub region: u64,
+    pub queue_depth: u32,
+    pub engine_to_guest: Option<Stat>,
+    pub engine_from_guest: Option<Stat>,
+    pub raw_read_fixed: Option<Stat>,
+    pub raw_write_fixed: Option<Stat>,
+}
+
+/// One point of the scale curves: `o.region` moved at `o.queue_depth`.
+pub fn point(o: &DmaOptions) -> Result<DmaPoint> {
+    o.validate()?;
+    let piece = o.descriptor.min(STAGING_MAX);
+    let mut rig = Rig::new(o.region, piece, o.queue_depth)?;
+    let depth = o.queue_depth as usize;
+    let mut s: [Vec<f64>; 4] = Default::default();
+    for trial in 0..=o.trials {
+        let seed = 0x5eed ^ trial as u64;
+        let t = [
+            rig.engine(true, seed, o)?,
+            rig.engine(false, seed, o)?,
+            rig.raw(RawDir::Read, o.region, depth)?,
+            rig.raw(RawDir::Write, o.region, depth)?,
+        ];
+        if trial > 0 {
+            for (v, secs) in s.iter_mut().zip(t) {
+                v.push(gib_per_s(o.region, secs));
+            }
+        }
+    }
+    let [engine_to_guest, engine_from_guest, raw_read_fixed, raw_write_fixed] =
+        std::array::from_fn(|i| Stat::of(&s[i]));
+    Ok(DmaPoint {
+        region: o.region,
+        queue_depth: o.queue_depth,
+        engine_to_guest,
+        engine_from_guest,
+        raw_read_fixed,
+        raw_write_fixed,
+    })
+}
+
 /// Runs the DMA benchmark.
 pub fn run(o: &DmaOptions) -> Result<DmaReport> {
     o.validate()?;
     let (region, desc) = (o.region, o.descriptor);
     let piece = desc.min(STAGING_MAX);
-    // Guest RAM: the region at GPA 0, then room for the checksum arrays of from-guest descriptors.
-    let out_gpa = region;
-    let size = region + 2 * MIB;
-    let ram_error = |source| Error::GuestRam { size, source };
-    let ram = GuestRam::new(size, true, false).map_err(ram_error)?;
-    ram.populate().map_err(ram_error)?;
-    let thp_coverage = pinlab::pfn::thp_coverage(ram.hva(), region).ok();
-    let options = PinOptions {
-        queue_depth: o.queue_depth,
-    };
-    let mut iommu = Iommu::with_options(PinKind::IoUring, options);
-    iommu
-        .map(&ram, 0, 0, region, RW)
-        .map_err(|st| Error::IommuMap {
-            len: region,
-            status: abi::status_name(st),
-        })?;
-    let mut engine = DmaEngine::default();
+    let mut rig = Rig::new(region, piece, o.queue_depth)?;
+    let thp_coverage = rig.thp_coverage;
     let mut staging_area = staging(piece)?;
-    let mut raw_file = staging(piece)?;
-    raw_file.as_mut_slice().fill(0x5a);
-    // SAFETY: guest RAM outlives the ring (declared after `ram`, dropped first); nothing holds a
-    // Rust reference into guest RAM across a pass.
-    let mut raw =
-        unsafe { FixedRing::register(ram.hva(), region) }.map_err(|source| Error::RawRegister {
-            len: region,
-            source,
-        })?;
     let depth = desc.div_ceil(CHUNK_LEN).min(RING_ENTRIES as u64) as usize;
     let src = vec![0x3cu8; region as usize];
     let mut dst = vec![0xc3u8; region as usize];
@@ -377,19 +462,12 @@ pub fn run(o: &DmaOptions) -> Result<DmaReport> {
     for trial in 0..=o.trials {
         let seed = 0x5eed ^ trial as u64;
         let mut t = [
-            engine_pass(&mut engine, &ram, &mut iommu, abi::OP_TO_GUEST, seed, o)?,
-            engine_pass(
-                &mut engine,
-                &ram,
-                &mut iommu,
-                abi::OP_FROM_GUEST,
-                out_gpa,
-                o,
-            )?,
-            pin_pass(&mut iommu, &mut staging_area, true, region)?,
-            pin_pass(&mut iommu, &mut staging_area, false, region)?,
-            raw_pass(&mut raw, &mut raw_file, RawDir::Read, desc, depth)?,
-            raw_pass(&mut raw, &mut raw_file, RawDir::Write, desc, depth)?,
+            rig.engine(true, seed, o)?,
+            rig.engine(false, seed, o)?,
+            pin_pass(&mut rig.iommu, &mut staging_area, true, region)?,
+            pin_pass(&mut rig.iommu, &mut staging_area, false, region)?,
+            rig.raw(RawDir::Read, desc, depth)?,
+            rig.raw(RawDir::Write, desc, depth)?,
             0.0,
             0.0,
             0.0,
@@ -397,8 +475,8 @@ pub fn run(o: &DmaOptions) -> Result<DmaReport> {
         let mut depth_t = Vec::with_capacity(RAW_DEPTHS.len());
         for &d in &RAW_DEPTHS {
             depth_t.push([
-                raw_pass(&mut raw, &mut raw_file, RawDir::Read, region, d)?,
-                raw_pass(&mut raw, &mut raw_file, RawDir::Write, region, d)?,
+                rig.raw(RawDir::Read, region, d)?,
+                rig.raw(RawDir::Write, region, d)?,
             ]);
         }
         t[6] = {
@@ -433,8 +511,7 @@ pub fn run(o: &DmaOptions) -> Result<DmaReport> {
             }
         }
     }
-    drop(raw);
-    iommu.clear();
+    drop(rig);
     let [e_to, e_from, p_to, p_from, r_rd, r_wr, mc, fill, sum] =
         std::array::from_fn(|i| Stat::of(&s[i]));
     let raw_by_depth: Vec<RawDepth> = RAW_DEPTHS

@@ -80,6 +80,8 @@ pub struct LaunchReport {
     pub boot_spawn_to_exit: Option<Stat>,
     pub boot_launch_to_guest_start: Option<Stat>,
     pub boot_launch_to_guest_done: Option<Stat>,
+    /// `--version`: the cost of starting and ending the process alone.
+    pub bare_spawn_to_exit: Option<Stat>,
     /// The default scenario's startup steps, in this process.
     pub steps: StartupSteps,
 }
@@ -92,6 +94,9 @@ pub struct StartupSteps {
     pub populate: Option<Stat>,
     pub vm_create: Option<Stat>,
     pub thp_coverage: Option<Stat>,
+    /// Teardown: the VM and vCPU fds closed, then guest RAM unmapped.
+    pub vm_drop: Option<Stat>,
+    pub ram_drop: Option<Stat>,
 }
 
 /// The part of a run's JSON report the benchmark reads.
@@ -103,15 +108,15 @@ struct RunJson {
 
 /// A run's own timings (`report::Timings`), milliseconds from its launch.
 #[derive(Default, Deserialize)]
-struct RunTimings {
-    launch_to_guest_start: Option<f64>,
-    launch_to_first_dma: Option<f64>,
-    launch_to_guest_done: Option<f64>,
+pub(super) struct RunTimings {
+    pub launch_to_guest_start: Option<f64>,
+    pub launch_to_first_dma: Option<f64>,
+    pub launch_to_guest_done: Option<f64>,
 }
 
 /// One run of the binary: wall-clock spawn -> exit and its timings. The child is always reaped
 /// (`output` waits); a failure carries its stderr.
-fn spawn_once(pinlab: &Path, args: &[&str]) -> Result<(f64, RunTimings)> {
+pub(super) fn spawn_once(pinlab: &Path, args: &[&str]) -> Result<(f64, RunTimings)> {
     let cmd = || format!("{} {}", pinlab.display(), args.join(" "));
     let t = Instant::now();
     let out = Command::new(pinlab)
@@ -132,6 +137,26 @@ fn spawn_once(pinlab: &Path, args: &[&str]) -> Result<(f64, RunTimings)> {
     Ok((wall, run.timings_ms))
 }
 
+/// `pinlab --version`, wall-clock spawn -> exit, milliseconds (always reaped).
+fn spawn_bare(pinlab: &Path) -> Result<f64> {
+    let cmd = || format!("{} --version", pinlab.display());
+    let t = Instant::now();
+    let out = Command::new(pinlab)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| Error::Spawn { cmd: cmd(), source })?;
+    let wall = ms(t);
+    if !out.status.success() {
+        return Err(Error::Child {
+            cmd: cmd(),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(wall)
+}
+
 /// Runs the launch benchmark: `launches` spawns of each kind, `trials` in-process step trials.
 pub fn run(pinlab: &Path, launches: usize, trials: usize) -> Result<LaunchReport> {
     if launches == 0 {
@@ -142,6 +167,7 @@ pub fn run(pinlab: &Path, launches: usize, trials: usize) -> Result<LaunchReport
     let (first, _) = spawn_once(pinlab, &run_args)?;
     let mut run: [Vec<f64>; 4] = Default::default();
     let mut boot: [Vec<f64>; 3] = Default::default();
+    let mut bare = Vec::new();
     for _ in 0..launches {
         let (wall, t) = spawn_once(pinlab, &run_args)?;
         run[0].push(wall);
@@ -152,6 +178,7 @@ pub fn run(pinlab: &Path, launches: usize, trials: usize) -> Result<LaunchReport
         boot[0].push(wall);
         boot[1].extend(t.launch_to_guest_start);
         boot[2].extend(t.launch_to_guest_done);
+        bare.push(spawn_bare(pinlab)?);
     }
     Ok(LaunchReport {
         pinlab: pinlab.to_path_buf(),
@@ -164,6 +191,7 @@ pub fn run(pinlab: &Path, launches: usize, trials: usize) -> Result<LaunchReport
         boot_spawn_to_exit: Stat::of(&boot[0]),
         boot_launch_to_guest_start: Stat::of(&boot[1]),
         boot_launch_to_guest_done: Stat::of(&boot[2]),
+        bare_spawn_to_exit: Stat::of(&bare),
         steps: startup_steps(trials)?,
     })
 }
@@ -174,7 +202,7 @@ fn startup_steps(trials: usize) -> Result<StartupSteps> {
     let boot = pinlab::runner::boot_info(&s);
     let size = s.vm.memory.0;
     let ram_error = |source| Error::GuestRam { size, source };
-    let mut v: [Vec<f64>; 4] = Default::default();
+    let mut v: [Vec<f64>; 6] = Default::default();
     for trial in 0..=trials {
         let t = Instant::now();
         let ram = GuestRam::new(size, s.vm.thp, s.vm.dontfork).map_err(ram_error)?;
@@ -190,11 +218,23 @@ fn startup_steps(trials: usize) -> Result<StartupSteps> {
         std::hint::black_box(cov);
         let cov_ms = ms(t);
         // The vCPU, then the VM, then guest RAM.
+        let t = Instant::now();
         drop(vcpu);
         drop(vm);
+        let vm_drop_ms = ms(t);
+        let t = Instant::now();
         drop(ram);
+        let ram_drop_ms = ms(t);
         if trial > 0 {
-            for (dst, x) in v.iter_mut().zip([new_ms, populate_ms, create_ms, cov_ms]) {
+            let x = [
+                new_ms,
+                populate_ms,
+                create_ms,
+                cov_ms,
+                vm_drop_ms,
+                ram_drop_ms,
+            ];
+            for (dst, x) in v.iter_mut().zip(x) {
                 dst.push(x);
             }
         }
@@ -205,6 +245,8 @@ fn startup_steps(trials: usize) -> Result<StartupSteps> {
         populate: Stat::of(&v[1]),
         vm_create: Stat::of(&v[2]),
         thp_coverage: Stat::of(&v[3]),
+        vm_drop: Stat::of(&v[4]),
+        ram_drop: Stat::of(&v[5]),
     })
 }
 

@@ -13,8 +13,10 @@
 
 pub mod dma;
 pub mod launch;
+pub mod machine;
 pub mod map;
 pub mod render;
+pub mod scale;
 pub mod stat;
 
 use std::path::PathBuf;
@@ -38,6 +40,9 @@ pub enum Error {
     /// The launch section failed (or refused its count).
     #[error("launch: {0}")]
     Launch(#[from] launch::Error),
+    /// The scale curves failed.
+    #[error("scale: {0}")]
+    Scale(#[from] scale::Error),
 }
 
 /// What to measure and how often.
@@ -63,6 +68,8 @@ pub struct Options {
     pub dma: bool,
     pub map: bool,
     pub launch: bool,
+    /// The scale curves (`--scale`).
+    pub scale: bool,
 }
 
 impl Default for Options {
@@ -79,6 +86,7 @@ impl Default for Options {
             dma: true,
             map: true,
             launch: true,
+            scale: false,
         }
     }
 }
@@ -117,17 +125,26 @@ impl Options {
 /// Everything measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
+    pub machine: machine::Machine,
     pub trials: usize,
     pub dma: Option<dma::DmaReport>,
     /// One report per size and page kind (empty when the section did not run).
     pub map: Vec<map::MapReport>,
     pub launch: Option<launch::LaunchReport>,
+    pub scale: Option<scale::ScaleReport>,
 }
 
 /// Runs the sections `o` asks for.
 pub fn run(o: &Options) -> Result<BenchReport, Error> {
     o.validate()?;
-    Ok(BenchReport {
+    let mut machine = machine::Machine::probe();
+    let scale_options = || scale::ScaleOptions {
+        trials: o.trials,
+        pinlab: o.pinlab.clone(),
+        ..Default::default()
+    };
+    let mut r = BenchReport {
+        machine: machine.clone(),
         trials: o.trials,
         dma: o.dma.then(|| dma::run(&o.dma_options())).transpose()?,
         map: if o.map { run_maps(o)? } else { Vec::new() },
@@ -135,7 +152,11 @@ pub fn run(o: &Options) -> Result<BenchReport, Error> {
             .launch
             .then(|| launch::run(&o.pinlab, o.launches, o.trials))
             .transpose()?,
-    })
+        scale: o.scale.then(|| scale::run(&scale_options())).transpose()?,
+    };
+    machine.finish();
+    r.machine = machine;
+    Ok(r)
 }
 
 /// The map section: every THP size, then every 4 KiB-page size, one guest RAM at a time.

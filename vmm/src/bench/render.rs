@@ -1,6 +1,7 @@
 //! The benchmark report for humans: medians first, then min/max, and the ratios against their
 //! goals. The JSON form is the report structs themselves (`serde`).
 
+use super::scale::ScaleReport;
 use super::stat::{Stat, MIB};
 use super::BenchReport;
 
@@ -27,7 +28,7 @@ fn percent(c: Option<f64>) -> String {
 
 /// The whole report as text.
 pub fn render(r: &BenchReport) -> String {
-    let mut o = String::new();
+    let mut o = format!("machine: {}\n", r.machine.line());
     if let Some(d) = &r.dma {
         o += &format!(
             "DMA through io-uring pins: {} MiB region, {} MiB descriptors, {} MiB SQEs x {} \
@@ -135,6 +136,7 @@ pub fn render(r: &BenchReport) -> String {
             ("boot: spawn -> exit", l.boot_spawn_to_exit),
             ("boot: launch -> guest start", l.boot_launch_to_guest_start),
             ("boot: launch -> guest done", l.boot_launch_to_guest_done),
+            ("--version: spawn -> exit", l.bare_spawn_to_exit),
         ] {
             o += &stat_line(name, st, "ms");
         }
@@ -144,6 +146,85 @@ pub fn render(r: &BenchReport) -> String {
         o += &stat_line("populate (MADV_POPULATE_WRITE)", st.populate, "ms");
         o += &stat_line("Vm::create", st.vm_create, "ms");
         o += &stat_line("pfn::thp_coverage", st.thp_coverage, "ms");
+        o += &stat_line("drop vCPU + VM", st.vm_drop, "ms");
+        o += &stat_line("drop guest RAM (munmap)", st.ram_drop, "ms");
+    }
+    if let Some(sc) = &r.scale {
+        o += &scale_tables(sc);
+    }
+    o
+}
+
+fn md_stat(s: Option<Stat>) -> String {
+    s.map_or("-".into(), |s| format!("{:.2}", s.median))
+}
+
+fn md_ratio(r: Option<f64>) -> String {
+    r.map_or("-".into(), |r| format!("{r:.2}"))
+}
+
+fn size(bytes: u64) -> String {
+    if bytes >= 1 << 30 && bytes.is_multiple_of(1 << 30) {
+        format!("{} GiB", bytes >> 30)
+    } else {
+        format!("{} MiB", bytes / MIB)
+    }
+}
+
+/// The scale curves as markdown tables (medians; the JSON has min, max and n).
+pub fn scale_tables(sc: &ScaleReport) -> String {
+    let mut o = String::from(
+        "\n### IOMMU map (pin + PFN evidence) vs guest RAM, ms\n\n\
+         | guest RAM | pages | Iommu::map | raw registration | map/raw | pagemap alone |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for m in &sc.map {
+        o += &format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            size(m.size),
+            if m.thp { "THP" } else { "4 KiB" },
+            md_stat(m.iommu_map),
+            md_stat(m.raw_register),
+            md_ratio(m.map_vs_raw),
+            md_stat(m.pagemap)
+        );
+    }
+    o += "\n### DMA throughput vs region and queue depth, GiB/s (8 MiB descriptors)\n\n\
+          | region | depth | engine to-guest | raw READ_FIXED | engine from-guest | raw WRITE_FIXED |\n\
+          |---|---|---|---|---|---|\n";
+    for d in &sc.dma {
+        o += &format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            size(d.region),
+            d.queue_depth,
+            md_stat(d.engine_to_guest),
+            md_stat(d.raw_read_fixed),
+            md_stat(d.engine_from_guest),
+            md_stat(d.raw_write_fixed)
+        );
+    }
+    o += "\n### Launch of the default scenario vs guest RAM, ms\n\n\
+          | guest RAM | pages | launches | launch -> guest start | launch -> first DMA | spawn -> exit |\n\
+          |---|---|---|---|---|---|\n";
+    for l in &sc.launch {
+        o += &format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            size(l.memory),
+            if l.thp { "THP" } else { "4 KiB" },
+            l.launches,
+            md_stat(l.launch_to_guest_start),
+            md_stat(l.launch_to_first_dma),
+            md_stat(l.spawn_to_exit)
+        );
+    }
+    o += "\n### Explorer vs program size (modern era)\n\n\
+          | program | threads | ops | states | ms / exploration | states/s |\n\
+          |---|---|---|---|---|---|\n";
+    for e in &sc.explorer {
+        o += &format!(
+            "| {} | {} | {} | {} | {:.3} | {:.0} |\n",
+            e.program, e.threads, e.ops, e.states, e.ms_per_exploration, e.states_per_s
+        );
     }
     o
 }
@@ -153,14 +234,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn render_without_sections_is_empty() {
+    fn render_without_sections_is_the_machine_line() {
         let r = BenchReport {
+            machine: super::super::machine::Machine::probe(),
             trials: 1,
             dma: None,
             map: Vec::new(),
             launch: None,
+            scale: None,
         };
-        assert!(render(&r).is_empty());
+        assert_eq!(render(&r).lines().count(), 1, "only the machine line");
     }
 
     /// A missing figure prints as "-", a present one with its spread. A bug: a `None` rendered
