@@ -4,7 +4,6 @@
 
 pub mod action_notes;
 pub mod addr;
-pub mod bench;
 pub mod config;
 pub mod console;
 pub mod devices;

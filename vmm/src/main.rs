@@ -3,6 +3,7 @@
 //! Exit status: 0 when every verdict meets its expectation (a skipped run says why and exits
 //! 0), 1 when one does not, 2 for usage or config errors.
 
+mod bench;
 mod cli;
 
 use std::process::ExitCode;

@@ -295,11 +295,7 @@ fn run_inner<H: PhaseHook>(
         )
     }
     .map_err(RunError::Vfio)?;
-    let devices = Arc::new(Devices::new(
-        vm.ram().clone(),
-        s.device.pin,
-        timeline.clone(),
-    ));
+    let devices = Arc::new(Devices::new(vm.ram().clone(), &s.device, timeline.clone()));
     let scenario = Arc::new(s.clone());
     if let Some(a) = &vfio {
         devices.state().iommu.attach_vfio(a.clone());

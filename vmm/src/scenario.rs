@@ -416,7 +416,7 @@ impl VmSpec {
 }
 
 /// `[device]`: how the device holds guest RAM.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeviceSpec {
     pub pin: PinKind,
@@ -424,6 +424,30 @@ pub struct DeviceSpec {
     /// (`/dev/vfio/12`) or an iommufd device cdev (`/dev/vfio/devices/vfio0`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vfio: Option<String>,
+    /// io-uring: most SQEs the device keeps in flight per request (1..=MAX_QUEUE_DEPTH).
+    pub queue_depth: u32,
+}
+
+/// Largest `[device] queue_depth`: the io-uring pin's ring holds this many entries.
+pub const MAX_QUEUE_DEPTH: u32 = 64;
+/// `[device] queue_depth` when a scenario does not say.
+pub const DEFAULT_QUEUE_DEPTH: u32 = 64;
+
+impl Default for DeviceSpec {
+    fn default() -> Self {
+        DeviceSpec::with_pin(PinKind::default())
+    }
+}
+
+impl DeviceSpec {
+    /// A device pinning with `pin`, everything else as a scenario that does not say.
+    pub fn with_pin(pin: PinKind) -> Self {
+        DeviceSpec {
+            pin,
+            vfio: None,
+            queue_depth: DEFAULT_QUEUE_DEPTH,
+        }
+    }
 }
 
 /// `[workload]`: what the guest does.
@@ -610,6 +634,12 @@ impl Scenario {
             return Err(invalid("perturb.interval", "must be greater than zero"));
         }
         self.validate_ksm_shadow()?;
+        if !(1..=MAX_QUEUE_DEPTH).contains(&self.device.queue_depth) {
+            return Err(invalid(
+                "device.queue_depth",
+                format!("must be within 1..={MAX_QUEUE_DEPTH}"),
+            ));
+        }
         if self.device.pin == PinKind::Vmsplice && w.directions == Directions::ToGuest {
             return Err(invalid(
                 "workload.directions",
@@ -797,6 +827,16 @@ mod tests {
     fn validation_blames_the_key() {
         type Edit = fn(&mut Scenario);
         let rows: &[(&str, Edit, &str)] = &[
+            (
+                "queue depth 0",
+                |s| s.device.queue_depth = 0,
+                "device.queue_depth",
+            ),
+            (
+                "queue depth past the ring",
+                |s| s.device.queue_depth = MAX_QUEUE_DEPTH + 1,
+                "device.queue_depth",
+            ),
             (
                 "too little RAM",
                 |s| s.vm.memory = ByteSize::mib(4),

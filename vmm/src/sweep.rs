@@ -206,10 +206,7 @@ pub fn build(cell: &Cell, era: Era) -> Result<Scenario, Unbuildable> {
             memory_kind: Some(cell.memory),
             ..VmSpec::default()
         },
-        device: DeviceSpec {
-            pin: cell.pin,
-            vfio: None,
-        },
+        device: DeviceSpec::with_pin(cell.pin),
         workload: WorkloadSpec {
             rounds: ROUNDS,
             region,

@@ -773,7 +773,7 @@ mod tests {
     fn setup_devices() -> Arc<Devices> {
         Arc::new(Devices::new(
             Arc::new(RwLock::new(setup_ram())),
-            PinKind::Mapping,
+            &crate::scenario::DeviceSpec::with_pin(PinKind::Mapping),
             Arc::new(crate::timeline::Timeline::new()),
         ))
     }

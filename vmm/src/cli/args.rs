@@ -221,18 +221,28 @@ pub struct BenchArgs {
     /// DMA descriptor size, e.g. 8MiB.
     #[arg(long)]
     pub descriptor: Option<ByteSize>,
-    /// IOMMU map size, e.g. 1GiB.
+    /// IOMMU map size on THP RAM (repeatable), e.g. 1GiB. Default: 1GiB and 8GiB.
+    #[arg(long = "map-size")]
+    pub map_sizes: Vec<ByteSize>,
+    /// IOMMU map size on 4 KiB-page RAM (repeatable). Default: 1GiB.
+    #[arg(long = "map-size-4k")]
+    pub map_sizes_4k: Vec<ByteSize>,
+    /// The engine's queue depth (SQEs in flight), as `[device] queue_depth`.
     #[arg(long)]
-    pub map_size: Option<ByteSize>,
+    pub queue_depth: Option<u32>,
     /// Timed trials per measurement.
     #[arg(long)]
     pub trials: Option<usize>,
     /// Spawns per launch measurement.
     #[arg(long)]
     pub launches: Option<usize>,
-    /// Sections to run (repeatable): dma, map, launch. Default: all.
+    /// Sections to run (repeatable): dma, map, launch. Default: all (none with --scale).
     #[arg(long, value_parser = ["dma", "map", "launch"])]
     pub only: Vec<String>,
+    /// How each cost grows: map time, DMA throughput, launch time and explorer speed against
+    /// the size of the work (markdown tables, or JSON with --json). Takes minutes; maps 8GiB.
+    #[arg(long)]
+    pub scale: bool,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,

@@ -4,36 +4,42 @@ use std::process::ExitCode;
 
 use super::args::BenchArgs;
 use super::usage_error;
+use crate::bench;
 
+/// Every error, a refused option or a failed measurement, is one line and exit 2 (there is
+/// no verdict to meet or miss).
 pub fn cmd_bench(args: BenchArgs) -> ExitCode {
-    let mut o = pinlab::bench::BenchOptions {
-        pinlab: std::env::current_exe().unwrap_or_else(|_| "pinlab".into()),
-        json: args.json,
-        ..Default::default()
-    };
+    let mut o = bench::Options::default();
     o.region = args.region.map_or(o.region, |b| b.0);
     o.descriptor = args.descriptor.map_or(o.descriptor, |b| b.0);
-    o.map_size = args.map_size.map_or(o.map_size, |b| b.0);
+    if !args.map_sizes.is_empty() {
+        o.map_sizes = args.map_sizes.iter().map(|b| b.0).collect();
+    }
+    if !args.map_sizes_4k.is_empty() {
+        o.map_sizes_4k = args.map_sizes_4k.iter().map(|b| b.0).collect();
+    }
+    o.queue_depth = args.queue_depth.unwrap_or(o.queue_depth);
     o.trials = args.trials.unwrap_or(o.trials);
     o.launches = args.launches.unwrap_or(o.launches);
-    if !args.only.is_empty() {
+    if !args.only.is_empty() || args.scale {
         let on = |s: &str| args.only.iter().any(|x| x == s);
         (o.dma, o.map, o.launch) = (on("dma"), on("map"), on("launch"));
     }
-    let report = match pinlab::bench::run(&o) {
+    o.scale = args.scale;
+    let report = match bench::run(&o) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("pinlab bench: {e:#}");
-            return ExitCode::from(1);
+            eprintln!("pinlab bench: {e}");
+            return ExitCode::from(2);
         }
     };
-    if o.json {
+    if args.json {
         match serde_json::to_string(&report) {
             Ok(j) => println!("{j}"),
             Err(e) => return usage_error(format!("serializing the report: {e}")),
         }
     } else {
-        print!("{}", report.render());
+        print!("{}", bench::render::render(&report));
     }
     ExitCode::SUCCESS
 }

@@ -12,7 +12,9 @@
 //! A device read is pipelined: each staging-sized chunk is asked of the pin as
 //! [`PIPELINE_PIECE`]-sized transfers ([`pin::Pin::read_from_guest_each`]), and each piece is
 //! checksummed as soon as it lands, while the kernel still copies the next ones. Checksums are
-//! per page, so the output is exactly `abi::page_checksums` over the whole descriptor.
+//! per page, so the output is exactly `abi::page_checksums` over the whole descriptor. A device
+//! write likewise: each piece is filled just before it moves, the next while the kernel copies
+//! it ([`pin::Pin::write_to_guest_each`]).
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -177,20 +179,27 @@ impl DmaEngine {
             let at = Iova(iova.raw() + done);
             let key = (seed, at, chunk);
             let cached = self.staged_pattern == Some(key);
+            self.staged_pattern = None;
             let staging = self.staging(chunk)?;
-            if !cached {
-                let words = &mut as_words(staging.as_mut_slice())[..(chunk / 8) as usize];
-                abi::fill_pattern(words, seed, at.raw() / 8);
-            }
-            let op = Transfer {
-                pin_offset: base + done,
-                staging_offset: 0,
-                len: chunk,
+            let r = if cached {
+                let whole = Transfer {
+                    pin_offset: base + done,
+                    staging_offset: 0,
+                    len: chunk,
+                };
+                m.pin.write_to_guest(staging, &[whole])
+            } else {
+                // Piece k+1 is filled while the kernel copies piece k.
+                let ops = pieces(base + done, chunk);
+                let first_word = at.raw() / 8;
+                m.pin.write_to_guest_each(staging, &ops, &mut |i, bytes| {
+                    let word = first_word + ops[i].staging_offset / 8;
+                    abi::fill_pattern(as_words(bytes), seed, word);
+                })
             };
-            let staging = self.staging.as_ref().expect("allocated above");
-            let r = m.pin.write_to_guest(staging, &[op]);
-            self.staged_pattern = Some(key);
             r.map_err(|source| Error::WriteToGuest { iova: at, source })?;
+            // Only a complete fill is reused (a failed one may have stopped part way).
+            self.staged_pattern = Some(key);
             done += chunk;
         }
         Ok(())
@@ -206,14 +215,7 @@ impl DmaEngine {
             let chunk = (len - done).min(STAGING_MAX);
             self.staged_pattern = None;
             let staging = self.staging(chunk)?;
-            let ops: Vec<Transfer> = (0..chunk)
-                .step_by(PIPELINE_PIECE as usize)
-                .map(|off| Transfer {
-                    pin_offset: base + done + off,
-                    staging_offset: off,
-                    len: PIPELINE_PIECE.min(chunk - off),
-                })
-                .collect();
+            let ops = pieces(base + done, chunk);
             let first = sums.len();
             sums.resize(first + (chunk / PAGE_SIZE) as usize, 0);
             let chunk_sums = &mut sums[first..];
@@ -235,6 +237,19 @@ impl DmaEngine {
                 source,
             })
     }
+}
+
+/// `chunk` bytes from pin offset `pin_offset` as [`PIPELINE_PIECE`]-sized transfers from
+/// staging offset 0 on.
+fn pieces(pin_offset: u64, chunk: u64) -> Vec<Transfer> {
+    (0..chunk)
+        .step_by(PIPELINE_PIECE as usize)
+        .map(|off| Transfer {
+            pin_offset: pin_offset + off,
+            staging_offset: off,
+            len: PIPELINE_PIECE.min(chunk - off),
+        })
+        .collect()
 }
 
 /// The staging area as words: it is a page-aligned mapping, so the cast never has a prefix.
@@ -260,6 +275,45 @@ mod tests {
     use crate::scenario::PinKind;
 
     const MIB: u64 = 1 << 20;
+
+    /// A device write of several pipelined pieces (more than one staging chunk, a short last
+    /// piece), per kind, then the same descriptor again (the staged pattern reused) and with
+    /// another seed: guest RAM holds exactly the pattern of the last seed, and nothing past the
+    /// descriptor changed. A bug: a piece filled at the wrong word index, moved before its fill,
+    /// or a stale staged pattern reused for another seed.
+    #[test]
+    fn pipelined_write_lands_the_whole_pattern() {
+        let len = STAGING_MAX + 3 * PIPELINE_PIECE + 5 * PAGE_SIZE;
+        let iova = 4 * MIB;
+        for kind in [PinKind::IoUring, PinKind::Mapping] {
+            let ram = GuestRam::new(64 * MIB, true, false).unwrap();
+            let mut iommu = Iommu::new(kind);
+            let rw = abi::PERM_READ | abi::PERM_WRITE;
+            let map = Map::new(Iova(0), Gpa(0), 32 * MIB, rw, ram.size()).unwrap();
+            iommu.map(&ram, &map).unwrap();
+            let mut engine = DmaEngine::default();
+            for seed in [7u64, 7, 8] {
+                let d = abi::Descriptor {
+                    op: abi::OP_TO_GUEST,
+                    iova,
+                    arg: seed,
+                    len,
+                    ..Default::default()
+                };
+                let req = DmaRequest::parse(&d, ram.size()).unwrap();
+                assert_eq!(engine.execute(&ram, &mut iommu, &req, &[]).unwrap(), len);
+                let words: Vec<u64> = (0..len / 8)
+                    .map(|i| ram.read_obj::<u64>(Gpa(iova + i * 8)).unwrap())
+                    .collect();
+                assert!(
+                    abi::pattern_matches(&words, seed, iova / 8),
+                    "{kind} seed {seed}: guest RAM is not the pattern"
+                );
+                assert_eq!(ram.read_obj::<u64>(Gpa(iova + len)).unwrap(), 0, "{kind}");
+            }
+            iommu.clear();
+        }
+    }
 
     /// A device read of several pipelined pieces (and more than one staging chunk) writes exactly
     /// `abi::page_checksums` of the region to the output array, per kind. A bug: a piece's sums

@@ -291,7 +291,7 @@ mod tests {
         let ram = GuestRam::new(4 << 20, false, false).unwrap();
         Devices::new(
             Arc::new(RwLock::new(ram)),
-            PinKind::Mapping,
+            &crate::scenario::DeviceSpec::with_pin(PinKind::Mapping),
             Arc::new(Timeline::new()),
         )
     }

@@ -190,6 +190,7 @@ pub struct Iommu {
     /// With `PinKind::Vfio`: the device whose DMA maps hold guest RAM; maps take their pins
     /// from it.
     vfio: Option<std::sync::Arc<pin::vfio::Attachment>>,
+    options: pin::PinOptions,
     max_mappings: usize,
     /// Keyed by the first IOVA of each mapping; mappings never overlap.
     mappings: BTreeMap<Iova, Mapping>,
@@ -199,9 +200,15 @@ pub struct Iommu {
 
 impl Iommu {
     pub fn new(kind: PinKind) -> Self {
+        Self::with_options(kind, pin::PinOptions::default())
+    }
+
+    /// An IOMMU whose maps pin with `kind`, driven with `options`.
+    pub fn with_options(kind: PinKind, options: pin::PinOptions) -> Self {
         Iommu {
             kind,
             vfio: None,
+            options,
             max_mappings: abi::IOMMU_MAX_MAPPINGS as usize,
             mappings: BTreeMap::new(),
             retired: Vec::new(),
@@ -260,7 +267,7 @@ impl Iommu {
             // (`rebase` re-takes VMM-mapping pins when guest RAM moves; real pins hold pages,
             // not addresses), and the VMM keeps no Rust reference into guest RAM across a
             // transfer.
-            _ => unsafe { pin::pin(self.kind, hva, len) },
+            _ => unsafe { pin::pin_with(self.kind, hva, len, self.options) },
         };
         let pin = pinned.map_err(|source| Error::Pin { hva, len, source })?;
         let (pinned_pfns, pfn_error) = match pin

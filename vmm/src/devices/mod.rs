@@ -31,7 +31,7 @@ use pinlab_abi as abi;
 
 use crate::addr::{Gpa, Iova};
 use crate::memory::GuestRam;
-use crate::scenario::PinKind;
+use crate::scenario::DeviceSpec;
 use crate::timeline::{DmaDirection, Mono, Timeline, What};
 
 pub use dma::Stats;
@@ -114,13 +114,13 @@ pub struct Devices {
 }
 
 impl Devices {
-    pub fn new(ram: Arc<RwLock<GuestRam>>, kind: PinKind, timeline: Arc<Timeline>) -> Self {
+    pub fn new(ram: Arc<RwLock<GuestRam>>, device: &DeviceSpec, timeline: Arc<Timeline>) -> Self {
         Devices {
             ram,
             state: Mutex::new(State {
                 iommu_queue: None,
                 dma_queue: None,
-                iommu: iommu::Iommu::new(kind),
+                iommu: iommu::Iommu::with_options(device.pin, device.into()),
                 dma: dma::DmaEngine::default(),
             }),
             stats: Stats::default(),

@@ -26,7 +26,7 @@ fn setup_devices() -> (Devices, Arc<Timeline>) {
     let timeline = Arc::new(Timeline::new());
     let devices = Devices::new(
         Arc::new(RwLock::new(ram)),
-        PinKind::Mapping,
+        &crate::scenario::DeviceSpec::with_pin(crate::scenario::PinKind::Mapping),
         timeline.clone(),
     );
     let record = abi::DeviceSetup {
@@ -260,7 +260,7 @@ fn malformed_queues_are_rejects() {
     let ram = GuestRam::new(RAM, false, false).unwrap();
     let devices = Devices::new(
         Arc::new(RwLock::new(ram)),
-        PinKind::Mapping,
+        &crate::scenario::DeviceSpec::with_pin(crate::scenario::PinKind::Mapping),
         Arc::new(Timeline::new()),
     );
     devices.service_dma();

@@ -9,22 +9,25 @@
 //! completion loop while later SQEs are still in flight (the DMA engine checksums piece k while
 //! the kernel copies piece k+1).
 //!
-//! Owns the ring and the registration. It must not touch the VMM mapping of the range and records
-//! no PFNs (that is [`crate::pfn`]'s job, by the caller at pin time).
+//! [`FixedRing`] owns the ring, the registration and the one submission/completion loop of the
+//! codebase (at a given depth, with a per-transfer completion hand-over); [`IoUringPin`] is a
+//! `FixedRing` over guest RAM, and the raw baseline of `pinlab bench` drives a `FixedRing` over
+//! its own memory and memfd. It must not touch the VMM mapping of the range and records no PFNs
+//! (that is [`crate::pfn`]'s job, by the caller at pin time).
 //!
 //! Limits: Linux 6.18 refuses a registered buffer longer than 1 GiB (`io_validate_user_buf_range`
 //! in io_uring/rsrc.c: "arbitrary limit, but we need something", `ulen > SZ_1G` -> -EFAULT), and
 //! at most IORING_MAX_REG_BUFFERS (1 << 14) buffers per ring. A longer range is registered as
 //! consecutive 1 GiB buffers; a transfer crossing a buffer boundary is split there.
 
-use std::collections::VecDeque;
 use std::io;
-use std::os::fd::AsRawFd;
 
-use io_uring::{opcode, squeue, types, IoUring};
-
-use super::{staging_disjoint, validate, Pin, PinKind, Staging, Transfer};
+use super::{Pin, PinKind, Staging, Transfer};
 use crate::addr::Hva;
+
+mod ring;
+
+pub use ring::FixedRing;
 
 /// Largest registered buffer the kernel accepts (io_uring/rsrc.c, `SZ_1G`).
 pub const MAX_BUFFER_LEN: u64 = 1 << 30;
@@ -34,8 +37,8 @@ pub const MAX_BUFFERS: usize = 1 << 14;
 /// read / device write): 64 KiB 4.4-4.9 / 5.1-5.2 GiB/s, 1 MiB 6.2 / 6.5-6.7, 4 MiB 6.4-6.5 /
 /// 6.9, 16 MiB 6.3-6.6 / 6.8-7.0, 64 MiB 6.1-6.3 / 6.6-6.7: gains stop at 4 MiB.
 pub const CHUNK_LEN: u64 = 4 << 20;
-/// Submission queue depth.
-pub const RING_ENTRIES: u32 = 64;
+/// Submission queue depth (the largest `[device] queue_depth`).
+pub const RING_ENTRIES: u32 = crate::scenario::MAX_QUEUE_DEPTH;
 
 /// Errors of the io_uring pin.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +101,15 @@ pub struct BufferSpan {
     pub len: u64,
 }
 
+impl BufferSpan {
+    fn iovec(&self) -> libc::iovec {
+        libc::iovec {
+            iov_base: self.hva.as_ptr().cast(),
+            iov_len: self.len as usize,
+        }
+    }
+}
+
 /// Splits `hva..hva+len` into consecutive buffers of at most `max` bytes (`max > 0`).
 pub fn split_buffers(hva: Hva, len: u64, max: u64) -> Vec<BufferSpan> {
     assert!(max > 0);
@@ -111,7 +123,7 @@ pub fn split_buffers(hva: Hva, len: u64, max: u64) -> Vec<BufferSpan> {
 
 /// One SQE's worth of a transfer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Chunk {
+pub(super) struct Chunk {
     /// Index of the transfer this chunk belongs to.
     op: usize,
     buf_index: u16,
@@ -123,7 +135,7 @@ struct Chunk {
 
 /// Splits validated transfers at buffer boundaries (every `max_buffer` bytes of the range) and
 /// into chunks of at most `chunk` bytes.
-fn plan(ops: &[Transfer], max_buffer: u64, chunk: u64) -> Vec<Chunk> {
+pub(super) fn plan(ops: &[Transfer], max_buffer: u64, chunk: u64) -> Vec<Chunk> {
     let mut out = Vec::new();
     for (op, t) in ops.iter().enumerate() {
         let mut done = 0;
@@ -144,59 +156,17 @@ fn plan(ops: &[Transfer], max_buffer: u64, chunk: u64) -> Vec<Chunk> {
     out
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Direction {
-    /// Device write: READ_FIXED from staging into the buffer.
-    ToGuest,
-    /// Device read: WRITE_FIXED from the buffer into staging.
-    FromGuest,
-}
-
-impl Direction {
-    fn op(self) -> &'static str {
-        match self {
-            Direction::ToGuest => "READ_FIXED",
-            Direction::FromGuest => "WRITE_FIXED",
-        }
-    }
-    fn error(self, c: &Chunk, source: io::Error) -> Error {
-        let (pin_offset, len) = (c.pin_offset, u64::from(c.len));
-        match self {
-            Direction::ToGuest => Error::ReadFixed {
-                pin_offset,
-                len,
-                source,
-            },
-            Direction::FromGuest => Error::WriteFixed {
-                pin_offset,
-                len,
-                source,
-            },
-        }
-    }
-}
-
-/// A range of guest RAM pinned as io_uring fixed buffers. Drop unregisters them (unpins).
+/// A range of guest RAM pinned as io_uring fixed buffers: a [`FixedRing`] over it, driven with
+/// up to `depth` SQEs in flight. Drop unregisters them (unpins).
+#[derive(Debug)]
 pub struct IoUringPin {
-    ring: IoUring,
-    hva: Hva,
-    len: u64,
-    max_buffer: u64,
-    buffers: usize,
-}
-
-impl std::fmt::Debug for IoUringPin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IoUringPin")
-            .field("hva", &self.hva)
-            .field("len", &self.len)
-            .field("buffers", &self.buffers)
-            .finish()
-    }
+    ring: FixedRing,
+    depth: usize,
 }
 
 impl IoUringPin {
-    /// Pins `hva..hva+len` (page aligned, checked by [`super::pin`]) as registered buffers.
+    /// Pins `hva..hva+len` (page aligned, checked by [`super::pin`]) as registered buffers, with
+    /// up to [`RING_ENTRIES`] SQEs in flight.
     ///
     /// # Safety
     ///
@@ -217,147 +187,34 @@ impl IoUringPin {
         len: u64,
         max_buffer: u64,
     ) -> Result<Self, Error> {
-        let spans = split_buffers(hva, len, max_buffer);
-        if spans.len() > MAX_BUFFERS {
-            return Err(Error::TooManyBuffers {
-                len,
-                buffers: spans.len(),
-            });
-        }
-        let ring = IoUring::new(RING_ENTRIES).map_err(|source| Error::Setup {
-            entries: RING_ENTRIES,
-            source,
-        })?;
-        let iovecs: Vec<libc::iovec> = spans
-            .iter()
-            .map(|s| libc::iovec {
-                iov_base: s.hva.as_ptr().cast(),
-                iov_len: s.len as usize,
-            })
-            .collect();
-        // SAFETY: the iovecs describe `hva..hva+len`, which the caller keeps mapped for our
-        // lifetime; the kernel pins the pages, so even an unmap would leave it holding valid
-        // pages. The buffers are unregistered in `Drop`.
-        unsafe { ring.submitter().register_buffers(&iovecs) }.map_err(|source| {
-            Error::RegisterBuffers {
-                hva,
-                len,
-                buffers: iovecs.len(),
-                source,
-            }
-        })?;
+        // SAFETY: forwarded from this function's contract (the same as FixedRing's).
+        let ring = unsafe { FixedRing::with_max_buffer(hva, len, max_buffer) }?;
         Ok(IoUringPin {
             ring,
-            hva,
-            len,
-            max_buffer,
-            buffers: spans.len(),
+            depth: RING_ENTRIES as usize,
         })
+    }
+
+    /// As [`Self::new`], with up to `depth` SQEs in flight (clamped to 1..=[`RING_ENTRIES`]).
+    ///
+    /// # Safety
+    ///
+    /// As [`Self::new`].
+    pub unsafe fn with_depth(hva: Hva, len: u64, depth: usize) -> Result<Self, Error> {
+        // SAFETY: forwarded from this function's contract.
+        let mut pin = unsafe { Self::new(hva, len) }?;
+        pin.depth = depth.clamp(1, RING_ENTRIES as usize);
+        Ok(pin)
     }
 
     /// Number of registered buffers.
     pub fn buffers(&self) -> usize {
-        self.buffers
+        self.ring.buffers()
     }
 
-    /// Runs every chunk, keeping the ring full; a short completion is resubmitted for the rest.
-    /// On the first error no new chunk is submitted, the in-flight ones are reaped, and the error
-    /// is returned (so no SQE outlives the call). `op_done(i)` is called (until the first error)
-    /// when the last byte of transfer `i` has moved, with the later chunks still in flight.
-    fn run(
-        &mut self,
-        dir: Direction,
-        staging_fd: i32,
-        chunks: Vec<Chunk>,
-        op_done: &mut dyn FnMut(usize),
-    ) -> Result<(), Error> {
-        // Bytes still to move per transfer.
-        let mut left: Vec<u64> = Vec::new();
-        for c in &chunks {
-            if left.len() <= c.op {
-                left.resize(c.op + 1, 0);
-            }
-            left[c.op] += u64::from(c.len);
-        }
-        let mut pending: VecDeque<Chunk> = chunks.into();
-        let mut slots: Vec<Option<Chunk>> = vec![None; RING_ENTRIES as usize];
-        let mut in_flight = 0usize;
-        let mut first_error: Option<Error> = None;
-        loop {
-            while first_error.is_none() && in_flight < slots.len() {
-                let Some(c) = pending.pop_front() else { break };
-                let slot = slots.iter().position(Option::is_none).unwrap_or(0);
-                let buf = self.hva.as_ptr().wrapping_add(c.pin_offset as usize);
-                let fd = types::Fd(staging_fd);
-                let entry: squeue::Entry = match dir {
-                    Direction::ToGuest => opcode::ReadFixed::new(fd, buf, c.len, c.buf_index)
-                        .offset(c.staging_offset)
-                        .build(),
-                    Direction::FromGuest => opcode::WriteFixed::new(fd, buf, c.len, c.buf_index)
-                        .offset(c.staging_offset)
-                        .build(),
-                }
-                .user_data(slot as u64);
-                // SAFETY: the buffer lies inside registered buffer `buf_index` (plan splits at
-                // buffer boundaries, offsets validated against our length); the staging file
-                // offset range was validated against its sealed length. Both outlive the SQE:
-                // this function reaps every SQE it submits before returning.
-                if unsafe { self.ring.submission().push(&entry) }.is_err() {
-                    first_error = Some(Error::QueueFull);
-                    break;
-                }
-                slots[slot] = Some(c);
-                in_flight += 1;
-            }
-            if in_flight == 0 {
-                break;
-            }
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // Nothing more can be reaped safely; io_uring teardown on drop waits for
-                    // the in-flight SQEs.
-                    return Err(first_error.unwrap_or(Error::Submit(e)));
-                }
-            }
-            let done: Vec<(u64, i32)> = self
-                .ring
-                .completion()
-                .map(|cqe| (cqe.user_data(), cqe.result()))
-                .collect();
-            for (slot, res) in done {
-                let Some(c) = slots.get_mut(slot as usize).and_then(Option::take) else {
-                    continue;
-                };
-                in_flight -= 1;
-                if res < 0 {
-                    first_error.get_or_insert(dir.error(&c, io::Error::from_raw_os_error(-res)));
-                } else if res == 0 {
-                    first_error.get_or_insert(Error::NoProgress {
-                        op: dir.op(),
-                        pin_offset: c.pin_offset,
-                        len: u64::from(c.len),
-                    });
-                } else if (res as u32) < c.len {
-                    let n = res as u32;
-                    left[c.op] -= u64::from(n);
-                    pending.push_front(Chunk {
-                        op: c.op,
-                        buf_index: c.buf_index,
-                        pin_offset: c.pin_offset + u64::from(n),
-                        staging_offset: c.staging_offset + u64::from(n),
-                        len: c.len - n,
-                    });
-                } else {
-                    left[c.op] -= u64::from(c.len);
-                    if left[c.op] == 0 && first_error.is_none() {
-                        op_done(c.op);
-                    }
-                }
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+    /// Most SQEs in flight.
+    pub fn depth(&self) -> usize {
+        self.depth
     }
 }
 
@@ -367,71 +224,37 @@ impl Pin for IoUringPin {
     }
 
     fn len(&self) -> u64 {
-        self.len
+        self.ring.len()
     }
 
     fn write_to_guest(&mut self, staging: &Staging, ops: &[Transfer]) -> super::Result<()> {
-        validate(ops, self.len, staging.len())?;
-        let chunks = plan(ops, self.max_buffer, CHUNK_LEN);
-        let fd = staging.fd().as_raw_fd();
-        Ok(self.run(Direction::ToGuest, fd, chunks, &mut |_| {})?)
+        self.ring.read_fixed(staging, ops, self.depth)
+    }
+
+    /// Each transfer is filled just before its SQEs are submitted, and the next one is filled
+    /// while the kernel copies it (see [`FixedRing::read_fixed_each`]).
+    fn write_to_guest_each(
+        &mut self,
+        staging: &mut Staging,
+        ops: &[Transfer],
+        fill: &mut dyn FnMut(usize, &mut [u8]),
+    ) -> super::Result<()> {
+        self.ring.read_fixed_each(staging, ops, self.depth, fill)
     }
 
     fn read_from_guest(&mut self, staging: &mut Staging, ops: &[Transfer]) -> super::Result<()> {
-        validate(ops, self.len, staging.len())?;
-        let chunks = plan(ops, self.max_buffer, CHUNK_LEN);
-        let fd = staging.fd().as_raw_fd();
-        Ok(self.run(Direction::FromGuest, fd, chunks, &mut |_| {})?)
+        self.ring.write_fixed(staging, ops, self.depth)
     }
 
     /// Each transfer is handed to `done` from the completion loop, while the ring holds the
-    /// next ones: WRITE_FIXED into a memfd runs on an io-wq worker (shmem writes are punted), so
-    /// the caller's work on piece k overlaps the kernel's copy of piece k+1.
+    /// next ones (see [`FixedRing::write_fixed_each`]).
     fn read_from_guest_each(
         &mut self,
         staging: &mut Staging,
         ops: &[Transfer],
         done: &mut dyn FnMut(usize, &[u8]),
     ) -> super::Result<()> {
-        validate(ops, self.len, staging.len())?;
-        if !staging_disjoint(ops) {
-            // A finished transfer could share bytes with one in flight: no early hand-over.
-            self.read_from_guest(staging, ops)?;
-            let bytes = staging.as_slice();
-            for (i, t) in ops.iter().enumerate() {
-                done(i, &bytes[t.staging_offset as usize..][..t.len as usize]);
-            }
-            return Ok(());
-        }
-        for (i, _) in ops.iter().enumerate().filter(|(_, t)| t.len == 0) {
-            done(i, &[]);
-        }
-        let chunks = plan(ops, self.max_buffer, CHUNK_LEN);
-        let fd = staging.fd().as_raw_fd();
-        let base = staging.ptr_at(0);
-        let mut op_done = |i: usize| {
-            let t = &ops[i];
-            // SAFETY: `t` lies inside staging (validated above), which `&mut staging` keeps
-            // mapped and unaliased for this call. Every SQE writing its bytes has completed, and
-            // the SQEs still in flight write other transfers' bytes, disjoint from these
-            // (`staging_disjoint`), so nothing writes this range while the slice lives.
-            let bytes = unsafe {
-                std::slice::from_raw_parts(
-                    base.wrapping_add(t.staging_offset as usize),
-                    t.len as usize,
-                )
-            };
-            done(i, bytes);
-        };
-        Ok(self.run(Direction::FromGuest, fd, chunks, &mut op_done)?)
-    }
-}
-
-impl Drop for IoUringPin {
-    fn drop(&mut self) {
-        // Unpins the pages; closing the ring (next) would too, but only once every reference to
-        // the ring is gone, so do it explicitly.
-        let _ = self.ring.submitter().unregister_buffers();
+        self.ring.write_fixed_each(staging, ops, self.depth, done)
     }
 }
 
@@ -521,6 +344,28 @@ mod tests {
         // SAFETY: refused before registration; nothing is pinned or written.
         let res = unsafe { IoUringPin::with_max_buffer(Hva(0x7f00_0000_0000), len, PAGE_SIZE) };
         assert!(matches!(res, Err(Error::TooManyBuffers { .. })), "{res:?}");
+    }
+
+    /// The configured depth reaches the pin, clamped to the ring; a pin configured at depth 1
+    /// still moves every byte. A bug: `[device] queue_depth` silently ignored, or a depth of 0
+    /// (no slot) hanging the loop.
+    #[test]
+    fn depth_is_configured_and_clamped() {
+        let mut r = AnonRegion::new(4 * MIB, libc::MADV_HUGEPAGE);
+        r.fill(|i| (i % 249) as u8);
+        for (asked, got) in [(0, 1), (1, 1), (7, 7), (1000, RING_ENTRIES as usize)] {
+            // SAFETY: `r` outlives the pin; no reference into it is held across pin calls.
+            let mut p = unsafe { IoUringPin::with_depth(r.hva, r.len, asked) }.unwrap();
+            assert_eq!(p.depth(), got);
+            let ops = [Transfer {
+                pin_offset: 0,
+                staging_offset: 0,
+                len: 4 * MIB,
+            }];
+            let mut staging = Staging::new(4 * MIB).unwrap();
+            p.read_from_guest(&mut staging, &ops).unwrap();
+            assert!(staging.as_slice() == r.bytes(), "depth {asked}");
+        }
     }
 
     #[test]

@@ -1,0 +1,261 @@
+//! The benchmark report for humans: medians first, then min/max, and the ratios against their
+//! goals. The JSON form is the report structs themselves (`serde`).
+
+use super::scale::ScaleReport;
+use super::stat::{Stat, MIB};
+use super::BenchReport;
+
+fn stat_line(name: &str, st: Option<Stat>, unit: &str) -> String {
+    match st {
+        Some(s) => format!(
+            "  {name:<34} {:>9.2} {unit}  (min {:.2}, max {:.2}, n {})\n",
+            s.median, s.min, s.max, s.n
+        ),
+        None => format!("  {name:<34} {:>9} {unit}\n", "-"),
+    }
+}
+
+fn ratio_line(name: &str, r: Option<f64>, goal: &str) -> String {
+    match r {
+        Some(r) => format!("  {name:<34} {r:>9.2}   {goal}\n"),
+        None => format!("  {name:<34} {:>9}   {goal}\n", "-"),
+    }
+}
+
+fn percent(c: Option<f64>) -> String {
+    c.map_or("?".into(), |c| format!("{:.0}%", c * 100.0))
+}
+
+/// The whole report as text.
+pub fn render(r: &BenchReport) -> String {
+    let mut o = format!("machine: {}\n", r.machine.line());
+    if let Some(d) = &r.dma {
+        o += &format!(
+            "DMA through io-uring pins: {} MiB region, {} MiB descriptors, {} MiB SQEs x {} \
+             in flight (engine queue depth {}), {} MiB staging, THP {}\n",
+            d.region / MIB,
+            d.descriptor / MIB,
+            d.chunk / MIB,
+            d.queue_depth,
+            d.engine_queue_depth,
+            d.staging / MIB,
+            percent(d.thp_coverage)
+        );
+        for (name, st) in [
+            ("engine to-guest (fill + READ)", d.engine_to_guest),
+            ("engine from-guest (WRITE + sums)", d.engine_from_guest),
+            ("pin to-guest (READ_FIXED)", d.pin_to_guest),
+            ("pin from-guest (WRITE_FIXED)", d.pin_from_guest),
+            ("raw READ_FIXED", d.raw_read_fixed),
+            ("raw WRITE_FIXED", d.raw_write_fixed),
+            ("raw READ_FIXED, ring full", d.raw_read_fixed_deep),
+            ("raw WRITE_FIXED, ring full", d.raw_write_fixed_deep),
+            ("memcpy", d.memcpy),
+            ("pattern fill alone", d.fill_pattern),
+            ("page checksums alone", d.checksum),
+        ] {
+            o += &stat_line(name, st, "GiB/s");
+        }
+        for r in &d.raw_by_depth {
+            let name = |op: &str| format!("raw {op}, depth {}", r.depth);
+            o += &stat_line(&name("READ_FIXED"), r.read_fixed, "GiB/s");
+            o += &stat_line(&name("WRITE_FIXED"), r.write_fixed, "GiB/s");
+        }
+        for (dir, f) in [("to-guest", &d.to_guest), ("from-guest", &d.from_guest)] {
+            o += &format!("  {dir}: best raw loop: {}\n", f.best_raw_loop);
+            let best = format!("engine/best raw {dir}");
+            o += &ratio_line(&best, f.engine_vs_best_raw, "goal >= 0.9");
+            let mc = format!("engine/memcpy {dir}");
+            o += &ratio_line(&mc, f.engine_vs_memcpy, "goal >= 0.7");
+        }
+        let x = &d.ratios;
+        for (name, v, goal) in [
+            (
+                "engine/raw to-guest",
+                x.engine_to_guest_vs_raw,
+                "same depth",
+            ),
+            (
+                "engine/raw from-guest",
+                x.engine_from_guest_vs_raw,
+                "same depth",
+            ),
+            ("pin/raw to-guest", x.pin_to_guest_vs_raw, "transfer alone"),
+            (
+                "pin/raw from-guest",
+                x.pin_from_guest_vs_raw,
+                "transfer alone",
+            ),
+            (
+                "raw/raw-ring-full read",
+                x.raw_vs_raw_deep_read,
+                "depth cost",
+            ),
+            (
+                "raw/raw-ring-full write",
+                x.raw_vs_raw_deep_write,
+                "depth cost",
+            ),
+        ] {
+            o += &ratio_line(name, v, goal);
+        }
+    }
+    for m in &r.map {
+        let pages = if m.thp { "THP" } else { "4 KiB-page" };
+        o += &format!(
+            "IOMMU map of {} MiB {pages} guest RAM (THP {})\n",
+            m.size / MIB,
+            percent(m.thp_coverage)
+        );
+        o += &stat_line("Iommu::map (pin + pagemap)", m.iommu_map, "ms");
+        o += &stat_line("pfn::pfns (pagemap) alone", m.pagemap, "ms");
+        o += &stat_line("raw ring + register_buffers", m.raw_register, "ms");
+        o += &stat_line("unmap (unpin)", m.unmap, "ms");
+        o += &ratio_line("map/raw", m.map_vs_raw, "goal <= 1.25");
+        o += &ratio_line("pagemap/raw", m.pagemap_vs_raw, "");
+        if m.recorded_pfns_moved > 0 {
+            o += &format!(
+                "  {} recorded PFNs moved before the check (the host moved the RAM)\n",
+                m.recorded_pfns_moved
+            );
+        }
+    }
+    if let Some(l) = &r.launch {
+        o += &format!(
+            "Launch: {} x {} (first spawn, not counted: {})\n",
+            l.launches,
+            l.pinlab.display(),
+            l.first_spawn_ms
+                .map_or("-".into(), |t| format!("{t:.1} ms"))
+        );
+        for (name, st) in [
+            ("run: spawn -> exit", l.run_spawn_to_exit),
+            ("run: launch -> guest start", l.run_launch_to_guest_start),
+            ("run: launch -> first DMA", l.run_launch_to_first_dma),
+            ("run: launch -> guest done", l.run_launch_to_guest_done),
+            ("boot: spawn -> exit", l.boot_spawn_to_exit),
+            ("boot: launch -> guest start", l.boot_launch_to_guest_start),
+            ("boot: launch -> guest done", l.boot_launch_to_guest_done),
+            ("--version: spawn -> exit", l.bare_spawn_to_exit),
+        ] {
+            o += &stat_line(name, st, "ms");
+        }
+        let st = &l.steps;
+        o += &format!("  startup steps, in process ({} MiB):\n", st.memory / MIB);
+        o += &stat_line("GuestRam::new", st.guest_ram_new, "ms");
+        o += &stat_line("populate (MADV_POPULATE_WRITE)", st.populate, "ms");
+        o += &stat_line("Vm::create", st.vm_create, "ms");
+        o += &stat_line("pfn::thp_coverage", st.thp_coverage, "ms");
+        o += &stat_line("drop vCPU + VM", st.vm_drop, "ms");
+        o += &stat_line("drop guest RAM (munmap)", st.ram_drop, "ms");
+    }
+    if let Some(sc) = &r.scale {
+        o += &scale_tables(sc);
+    }
+    o
+}
+
+fn md_stat(s: Option<Stat>) -> String {
+    s.map_or("-".into(), |s| format!("{:.2}", s.median))
+}
+
+fn md_ratio(r: Option<f64>) -> String {
+    r.map_or("-".into(), |r| format!("{r:.2}"))
+}
+
+fn size(bytes: u64) -> String {
+    if bytes >= 1 << 30 && bytes.is_multiple_of(1 << 30) {
+        format!("{} GiB", bytes >> 30)
+    } else {
+        format!("{} MiB", bytes / MIB)
+    }
+}
+
+/// The scale curves as markdown tables (medians; the JSON has min, max and n).
+pub fn scale_tables(sc: &ScaleReport) -> String {
+    let mut o = String::from(
+        "\n### IOMMU map (pin + PFN evidence) vs guest RAM, ms\n\n\
+         | guest RAM | pages | Iommu::map | raw registration | map/raw | pagemap alone |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for m in &sc.map {
+        o += &format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            size(m.size),
+            if m.thp { "THP" } else { "4 KiB" },
+            md_stat(m.iommu_map),
+            md_stat(m.raw_register),
+            md_ratio(m.map_vs_raw),
+            md_stat(m.pagemap)
+        );
+    }
+    o += "\n### DMA throughput vs region and queue depth, GiB/s (8 MiB descriptors)\n\n\
+          | region | depth | engine to-guest | raw READ_FIXED | engine from-guest | raw WRITE_FIXED |\n\
+          |---|---|---|---|---|---|\n";
+    for d in &sc.dma {
+        o += &format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            size(d.region),
+            d.queue_depth,
+            md_stat(d.engine_to_guest),
+            md_stat(d.raw_read_fixed),
+            md_stat(d.engine_from_guest),
+            md_stat(d.raw_write_fixed)
+        );
+    }
+    o += "\n### Launch of the default scenario vs guest RAM, ms\n\n\
+          | guest RAM | pages | launches | launch -> guest start | launch -> first DMA | spawn -> exit |\n\
+          |---|---|---|---|---|---|\n";
+    for l in &sc.launch {
+        o += &format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            size(l.memory),
+            if l.thp { "THP" } else { "4 KiB" },
+            l.launches,
+            md_stat(l.launch_to_guest_start),
+            md_stat(l.launch_to_first_dma),
+            md_stat(l.spawn_to_exit)
+        );
+    }
+    o += "\n### Explorer vs program size (modern era)\n\n\
+          | program | threads | ops | states | ms / exploration | states/s |\n\
+          |---|---|---|---|---|---|\n";
+    for e in &sc.explorer {
+        o += &format!(
+            "| {} | {} | {} | {} | {:.3} | {:.0} |\n",
+            e.program, e.threads, e.ops, e.states, e.ms_per_exploration, e.states_per_s
+        );
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_without_sections_is_the_machine_line() {
+        let r = BenchReport {
+            machine: super::super::machine::Machine::probe(),
+            trials: 1,
+            dma: None,
+            map: Vec::new(),
+            launch: None,
+            scale: None,
+        };
+        assert_eq!(render(&r).lines().count(), 1, "only the machine line");
+    }
+
+    /// A missing figure prints as "-", a present one with its spread. A bug: a `None` rendered
+    /// as 0 (a figure nobody measured read as a measurement).
+    #[test]
+    fn stat_and_ratio_lines_show_absence() {
+        assert!(stat_line("x", None, "ms").contains(" - ms"));
+        let l = stat_line("x", Stat::of(&[1.0, 2.0, 4.0]), "ms");
+        assert!(
+            l.contains("2.00 ms") && l.contains("min 1.00, max 4.00, n 3"),
+            "{l}"
+        );
+        assert!(ratio_line("r", None, "goal").contains(" -   goal"));
+    }
+}
