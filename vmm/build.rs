@@ -91,13 +91,18 @@ fn embed_configs(dir: &std::path::Path, out_dir: &std::path::Path) {
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
     files.sort();
-    let mut src = String::from("/// Every scenario of configs/, embedded at build time: (file name, text).\n");
+    let mut src = String::from(
+        "/// Every scenario of configs/, embedded at build time: (file name, text).\n",
+    );
     src.push_str("pub const EMBEDDED: &[(&str, &str)] = &[\n");
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
         let name = f.file_name().expect("file name").to_string_lossy();
         let abs = f.canonicalize().expect("canonical path of a config");
-        src.push_str(&format!("    ({name:?}, include_str!({:?})),\n", abs.display().to_string()));
+        src.push_str(&format!(
+            "    ({name:?}, include_str!({:?})),\n",
+            abs.display().to_string()
+        ));
     }
     src.push_str("];\n");
     std::fs::write(out_dir.join("configs.rs"), src).expect("write configs.rs");

@@ -22,6 +22,7 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod timeline;
+pub mod trace;
 pub mod units;
 pub mod vcpu;
 pub mod vm;

@@ -67,6 +67,9 @@ pub struct Outcome {
     pub timeline: crate::timeline::Recorded,
     /// The kernel, its settings and the pinlab this was measured with.
     pub identity: crate::identity::Identity,
+    /// Host perf tracing, when the run was traced (`--trace FILE`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::trace::TraceReport>,
 }
 
 impl Outcome {
@@ -106,6 +109,7 @@ impl Outcome {
             console: Vec::new(),
             timeline: Default::default(),
             identity: crate::identity::Identity::of_this_host(),
+            trace: None,
         }
     }
 
@@ -154,6 +158,9 @@ impl Outcome {
         ));
         if let Some(t) = self.timings_ms.launch_to_guest_done {
             out.push_str(&format!("  launch -> guest done: {t:.2} ms\n"));
+        }
+        if let Some(t) = &self.trace {
+            out.push_str(&format!("  {}\n", t.summary()));
         }
         out.push_str(&format!(
             "verdict: {} (expected {}, from the {}){}\n",

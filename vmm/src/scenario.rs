@@ -381,6 +381,17 @@ pub struct HostSpec {
     pub swap: Option<ByteSize>,
 }
 
+/// `[trace]`: host perf tracing for the run (docs/tracing.md); `--trace FILE` sets `file`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TraceSpec {
+    /// Where the Chrome trace-event JSON goes (the raw text beside it, `.ftrace.txt`); no file,
+    /// no tracing.
+    pub file: Option<std::path::PathBuf>,
+    /// Per-CPU ring buffer (default: sized for guest RAM).
+    pub buffer: Option<ByteSize>,
+}
+
 /// `[expect]`: what the scenario expects, per executor.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -415,6 +426,8 @@ pub struct Scenario {
     pub perturb: PerturbSpec,
     #[serde(default)]
     pub host: HostSpec,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub trace: TraceSpec,
     #[serde(default)]
     pub expect: Expect,
     /// The model executor's own description (steps, threads); owned by `model`.
@@ -424,6 +437,10 @@ pub struct Scenario {
 
 fn yes() -> bool {
     true
+}
+
+fn is_default<T: Default + PartialEq>(t: &T) -> bool {
+    *t == T::default()
 }
 
 /// Smallest guest RAM: page tables, the guest image, its stack and one DMA huge page.
@@ -486,6 +503,14 @@ impl Scenario {
                 "workload.directions",
                 "vmsplice holds references for device reads only; to-guest needs io-uring or mapping",
             ));
+        }
+        if let Some(b) = self.trace.buffer {
+            if !(64 << 10..=1 << 30).contains(&b.0) {
+                return Err(invalid(
+                    "trace.buffer",
+                    format!("{b} is outside 64KiB..1GiB"),
+                ));
+            }
         }
         if self.live && self.expect.live.is_none() && !p.actions.is_empty() {
             return Err(invalid(

@@ -83,7 +83,7 @@ pub struct Caps {
 }
 
 /// The order and names of [`Caps::report`].
-pub const NAMES: [&str; 10] = [
+pub const NAMES: [&str; 11] = [
     "kvm",
     "vfio",
     "io_uring",
@@ -92,6 +92,7 @@ pub const NAMES: [&str; 10] = [
     "ksm",
     "swap",
     "tracefs",
+    "tracing",
     "debugfs",
     "userfaultfd",
 ];
@@ -345,6 +346,13 @@ fn probe_tracefs(cap_sys_admin: bool) -> (Capability, Option<String>) {
     (c, mount)
 }
 
+/// Whether a traced run can record here, and the catalogue events this kernel lacks (an
+/// unmounted tracefs is looked at through a detached mount that no mount table shows).
+fn probe_tracing() -> Capability {
+    let p = crate::trace::probe::probe();
+    cap("tracing", p.works, p.detail, p.fix.as_deref())
+}
+
 fn probe_debugfs() -> Capability {
     let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let mounted = mounts.lines().any(|l| {
@@ -431,6 +439,7 @@ impl Caps {
             probe_ksm(),
             swap,
             tracefs,
+            probe_tracing(),
             probe_debugfs(),
             probe_userfaultfd(),
         ];

@@ -54,6 +54,17 @@ pub enum Error {
         journal: PathBuf,
         source: Box<swap::Error>,
     },
+    #[error("reaching tracefs to remove the instances of journal {journal}: {source}")]
+    OpenTracefs {
+        journal: PathBuf,
+        source: Box<crate::trace::tracefs::Error>,
+    },
+    #[error("removing tracefs instance {name} from journal {journal}: {source}")]
+    RemoveTracefsInstance {
+        journal: PathBuf,
+        name: String,
+        source: Box<crate::trace::tracefs::Error>,
+    },
 }
 
 /// Result of this module.
@@ -66,6 +77,15 @@ pub struct JournalKnob {
     pub original: String,
 }
 
+/// A tracefs instance as journaled: its name under `instances/`, and the host's tracefs mount
+/// it was made through (`None`: pinlab's own detached mount, gone with the process; recovery
+/// reaches tracefs its own way).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalTracefs {
+    pub name: String,
+    pub host_mount: Option<PathBuf>,
+}
+
 /// What one process must undo, as found on disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Journal {
@@ -75,17 +95,25 @@ pub struct Journal {
     /// In registration order; recovery restores them in reverse.
     pub knobs: Vec<JournalKnob>,
     pub swapfiles: Vec<PathBuf>,
+    /// tracefs instances made (journals written before tracing existed have none).
+    #[serde(default)]
+    pub tracefs_instances: Vec<JournalTracefs>,
 }
 
 impl Journal {
     /// A journal for the calling process.
-    pub fn for_this_process(knobs: Vec<JournalKnob>, swapfiles: Vec<PathBuf>) -> Journal {
+    pub fn for_this_process(
+        knobs: Vec<JournalKnob>,
+        swapfiles: Vec<PathBuf>,
+        tracefs_instances: Vec<JournalTracefs>,
+    ) -> Journal {
         let pid = std::process::id();
         Journal {
             pid,
             start_time: process_start_time(pid).unwrap_or(0),
             knobs,
             swapfiles,
+            tracefs_instances,
         }
     }
 }
@@ -98,6 +126,7 @@ pub struct Recovered {
     /// (knob, value written back)
     pub restored: Vec<(PathBuf, String)>,
     pub swapfiles_removed: Vec<PathBuf>,
+    pub tracefs_instances_removed: Vec<String>,
     /// Failures; when not empty the journal is kept for another try.
     pub errors: Vec<Error>,
 }
@@ -205,6 +234,7 @@ pub fn recover_stale_journals_in(dir: &Path) -> Result<Vec<Recovered>> {
             pid: journal.pid,
             restored: Vec::new(),
             swapfiles_removed: Vec::new(),
+            tracefs_instances_removed: Vec::new(),
             errors: Vec::new(),
         };
         for k in journal.knobs.iter().rev() {
@@ -225,6 +255,9 @@ pub fn recover_stale_journals_in(dir: &Path) -> Result<Vec<Recovered>> {
                 }),
             }
         }
+        if !journal.tracefs_instances.is_empty() {
+            remove_tracefs_instances(&path, &journal.tracefs_instances, &mut rec);
+        }
         if rec.errors.is_empty() {
             fs::remove_file(&path).map_err(|source| Error::Remove {
                 path: path.clone(),
@@ -234,6 +267,31 @@ pub fn recover_stale_journals_in(dir: &Path) -> Result<Vec<Recovered>> {
         out.push(rec);
     }
     Ok(out)
+}
+
+/// Removes a dead run's tracefs instances (tracefs reached as a traced run reaches it).
+fn remove_tracefs_instances(journal: &Path, list: &[JournalTracefs], rec: &mut Recovered) {
+    use crate::trace::tracefs;
+    let fs = match tracefs::Tracefs::open() {
+        Ok(fs) => fs,
+        Err(source) => {
+            rec.errors.push(Error::OpenTracefs {
+                journal: journal.to_path_buf(),
+                source: Box::new(source),
+            });
+            return;
+        }
+    };
+    for t in list {
+        match tracefs::remove_instance(&fs.instance_dir(&t.name)) {
+            Ok(_) => rec.tracefs_instances_removed.push(t.name.clone()),
+            Err(source) => rec.errors.push(Error::RemoveTracefsInstance {
+                journal: journal.to_path_buf(),
+                name: t.name.clone(),
+                source: Box::new(source),
+            }),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -262,6 +320,10 @@ mod tests {
                 original: "madvise".into(),
             }],
             vec!["/s".into()],
+            vec![JournalTracefs {
+                name: "pinlab-1".into(),
+                host_mount: None,
+            }],
         );
         write(dir.path(), &j).unwrap();
         assert_eq!(read(&journal_path(dir.path(), j.pid)).unwrap(), j);
@@ -317,6 +379,7 @@ mod tests {
                     },
                 ],
                 swapfiles: vec![],
+                tracefs_instances: vec![],
             };
             write(dir.path(), &j).unwrap();
             let rec = recover_stale_journals_in(dir.path()).unwrap();

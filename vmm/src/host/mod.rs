@@ -28,7 +28,9 @@ pub use journal::{recover_stale_journals, recover_stale_journals_in, Journal, Re
 pub use knobs::{read_knob, trigger, write_knob, KnobGuard};
 pub use ksm::{Ksm, KsmSettings};
 pub use lock::SystemLock;
-pub use registry::{register_child, unregister_child};
+pub use registry::{
+    make_tracefs_instance, register_child, remove_tracefs_instance, unregister_child,
+};
 pub use signals::{defer_to_pending_signal, install_restore_handlers, restore_and_exit};
 pub use swap::{active_swaps, SwapEntry, Swapfile};
 pub use vmstat::{delta, delta_of, VmstatSnapshot};
@@ -40,6 +42,7 @@ pub mod errors {
     pub use super::knobs::Error as KnobError;
     pub use super::ksm::Error as KsmError;
     pub use super::lock::Error as LockError;
+    pub use super::registry::Error as RegistryError;
     pub use super::signals::Error as SignalError;
     pub use super::swap::Error as SwapError;
     pub use super::vmstat::Error as VmstatError;

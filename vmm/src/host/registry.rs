@@ -22,6 +22,31 @@ use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use super::{journal, knobs, swap, RUN_DIR};
+use crate::trace::tracefs;
+
+/// Errors of the registry's own changes (tracefs instances); each names the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("journaling tracefs instance {name}: {source}")]
+    JournalTracefs {
+        name: String,
+        source: journal::Error,
+    },
+    #[error("making the instance: {0}")]
+    MakeInstance(#[source] tracefs::Error),
+    #[error("removing the instance: {0}")]
+    RemoveInstance(#[source] tracefs::Error),
+}
+
+/// A tracefs instance this process made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TracefsRecord {
+    id: u64,
+    name: String,
+    host_mount: Option<PathBuf>,
+    /// The instance directory, as this process reaches it.
+    dir: PathBuf,
+}
 
 /// One knob's original value, held while a guard on it lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +61,7 @@ struct State {
     knobs: Vec<KnobRecord>,
     children: Vec<i32>,
     swapfiles: Vec<PathBuf>,
+    tracefs: Vec<TracefsRecord>,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
@@ -43,6 +69,7 @@ static STATE: Mutex<State> = Mutex::new(State {
     knobs: Vec::new(),
     children: Vec::new(),
     swapfiles: Vec::new(),
+    tracefs: Vec::new(),
 });
 
 fn state() -> MutexGuard<'static, State> {
@@ -71,7 +98,7 @@ fn state_within(timeout: Duration) -> Option<MutexGuard<'static, State>> {
 
 fn sync_journal(s: &State) -> Result<(), journal::Error> {
     let dir = Path::new(RUN_DIR);
-    if s.knobs.is_empty() && s.swapfiles.is_empty() {
+    if s.knobs.is_empty() && s.swapfiles.is_empty() && s.tracefs.is_empty() {
         return journal::remove(dir, std::process::id());
     }
     let j = journal::Journal::for_this_process(
@@ -83,6 +110,13 @@ fn sync_journal(s: &State) -> Result<(), journal::Error> {
             })
             .collect(),
         s.swapfiles.clone(),
+        s.tracefs
+            .iter()
+            .map(|t| journal::JournalTracefs {
+                name: t.name.clone(),
+                host_mount: t.host_mount.clone(),
+            })
+            .collect(),
     );
     journal::write(dir, &j)
 }
@@ -221,6 +255,72 @@ pub(crate) fn remove_swapfiles() -> Vec<swap::Error> {
     errors
 }
 
+/// Under the registry lock: journals a tracefs instance, then makes its directory `dir`.
+/// Returns the record's id; on a failed `mkdir` the record is dropped again.
+pub fn make_tracefs_instance(
+    name: &str,
+    host_mount: Option<&Path>,
+    dir: &Path,
+) -> Result<u64, Error> {
+    let mut s = state();
+    let id = s.next_id;
+    s.next_id += 1;
+    s.tracefs.push(TracefsRecord {
+        id,
+        name: name.to_string(),
+        host_mount: host_mount.map(Path::to_path_buf),
+        dir: dir.to_path_buf(),
+    });
+    if let Err(source) = sync_journal(&s) {
+        s.tracefs.pop();
+        return Err(Error::JournalTracefs {
+            name: name.to_string(),
+            source,
+        });
+    }
+    if let Err(e) = tracefs::make_instance(dir) {
+        s.tracefs.retain(|t| t.id != id);
+        if let Err(e) = sync_journal(&s) {
+            tracing::warn!("updating the journal: {e}");
+        }
+        return Err(Error::MakeInstance(e));
+    }
+    Ok(id)
+}
+
+fn remove_tracefs_locked(s: &mut State, idx: usize) -> Result<(), Error> {
+    let rec = s.tracefs[idx].clone();
+    // A failure keeps the record (and the journal entry) for the next run's recovery.
+    tracefs::remove_instance(&rec.dir).map_err(Error::RemoveInstance)?;
+    s.tracefs.remove(idx);
+    if let Err(e) = sync_journal(s) {
+        tracing::warn!("updating the journal: {e}");
+    }
+    Ok(())
+}
+
+/// Under the registry lock: removes the instance of record `id`; `None` when it was removed
+/// already (by the signal path).
+pub fn remove_tracefs_instance(id: u64) -> Option<Result<(), Error>> {
+    let mut s = state();
+    let idx = s.tracefs.iter().position(|t| t.id == id)?;
+    Some(remove_tracefs_locked(&mut s, idx))
+}
+
+/// Removes every registered tracefs instance, newest first; returns the failures.
+pub(crate) fn remove_tracefs_instances() -> Vec<Error> {
+    let mut s = state();
+    let mut errors = Vec::new();
+    let mut idx = s.tracefs.len();
+    while idx > 0 {
+        idx -= 1;
+        if let Err(e) = remove_tracefs_locked(&mut s, idx) {
+            errors.push(e);
+        }
+    }
+    errors
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,6 +364,31 @@ mod tests {
                 assert!(restore_knob(id).is_none(), "restored twice");
             }
         }
+    }
+
+    #[test]
+    fn tracefs_instances_are_journaled_while_they_exist() {
+        // An ordinary directory stands in for the instance; the journal is the real one.
+        let dir = tempfile::tempdir().unwrap();
+        let inst = dir.path().join("pinlab-test");
+        let id = make_tracefs_instance("pinlab-test", None, &inst).unwrap();
+        assert!(inst.is_dir());
+        let j = journal::read(&journal::journal_path(
+            Path::new(RUN_DIR),
+            std::process::id(),
+        ))
+        .unwrap();
+        assert!(j.tracefs_instances.iter().any(|t| t.name == "pinlab-test"));
+        remove_tracefs_instance(id).unwrap().unwrap();
+        assert!(!inst.exists());
+        assert!(remove_tracefs_instance(id).is_none(), "removed twice");
+        // A failed mkdir leaves no record.
+        let bad = dir.path().join("no/such/parent");
+        assert!(matches!(
+            make_tracefs_instance("pinlab-bad", None, &bad),
+            Err(Error::MakeInstance(_))
+        ));
+        assert!(!state().tracefs.iter().any(|t| t.name == "pinlab-bad"));
     }
 
     #[test]

@@ -96,13 +96,17 @@ pub fn restore_and_exit(signal: i32) -> ! {
     let reaped = registry::kill_children();
     let knob_errors = registry::restore_all_knobs();
     let swap_errors = registry::remove_swapfiles();
+    let tracefs_errors = registry::remove_tracefs_instances();
+    for e in &tracefs_errors {
+        eprintln!("pinlab: removing a tracefs instance after signal {signal}: {e}");
+    }
     for e in &knob_errors {
         eprintln!("pinlab: restoring a knob after signal {signal}: {e}");
     }
     for e in &swap_errors {
         eprintln!("pinlab: removing a swapfile after signal {signal}: {e}");
     }
-    if knob_errors.is_empty() && swap_errors.is_empty() {
+    if knob_errors.is_empty() && swap_errors.is_empty() && tracefs_errors.is_empty() {
         // Already gone when everything was unregistered; make sure.
         let _ = journal::remove(std::path::Path::new(RUN_DIR), std::process::id());
     }
