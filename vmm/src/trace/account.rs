@@ -261,11 +261,16 @@ pub struct ProcessWrites {
     pub role: &'static str,
     /// page_fault_user with the write bit on a region page (the process's own writes).
     pub user_write_faults: u64,
-    /// kvm_page_fault with the write bit on a region GPA (the guest's writes, in the VMM).
+    /// The guest's write faults on region pages, resolved by KVM in the VMM: `kvm_page_fault`
+    /// with the write bit where the host has it (VMX/SVM), else KVM installing a writable
+    /// mapping of a region frame (`kvm_mmu_set_spte` with `w`: KVM-PVM has no kvm_page_fault).
     pub guest_write_faults: u64,
     /// Distinct region pages written.
     pub pages_written: usize,
-    /// Of those, how many have another PFN afterwards (pagemap; the VMM only).
+    /// Of those, how many KVM re-mapped to another PFN than before the fork (the guest now
+    /// sees a copy: a COW break).
+    pub pages_copied: usize,
+    /// Of those, how many have another PFN in pagemap afterwards (the VMM only).
     pub pages_written_then_moved: Option<usize>,
 }
 
@@ -309,13 +314,17 @@ pub fn fork_account(
         let s = r.region_gpa.start.raw();
         (gpa >= s && gpa < s + r.region_gpa.len).then(|| ((gpa - s) / PAGE_SIZE) as usize)
     };
-    let mut changed: BTreeSet<usize> = BTreeSet::new();
+    let gfn_page = |gfn: u64| gfn.checked_mul(PAGE_SIZE).and_then(gpa_page);
     // sched_process_fork fires for new threads too: those are in the VMM's thread group.
     let vmm_threads: HashSet<i32> = events
         .iter()
         .filter(|e| e.pid == vmm_pid)
         .map(|e| e.tid)
         .collect();
+    let has_kvm_page_fault =
+        in_window(events, w).any(|e| matches!(e.ev, Kernel::KvmPageFault { .. }));
+    // Region pages KVM re-mapped to a new PFN, by the process that did it.
+    let mut changed: BTreeMap<usize, i32> = BTreeMap::new();
     for e in in_window(events, w) {
         match &e.ev {
             Kernel::ProcessFork { pid, child_pid, .. }
@@ -345,15 +354,26 @@ pub fn fork_account(
                     pages.insert(p);
                 }
             }
+            Kernel::SetSpte {
+                gfn,
+                writable: true,
+                ..
+            } if !has_kvm_page_fault => {
+                if let Some(p) = gfn_page(*gfn) {
+                    let (w, pages) = writes_of(&mut per, e.pid, vmm_pid);
+                    w.guest_write_faults += 1;
+                    pages.insert(p);
+                }
+            }
             Kernel::SpteRequested { gfn, pfn, .. } => {
-                if let Some(p) = gfn.checked_mul(PAGE_SIZE).and_then(gpa_page) {
+                if let Some(p) = gfn_page(*gfn) {
                     if pfns_before
                         .get(p)
                         .copied()
                         .flatten()
                         .is_some_and(|b| b != *pfn)
                     {
-                        changed.insert(p);
+                        changed.insert(p, e.pid);
                     }
                 }
             }
@@ -366,6 +386,10 @@ pub fn fork_account(
     a.guest_pfn_changes = changed.len();
     for (pid, (mut w, pages)) in per {
         w.pages_written = pages.len();
+        w.pages_copied = pages
+            .iter()
+            .filter(|p| changed.get(p) == Some(&pid))
+            .count();
         if pid == vmm_pid && !pfns_after.is_empty() {
             w.pages_written_then_moved = Some(
                 pages
@@ -801,10 +825,59 @@ mod tests {
         assert_eq!(a.guest_pfn_changes, 1);
         let parent = a.processes.iter().find(|p| p.role == "parent").unwrap();
         assert_eq!((parent.guest_write_faults, parent.pages_written), (1, 1));
-        assert_eq!(parent.pages_written_then_moved, Some(1));
+        assert_eq!(
+            (parent.pages_copied, parent.pages_written_then_moved),
+            (1, Some(1))
+        );
         let child = a.processes.iter().find(|p| p.pid == 200).unwrap();
         assert_eq!((child.role, child.user_write_faults), ("child", 1));
         assert_eq!(child.pages_written_then_moved, None);
+    }
+
+    #[test]
+    fn without_kvm_page_fault_writable_sptes_are_the_guest_writes() {
+        // KVM-PVM: no kvm_page_fault; the COW break shows as an unmap of the page, a new PFN
+        // and a writable spte. A read re-map (not writable) is not a write.
+        let r = setup_ranges();
+        let spte = |gfn, writable| Kernel::SetSpte {
+            gfn,
+            writable,
+            level: 1,
+        };
+        let evs = [
+            k(
+                1_100_000,
+                100,
+                Kernel::SpteRequested {
+                    gfn: 0x200,
+                    pfn: Pfn(50),
+                    level: 1,
+                },
+            ),
+            k(1_100_001, 100, spte(0x200, true)),
+            k(
+                1_100_002,
+                100,
+                Kernel::SpteRequested {
+                    gfn: 0x201,
+                    pfn: Pfn(11),
+                    level: 1,
+                },
+            ),
+            k(1_100_003, 100, spte(0x201, false)),
+        ];
+        let before = [Some(Pfn(10)), Some(Pfn(11))];
+        let a = fork_account(&evs, W, &r, 100, &before, &[]);
+        let parent = &a.processes[0];
+        assert_eq!(
+            (
+                parent.guest_write_faults,
+                parent.pages_written,
+                parent.pages_copied
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(a.guest_pfn_changes, 1);
     }
 
     #[test]

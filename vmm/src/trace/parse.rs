@@ -187,6 +187,12 @@ pub enum Kernel {
         pfn: Pfn,
         level: u8,
     },
+    /// `kvm_mmu_set_spte`: KVM installed a mapping of a guest frame (`writable`: the `w` flag).
+    SetSpte {
+        gfn: u64,
+        writable: bool,
+        level: u8,
+    },
     KsmMerge {
         which: KsmMergeKind,
         pfn: Pfn,
@@ -343,6 +349,15 @@ fn typed(event: &str, body: &str) -> Option<Kernel> {
             pfn: Pfn(hex(word_after(body, "pfn")?)?),
             level: dec(word_after(body, "level")?)?,
         },
+        "kvm_mmu_set_spte" => {
+            // "gfn 201 spte 11cb3be67 (rwxu) level 1 at 406dd5008": flags r, w, x, u or '-'.
+            let flags = body.split_once('(')?.1.split_once(')')?.0;
+            Kernel::SetSpte {
+                gfn: hex(word_after(body, "gfn")?)?,
+                writable: flags.as_bytes().get(1) == Some(&b'w'),
+                level: dec(word_after(body, "level")?)?,
+            }
+        }
         "ksm_merge_one_page" | "ksm_merge_with_ksm_page" => Kernel::KsmMerge {
             which: if event == "ksm_merge_one_page" {
                 KsmMergeKind::OnePage
@@ -522,6 +537,24 @@ mod tests {
                     gfn: 0x201,
                     pfn: Pfn(0x1a2b3),
                     level: 1,
+                },
+            ),
+            (
+                "kvm_mmu_set_spte",
+                "gfn 201 spte 11cb3be67 (rwxu) level 1 at 406dd5008",
+                Kernel::SetSpte {
+                    gfn: 0x201,
+                    writable: true,
+                    level: 1,
+                },
+            ),
+            (
+                "kvm_mmu_set_spte",
+                "gfn 7 spte 8000000011cb3b25 (r-xu) level 2 at 406dd5008",
+                Kernel::SetSpte {
+                    gfn: 7,
+                    writable: false,
+                    level: 2,
                 },
             ),
             (

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::account::{TraceAccount, Window};
+use super::account::{Ranges, TraceAccount, Window};
 use super::instance::CpuStats;
 use super::perf::ThreadCounts;
 use crate::scenario::Action;
@@ -80,6 +80,8 @@ pub struct TraceReport {
     /// Where tracefs came from.
     pub tracefs: Option<String>,
     pub instance: Option<String>,
+    /// Where the region, its huge pages and the decoy were in the host and the guest.
+    pub ranges: Option<Ranges>,
     /// Why the instance could not be removed (it stays journaled for the next run).
     pub instance_error: Option<String>,
     pub clock: &'static str,
@@ -118,6 +120,7 @@ impl TraceReport {
             raw_file: None,
             tracefs: None,
             instance: None,
+            ranges: None,
             instance_error: None,
             clock: "mono",
             buffer_kb_per_cpu: None,

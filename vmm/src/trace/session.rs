@@ -353,6 +353,7 @@ impl Tracer {
             rep.reader_error = read.error.clone();
         }
         rep.kernel_threads = run.kthreads.clone();
+        rep.ranges = Some(run.ranges);
         rep.records = read.records.len() as u64 + read.over_bound;
         rep.markers = read
             .records
