@@ -340,9 +340,12 @@ fn watchdog_stops_a_spinning_guest() {
 /// It only probes, so no KVM is needed.
 #[test]
 fn host_capabilities() {
-    const NAMES: [&str; 10] = [
+    const NAMES: [&str; 13] = [
         "kvm",
         "vfio",
+        "iommu",
+        "vfio_groups",
+        "iommufd",
         "io_uring",
         "root",
         "thp",
@@ -512,4 +515,136 @@ fn discarding_the_pinned_range_diverges_with_pfn_evidence() {
         return;
     };
     assert_eq!(j["verdict"], "coherent", "{}", run.show());
+}
+
+/// Case 9 (a hostile guest, issue 10 #5): a guest that prints console lines forever. The VMM
+/// keeps the first lines up to its bounds and counts the rest, and a console line is not
+/// progress, so the watchdog stops the run. A bug: the console grows with the flood (the report
+/// holds every line), the drop count is missing, or the watchdog never fires because every exit
+/// counted as progress (our deadline kills the run instead).
+#[test]
+fn a_console_flood_is_bounded_and_stopped_by_the_watchdog() {
+    if skip_without_kvm() {
+        return;
+    }
+    let watchdog = Duration::from_secs(1);
+    let Some((run, j)) = run_vm(&[
+        "run",
+        "--mode",
+        "console-flood",
+        "--watchdog",
+        "1s",
+        "--json",
+    ]) else {
+        return;
+    };
+    let show = run.show();
+    assert_eq!(run.status.signal(), None, "{show}");
+    assert_eq!(run.code(), Some(1), "{show}");
+    assert_eq!(j["verdict"], "error", "{show}");
+    let reason = j["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("watchdog"), "reason: {reason:?}\n{show}");
+    let console = j["console"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no console\n{show}"));
+    let kept_bytes: usize = console.iter().map(|l| l.as_str().map_or(0, str::len)).sum();
+    assert!(!console.is_empty(), "the first lines are kept\n{show}");
+    assert!(
+        console.len() <= pinlab::console::MAX_LINES && kept_bytes <= pinlab::console::MAX_BYTES,
+        "{} lines, {kept_bytes} bytes kept",
+        console.len()
+    );
+    assert!(
+        console[0].as_str().is_some_and(|l| l.starts_with("flood")),
+        "{show}"
+    );
+    let dropped = &j["console_dropped"];
+    let lines = dropped["lines"].as_u64().unwrap_or(0);
+    assert!(
+        lines > 0 && dropped["bytes"].as_u64().unwrap_or(0) >= lines,
+        "the rest is counted: {dropped}\n{show}"
+    );
+    // The report itself stays small whatever the guest printed.
+    assert!(
+        run.stdout.len() < 1 << 20,
+        "{} bytes of JSON",
+        run.stdout.len()
+    );
+    println!(
+        "console flood: {} lines kept, {lines} dropped, exited after {:?}",
+        console.len(),
+        run.wall
+    );
+    // A hang check, not a speed check: the run ends on its own, well inside our deadline.
+    assert!(
+        run.wall <= watchdog + Duration::from_secs(5),
+        "exited after {:?}\n{show}",
+        run.wall
+    );
+}
+
+/// Case 10 (a hostile guest, issue 10 #6): the DMA workload with ROUNDS_START and every
+/// ROUND_DONE sent `1 + PHASE_REPEAT_EXTRA` times, and a fork scheduled after round 1. Each
+/// phase is acted on once and every repeat is refused, counted on the timeline and still
+/// acknowledged (the guest goes on). A bug: a second fork per repeated ROUND_DONE(1) (two or
+/// more evidence entries and actions on the timeline), a second storm thread, or a repeat that
+/// stalls or kills the guest.
+#[test]
+fn repeated_phases_never_rerun_a_host_action() {
+    if skip_without_kvm() {
+        return;
+    }
+    let rounds = 4u64;
+    let Some((run, j)) = run_vm(&[
+        "run",
+        "--mode",
+        "phase-repeat",
+        "--perturb",
+        "fork-parent-write",
+        "--rounds",
+        "4",
+        "--json",
+    ]) else {
+        return;
+    };
+    let show = run.show();
+    assert_eq!(run.status.signal(), None, "{show}");
+    assert_eq!(j["guest"]["rounds_done"], rounds, "{show}");
+    assert_ne!(j["verdict"], "error", "{show}");
+    let evidence = j["evidence"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no evidence\n{show}"));
+    assert_eq!(evidence.len(), 1, "one fork, not one per repeat\n{show}");
+    let events = j["timeline"]["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no timeline\n{show}"));
+    let count = |kind: &str| events.iter().filter(|e| e["kind"] == kind).count() as u64;
+    assert_eq!(count("action"), 1, "{show}");
+    // mapped, rounds-start, each round done, unmapped: once each.
+    assert_eq!(count("phase"), 3 + rounds, "{show}");
+    let extra = pinlab_abi::PHASE_REPEAT_EXTRA as u64;
+    assert_eq!(
+        count("phase-rejected"),
+        (1 + rounds) * extra,
+        "every repeat refused\n{show}"
+    );
+    // The refused rounds-start is out of order, the refused round-done a wrong round.
+    let why = |code: u32| {
+        events
+            .iter()
+            .filter(|e| e["kind"] == "phase-rejected" && e["code"] == code)
+            .map(|e| e["why"].as_str().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        why(pinlab_abi::PHASE_ROUNDS_START),
+        vec!["out-of-order"; extra as usize],
+        "{show}"
+    );
+    assert!(
+        why(pinlab_abi::PHASE_ROUND_DONE)
+            .iter()
+            .all(|w| w == "wrong-round"),
+        "{show}"
+    );
 }

@@ -37,8 +37,11 @@ fn matrix_meets_every_expectation() {
     let elapsed = start.elapsed();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let rows: Vec<serde_json::Value> = serde_json::from_str(stdout.trim())
+    let m: serde_json::Value = serde_json::from_str(stdout.trim())
         .unwrap_or_else(|e| panic!("matrix JSON: {e}\nstdout: {stdout}\nstderr: {stderr}"));
+    assert_eq!(m["kind"], "matrix", "{m}");
+    assert!(m["identity"]["kernel_release"].is_string(), "{m}");
+    let rows = m["rows"].as_array().expect("rows");
     let live: Vec<_> = rows.iter().filter(|r| r["live"] == true).collect();
     let failed: Vec<String> = live
         .iter()

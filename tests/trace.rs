@@ -666,7 +666,7 @@ fn signals_mid_trace_remove_the_instance() {
 }
 
 /// `done when` 3: after SIGKILL the instance stays (nothing in the process runs), journaled; the
-/// next run's recovery removes it. A bug shows as no journal (the instance would stay forever)
+/// next run's recovery (under the system lock, which traced runs take) removes it. A bug shows as no journal (the instance would stay forever)
 /// or an instance the next run did not remove.
 #[test]
 fn sigkill_leaves_a_journaled_instance_that_the_next_run_removes() {
@@ -703,8 +703,16 @@ fn sigkill_leaves_a_journaled_instance_that_the_next_run_removes() {
                 .any(|t| t["name"] == instance_of(pid)),
             "{j}"
         );
-        // The next run (untraced, any scenario) recovers it before it starts.
-        let next = run_pinlab(&["run", "--mode", "boot", "--json"]);
+        // The next run that takes the system lock (a traced one does) recovers it first.
+        let next_file = dir.path().join("next.json");
+        let next = run_pinlab(&[
+            "run",
+            "--mode",
+            "boot",
+            "--json",
+            "--trace",
+            next_file.to_str().unwrap(),
+        ]);
         assert!(next.status.success(), "{}", next.show());
         println!("the instance survived SIGKILL, journaled; the next run removed it");
     } else {

@@ -26,10 +26,10 @@ use io_uring::{opcode, squeue, types, IoUring};
 use pinlab_abi as abi;
 use serde::Serialize;
 
-use crate::addr::Hva;
+use crate::addr::{Gpa, Hva, Iova};
 use crate::devices::dma::{DmaEngine, STAGING_MAX};
 use crate::devices::iommu::Iommu;
-use crate::devices::Stats;
+use crate::devices::request::{DmaRequest, IovaRange, Map, Perm};
 use crate::memory::GuestRam;
 use crate::pin::io_uring::{CHUNK_LEN, MAX_BUFFER_LEN, RING_ENTRIES};
 use crate::pin::{Staging, Transfer};
@@ -388,7 +388,6 @@ fn engine_pass(
     arg: u64,
     opts: &BenchOptions,
 ) -> anyhow::Result<f64> {
-    let stats = Stats::default();
     let t = Instant::now();
     for iova in (0..opts.region).step_by(opts.descriptor as usize) {
         let d = abi::Descriptor {
@@ -398,12 +397,11 @@ fn engine_pass(
             len: opts.descriptor.min(opts.region - iova),
             ..Default::default()
         };
-        engine.execute(ram, iommu, &d, &[], &stats).map_err(|st| {
-            anyhow!(
-                "DmaEngine::execute(op {op:#x}, iova {iova:#x}): {}",
-                abi::status_name(st)
-            )
-        })?;
+        let req = DmaRequest::parse(&d, ram.size())
+            .with_context(|| format!("DmaRequest::parse(op {op:#x}, iova {iova:#x})"))?;
+        engine
+            .execute(ram, iommu, &req, &[])
+            .with_context(|| format!("DmaEngine::execute(op {op:#x}, iova {iova:#x})"))?;
     }
     Ok(t.elapsed().as_secs_f64())
 }
@@ -417,8 +415,8 @@ fn pin_pass(
     region: u64,
 ) -> anyhow::Result<f64> {
     let (m, base) = iommu
-        .lookup(0, region, RW)
-        .map_err(|st| anyhow!("Iommu::lookup: {}", abi::status_name(st)))?;
+        .lookup(&IovaRange::new(Iova(0), region)?, Perm::RW)
+        .context("Iommu::lookup")?;
     let piece = staging.len();
     let t = Instant::now();
     for off in (0..region).step_by(piece as usize) {
@@ -454,8 +452,8 @@ fn dma(opts: &BenchOptions) -> anyhow::Result<DmaReport> {
     let thp_coverage = crate::pfn::thp_coverage(ram.hva(), region).ok();
     let mut iommu = Iommu::new(PinKind::IoUring);
     iommu
-        .map(&ram, 0, 0, region, RW)
-        .map_err(|st| anyhow!("Iommu::map of {region:#x}: {}", abi::status_name(st)))?;
+        .map(&ram, &Map::new(Iova(0), Gpa(0), region, RW, ram.size())?)
+        .with_context(|| format!("Iommu::map of {region:#x}"))?;
     let mut engine = DmaEngine::default();
     let mut staging = Staging::new(piece).context("Staging::new")?;
     let mut raw_file = Staging::new(piece).context("Staging::new (raw memfd)")?;
@@ -580,8 +578,8 @@ fn map(opts: &BenchOptions) -> anyhow::Result<MapReport> {
 
         let t = Instant::now();
         iommu
-            .map(&ram, 0, 0, size, RW)
-            .map_err(|st| anyhow!("Iommu::map of {size:#x}: {}", abi::status_name(st)))?;
+            .map(&ram, &Map::new(Iova(0), Gpa(0), size, RW, ram.size())?)
+            .with_context(|| format!("Iommu::map of {size:#x}"))?;
         let map_ms = ms(t);
         if let Some(e) = iommu.mappings().find_map(|m| m.pfn_error.clone()) {
             bail!("Iommu::map recorded no PFNs: {e}");
@@ -695,17 +693,17 @@ fn startup_steps(trials: usize) -> anyhow::Result<StartupSteps> {
         let t = Instant::now();
         ram.populate().context("GuestRam::populate")?;
         let populate_ms = ms(t);
+        let (hva, size) = (ram.hva(), ram.size());
         let t = Instant::now();
-        let (vm, vcpu) = crate::vm::Vm::create(&ram, &boot).context("Vm::create")?;
+        let vm = crate::vm::Vm::create(std::sync::Arc::new(std::sync::RwLock::new(ram)), &boot)
+            .context("Vm::create")?;
         let create_ms = ms(t);
         let t = Instant::now();
-        let cov = crate::pfn::thp_coverage(ram.hva(), ram.size()).context("pfn::thp_coverage")?;
+        let cov = crate::pfn::thp_coverage(hva, size).context("pfn::thp_coverage")?;
         std::hint::black_box(cov);
         let cov_ms = ms(t);
-        // The vCPU, then the VM, then guest RAM.
-        drop(vcpu);
+        // The vCPU, then the VM, then guest RAM (`Vm`'s field order).
         drop(vm);
-        drop(ram);
         if trial > 0 {
             for (dst, x) in v.iter_mut().zip([new_ms, populate_ms, create_ms, cov_ms]) {
                 dst.push(x);

@@ -1,16 +1,24 @@
-//! The scenario matrix: every live scenario of a directory, each in a fresh VMM process.
+//! The scenario matrix: every live scenario of a directory (or every embedded one), each in a
+//! fresh VMM process.
 //!
-//! Each scenario runs as `pinlab run FILE --json` (its own process: a crash, a leaked pin or a
-//! stuck guest cannot spill into the next), with a deadline after which the process is killed
-//! and reaped. Model-only scenarios (`live = false`) are listed and left to `pinlab replay`.
-//! The verdicts are compared with each scenario's `expect.live`.
+//! Each scenario runs as `pinlab run SCENARIO --json` (its own process: a crash, a leaked pin or
+//! a stuck guest cannot spill into the next). Its output is drained while it runs (a large report
+//! cannot fill the pipe and stall it), it has a deadline after which it is sent SIGTERM (so it
+//! restores the host state it changed), then SIGKILL, and it is always reaped. A `Stop` handle
+//! lets the caller forward SIGINT/SIGTERM to the running child and end the matrix early.
+//! Model-only scenarios (`live = false`) are listed and left to `pinlab replay`. Verdicts are
+//! compared with each scenario's `expect.live`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::config::{Loaded, Origin};
+use crate::identity::Identity;
+use crate::results::{Case, Status};
 use crate::scenario::Verdict;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +33,7 @@ pub enum Error {
 #[derive(Clone, Debug, Serialize)]
 pub struct Row {
     pub scenario: String,
-    pub file: PathBuf,
+    pub origin: Origin,
     pub live: bool,
     pub pin: String,
     pub actions: Vec<String>,
@@ -36,18 +44,117 @@ pub struct Row {
     pub seconds: f64,
     /// Verdict meets the expectation (skipped counts as met: it says why).
     pub pass: bool,
-    /// The whole JSON report of the run.
+    /// The whole JSON result of the run, as the child printed it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report: Option<serde_json::Value>,
 }
 
-/// How long one scenario may take before it is killed.
-const DEADLINE: Duration = Duration::from_secs(120);
+/// A whole matrix, as `--json` prints it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Matrix {
+    /// Always "matrix": what kind of pinlab result this is.
+    pub kind: &'static str,
+    pub identity: Identity,
+    pub rows: Vec<Row>,
+    /// Set when a signal ended the matrix before every scenario ran.
+    pub interrupted: Option<i32>,
+}
 
-fn run_one(exe: &Path, file: &Path) -> Result<(Option<serde_json::Value>, String), Error> {
+/// How long one scenario may take before it is stopped.
+pub const DEADLINE: Duration = Duration::from_secs(120);
+/// How long a child has to restore host state after SIGTERM before SIGKILL.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// Shared with a signal-forwarding thread: the running child's PID and whether to stop.
+#[derive(Debug, Default)]
+pub struct Stop {
+    child: AtomicI32,
+    signal: AtomicI32,
+}
+
+impl Stop {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Ends the matrix: forwards `signal` to the running child (ours, by PID) and runs no
+    /// more scenarios.
+    pub fn signal(&self, signal: i32) {
+        self.signal.store(signal, Ordering::Release);
+        let pid = self.child.load(Ordering::Acquire);
+        if pid > 0 {
+            // SAFETY: kill(2) of the child this matrix spawned and has not reaped yet (the PID
+            // is cleared before the child is reaped, so it cannot have been reused).
+            unsafe { libc::kill(pid, signal) };
+        }
+    }
+
+    /// The signal that stopped the matrix, if any.
+    pub fn stopped(&self) -> Option<i32> {
+        match self.signal.load(Ordering::Acquire) {
+            0 => None,
+            s => Some(s),
+        }
+    }
+}
+
+/// Reads a pipe to the end on its own thread.
+fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        buf
+    })
+}
+
+/// Waits for `child` until it exits or `deadline` passes (then SIGTERM, a grace period, SIGKILL);
+/// `None` if it had to be stopped. Always reaps it.
+fn wait_with_deadline(child: &mut Child, deadline: Duration, stop: &Stop) -> Option<String> {
+    let start = Instant::now();
+    let mut termed: Option<Instant> = None;
+    let mut why = None;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) => {}
+            Err(e) => {
+                why = Some(format!("waiting: {e}"));
+                let _ = child.kill();
+                break;
+            }
+        }
+        match termed {
+            None if start.elapsed() > deadline => {
+                why = Some(format!("stopped after {}s (deadline)", deadline.as_secs()));
+                // SAFETY: kill(2) of our unreaped child.
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                termed = Some(Instant::now());
+            }
+            Some(t) if t.elapsed() > GRACE => {
+                let _ = child.kill();
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.child.store(0, Ordering::Release);
+    let _ = child.wait();
+    why
+}
+
+/// Runs one scenario in a child; (its JSON result, why there is none).
+fn run_one(
+    exe: &std::path::Path,
+    l: &Loaded,
+    stop: &Stop,
+) -> Result<(Option<serde_json::Value>, String), Error> {
+    let arg = match &l.origin {
+        Origin::File(p) => p.clone().into_os_string(),
+        Origin::Embedded(name) => (*name).into(),
+    };
     let mut child = Command::new(exe)
         .arg("run")
-        .arg(file)
+        .arg(arg)
         .arg("--json")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -57,58 +164,53 @@ fn run_one(exe: &Path, file: &Path) -> Result<(Option<serde_json::Value>, String
             exe: exe.display().to_string(),
             source,
         })?;
-    let start = Instant::now();
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if start.elapsed() > DEADLINE => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Ok((None, format!("killed after {}s", DEADLINE.as_secs())));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => return Ok((None, format!("waiting: {e}"))),
-        }
+    stop.child.store(child.id() as i32, Ordering::Release);
+    if let Some(sig) = stop.stopped() {
+        // The signal came between the check and the spawn: this child gets it too.
+        // SAFETY: kill(2) of our unreaped child.
+        unsafe { libc::kill(child.id() as i32, sig) };
     }
-    let out = child.wait_with_output().map_err(|source| Error::Spawn {
-        exe: exe.display().to_string(),
-        source,
-    })?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    match serde_json::from_str::<serde_json::Value>(stdout.trim()) {
-        Ok(v) => Ok((Some(v), String::new())),
+    let out = child.stdout.take().map(drain);
+    let err = child.stderr.take().map(drain);
+    let stopped = wait_with_deadline(&mut child, DEADLINE, stop);
+    let stdout = out.and_then(|h| h.join().ok()).unwrap_or_default();
+    let stderr = err.and_then(|h| h.join().ok()).unwrap_or_default();
+    let text = String::from_utf8_lossy(&stdout);
+    match serde_json::from_str::<serde_json::Value>(text.trim()) {
+        Ok(v) => Ok((Some(v), stopped.unwrap_or_default())),
         Err(_) => Ok((
             None,
-            format!(
-                "no report ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or("")
-            ),
+            stopped.unwrap_or_else(|| {
+                format!(
+                    "no result: {}",
+                    String::from_utf8_lossy(&stderr)
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                )
+            }),
         )),
     }
 }
 
-/// Runs the matrix over `dir` with the `pinlab` binary `exe`; `progress` is called after each
-/// scenario with (done, total, row).
+/// Runs the matrix over `set` with the `pinlab` binary `exe`; `progress` is called after each
+/// scenario with (done, total, row). A signal through `stop` ends it early.
 pub fn run(
-    dir: &Path,
-    exe: &Path,
+    set: Vec<Loaded>,
+    exe: &std::path::Path,
+    stop: &Stop,
     mut progress: impl FnMut(usize, usize, &Row),
-) -> Result<Vec<Row>, Error> {
-    let files = crate::config::scenario_files(dir)?;
-    let scenarios = files
-        .iter()
-        .map(|f| crate::config::load(Some(f)).map(|s| (f.clone(), s)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let total = scenarios.len();
+) -> Result<Matrix, Error> {
+    let total = set.len();
     let mut rows = Vec::new();
-    for (i, (file, s)) in scenarios.into_iter().enumerate() {
+    for (i, l) in set.into_iter().enumerate() {
+        if stop.stopped().is_some() {
+            break;
+        }
+        let s = &l.scenario;
         let mut row = Row {
             scenario: s.name.clone(),
-            file: file.clone(),
+            origin: l.origin.clone(),
             live: s.live,
             pin: s.device.pin.to_string(),
             actions: s.perturb.actions.iter().map(|a| a.to_string()).collect(),
@@ -121,7 +223,7 @@ pub fn run(
         };
         if s.live {
             let start = Instant::now();
-            let (report, failure) = run_one(exe, &file)?;
+            let (report, failure) = run_one(exe, &l, stop)?;
             row.seconds = start.elapsed().as_secs_f64();
             match report {
                 Some(r) => {
@@ -152,7 +254,42 @@ pub fn run(
         progress(i + 1, total, &row);
         rows.push(row);
     }
-    Ok(rows)
+    Ok(Matrix {
+        kind: "matrix",
+        identity: Identity::of_this_host(),
+        rows,
+        interrupted: stop.stopped(),
+    })
+}
+
+impl Row {
+    /// The row as a test case (live rows only).
+    pub fn case(&self) -> Case {
+        let status = match self.verdict {
+            Some(Verdict::Skipped) => Status::Skip(self.evidence.clone()),
+            _ if self.pass => Status::Pass,
+            _ => Status::Fail,
+        };
+        let mut c = Case::new(&self.scenario, status);
+        c.seconds = Some(self.seconds);
+        c.diagnostics.push(format!(
+            "{}: expected {}, got {}",
+            self.scenario,
+            self.expected.map_or("-".into(), |v| v.to_string()),
+            self.verdict.map_or("-".into(), |v| v.to_string())
+        ));
+        if !self.evidence.is_empty() && self.verdict != Some(Verdict::Skipped) {
+            c.diagnostics.push(self.evidence.clone());
+        }
+        c
+    }
+}
+
+impl Matrix {
+    /// One test case per live scenario.
+    pub fn cases(&self) -> Vec<Case> {
+        self.rows.iter().filter(|r| r.live).map(Row::case).collect()
+    }
 }
 
 fn cut(s: &str, n: usize) -> String {
@@ -166,7 +303,8 @@ fn cut(s: &str, n: usize) -> String {
 }
 
 /// The terminal table.
-pub fn table(rows: &[Row]) -> String {
+pub fn table(m: &Matrix) -> String {
+    let rows = &m.rows;
     let mut out = format!(
         "{:<42} {:<9} {:<22} {:<9} {:<9} {:>6}  {}\n",
         "scenario", "pin", "actions", "expected", "verdict", "secs", "evidence"
@@ -191,5 +329,10 @@ pub fn table(rows: &[Row]) -> String {
         "{live} live scenarios: {} passed, {failed} failed ({model} model-only scenarios: `pinlab replay`)\n",
         live - failed
     ));
+    if let Some(sig) = m.interrupted {
+        out.push_str(&format!(
+            "interrupted by signal {sig}: the rest did not run\n"
+        ));
+    }
     out
 }

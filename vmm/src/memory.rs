@@ -1,20 +1,22 @@
 //! Guest RAM: one anonymous private mapping, 2 MiB aligned, THP-advised or not, owned here.
 //!
-//! `GuestRam` owns the mapping (unmapped on Drop) and exposes it to the rest of the VMM through
-//! vm-memory (`GuestMemoryMmap`, built over the raw mapping, which vm-memory does not own) and
-//! through checked GPA -> HVA translation. Every guest-supplied range goes through
-//! `translate`, which refuses anything not wholly inside RAM. Moving the mapping (`mremap`) is
-//! done here too, so the owner always knows where its memory is; re-pointing the KVM memslot is
-//! the VM's business.
+//! `GuestRam` owns the mapping (a `mmap::Mapping`, unmapped on Drop) and exposes it to the rest
+//! of the VMM through vm-memory (`GuestMemoryMmap`, built over the raw mapping, which vm-memory
+//! does not own) and through checked GPA -> HVA translation. Every guest-supplied range goes
+//! through `translate`, which refuses anything not wholly inside RAM. Moving the mapping
+//! (`mremap`) is done here too, so the owner always knows where its memory is; re-pointing the
+//! KVM memslot is the VM's business, and the VM keeps this RAM alive for as long as KVM may
+//! reach it (`vm::Vm` holds it and drops it after its fds).
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
 use crate::addr::{Gpa, Hva, HUGE_PAGE_SIZE};
+use crate::mmap::{self, Mapping};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("mmap of {size} bytes of guest RAM failed: {source}")]
-    Mmap { size: u64, source: std::io::Error },
+    #[error("mapping {size:#x} bytes of guest RAM failed: {source}")]
+    Mmap { size: u64, source: mmap::Error },
     #[error("madvise({advice}) on guest RAM failed: {source}")]
     Madvise {
         advice: &'static str,
@@ -33,15 +35,18 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// The guest's RAM, from GPA 0, and the host mapping behind it.
+///
+/// Field order is drop order: vm-memory's view (`mem`) points into `map` and goes first.
 pub struct GuestRam {
-    hva: Hva,
-    size: u64,
-    thp: bool,
     mem: GuestMemoryMmap,
+    map: Mapping,
+    thp: bool,
 }
 
-const PROT: i32 = libc::PROT_READ | libc::PROT_WRITE;
-const FLAGS: i32 = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+/// The flags guest RAM is mapped with beyond `MAP_PRIVATE | MAP_ANONYMOUS` (vm-memory is told
+/// the whole set).
+const EXTRA_FLAGS: i32 = libc::MAP_NORESERVE;
+const FLAGS: i32 = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | EXTRA_FLAGS;
 
 fn madvise(hva: Hva, len: u64, advice: i32, name: &'static str) -> Result<()> {
     // SAFETY: madvise only changes the kernel's handling of our own mapping; the range lies
@@ -56,11 +61,22 @@ fn madvise(hva: Hva, len: u64, advice: i32, name: &'static str) -> Result<()> {
     Ok(())
 }
 
-fn vm_memory_over(hva: Hva, size: u64) -> Result<GuestMemoryMmap> {
-    // SAFETY: [hva, hva+size) is a live mapping with PROT and FLAGS that `GuestRam` owns and
-    // keeps mapped for as long as this GuestMemoryMmap is reachable through it (it is rebuilt
-    // whenever the mapping moves, and dropped before the mapping is unmapped).
-    let region = unsafe { MmapRegion::build_raw(hva.as_ptr(), size as usize, PROT, FLAGS) }
+/// A 2 MiB aligned private anonymous mapping of `size` bytes (guest RAM or its mremap target).
+fn map_ram(size: u64) -> Result<Mapping> {
+    Mapping::anonymous_aligned(size, HUGE_PAGE_SIZE, EXTRA_FLAGS)
+        .map_err(|source| Error::Mmap { size, source })
+}
+
+/// vm-memory's view of `map` at GPA 0.
+///
+/// The caller keeps `map` (or, for an mremap target, the range it describes once the move is
+/// done) mapped for as long as the view is reachable: `GuestRam` drops or replaces the view
+/// before it unmaps its mapping.
+fn vm_memory_over(map: &Mapping) -> Result<GuestMemoryMmap> {
+    // SAFETY: `map` is a live private anonymous read-write mapping of `map.len()` bytes made
+    // with exactly `mmap::PROT` and `FLAGS`; vm-memory does not unmap a raw region, and the view
+    // is dropped (field order of `GuestRam`) or replaced (`remap`) before the mapping goes.
+    let region = unsafe { MmapRegion::build_raw(map.as_ptr(), map.len(), mmap::PROT, FLAGS) }
         .map_err(|e| Error::Region(e.to_string()))?;
     let region = GuestRegionMmap::new(region, GuestAddress(0))
         .ok_or_else(|| Error::Region("region does not fit at GPA 0".into()))?;
@@ -72,44 +88,10 @@ impl GuestRam {
     /// a possible THP, with `MADV_HUGEPAGE` when `thp` (else `MADV_NOHUGEPAGE`, so `--thp off`
     /// holds even where THP is `always`) and `MADV_DONTFORK` when `dontfork`.
     pub fn new(size: u64, thp: bool, dontfork: bool) -> Result<Self> {
-        let span = size + HUGE_PAGE_SIZE;
-        // SAFETY: a fresh anonymous mapping at an address of the kernel's choosing.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), span as usize, PROT, FLAGS, -1, 0) };
-        if p == libc::MAP_FAILED {
-            return Err(Error::Mmap {
-                size,
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        let raw = p as u64;
-        let start = raw.next_multiple_of(HUGE_PAGE_SIZE);
-        let head = start - raw;
-        let tail = span - head - size;
-        // SAFETY: trimming the unaligned head and the tail of the mapping just made; nothing
-        // refers to them.
-        unsafe {
-            if head > 0 {
-                libc::munmap(raw as *mut libc::c_void, head as usize);
-            }
-            if tail > 0 {
-                libc::munmap((start + size) as *mut libc::c_void, tail as usize);
-            }
-        }
-        let hva = Hva(start);
-        let mem = match vm_memory_over(hva, size) {
-            Ok(mem) => mem,
-            Err(e) => {
-                // SAFETY: the mapping is ours and nothing refers to it yet.
-                unsafe { libc::munmap(hva.as_ptr() as *mut libc::c_void, size as usize) };
-                return Err(e);
-            }
-        };
-        let ram = GuestRam {
-            hva,
-            size,
-            thp,
-            mem,
-        };
+        let map = map_ram(size)?;
+        let mem = vm_memory_over(&map)?;
+        let ram = GuestRam { mem, map, thp };
+        let hva = ram.hva();
         if thp {
             madvise(hva, size, libc::MADV_HUGEPAGE, "MADV_HUGEPAGE")?;
         } else {
@@ -129,19 +111,19 @@ impl GuestRam {
     /// VM creation instead.
     pub fn populate(&self) -> Result<()> {
         madvise(
-            self.hva,
-            self.size,
+            self.hva(),
+            self.size(),
             libc::MADV_POPULATE_WRITE,
             "MADV_POPULATE_WRITE",
         )
     }
 
     pub fn hva(&self) -> Hva {
-        self.hva
+        self.map.hva()
     }
 
     pub fn size(&self) -> u64 {
-        self.size
+        self.map.len() as u64
     }
 
     pub fn thp(&self) -> bool {
@@ -156,7 +138,7 @@ impl GuestRam {
     /// (overflow included). The one gate for guest-supplied ranges.
     pub fn translate(&self, gpa: Gpa, len: u64) -> Result<Hva> {
         match gpa.raw().checked_add(len) {
-            Some(end) if end <= self.size => Ok(Hva(self.hva.raw() + gpa.raw())),
+            Some(end) if end <= self.size() => Ok(Hva(self.hva().raw() + gpa.raw())),
             _ => Err(Error::OutOfRange { gpa, len }),
         }
     }
@@ -201,8 +183,10 @@ impl GuestRam {
             });
         }
         let hva = self.translate(gpa, 4)?;
-        // SAFETY: the u32 lies inside guest RAM (checked above), is 4-byte aligned, and guest
-        // RAM stays mapped for as long as `self` is borrowed; AtomicU32 has u32's layout.
+        // SAFETY: the u32 lies inside guest RAM (checked above) and is 4-byte aligned; the
+        // mapping stays where it is for as long as `self` is borrowed (only `remap`, which takes
+        // `&mut self`, moves it); AtomicU32 has u32's layout, and every other access to guest
+        // RAM (the guest's, the device's) is atomic or volatile.
         Ok(unsafe { &*(hva.as_ptr() as *const std::sync::atomic::AtomicU32) })
     }
 
@@ -210,47 +194,44 @@ impl GuestRam {
     /// MREMAP_DONTUNMAP leaves it with no pages) and is unmapped here, since this owner only
     /// holds one range. Returns the old address.
     pub fn remap(&mut self, dontunmap: bool) -> Result<Hva> {
-        // Reserve a 2 MiB aligned destination so THPs can stay PMD-mapped after the move.
-        let dest = GuestRam::new(self.size, self.thp, false)?;
-        let new = dest.hva;
-        std::mem::forget(dest); // its mapping is replaced by the move below
+        let size = self.size();
+        // Reserve a 2 MiB aligned destination so THPs can stay PMD-mapped after the move, and
+        // build the view of it first: after the move nothing may fail.
+        let dest = map_ram(size)?;
+        let mem = vm_memory_over(&dest)?;
         let mut flags = libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED;
         if dontunmap {
             flags |= libc::MREMAP_DONTUNMAP;
         }
-        // SAFETY: moves our own mapping onto the reserved range `new` (MREMAP_FIXED replaces it).
+        // SAFETY: moves our own mapping onto the reservation `dest` (MREMAP_FIXED replaces it);
+        // `&mut self` means no reference into guest RAM is alive, and the vm-memory view of the
+        // old range is replaced below before anything can use it.
         let p = unsafe {
             libc::mremap(
-                self.hva.as_ptr() as *mut libc::c_void,
-                self.size as usize,
-                self.size as usize,
+                self.map.as_ptr().cast::<libc::c_void>(),
+                size as usize,
+                size as usize,
                 flags,
-                new.as_ptr() as *mut libc::c_void,
+                dest.as_ptr().cast::<libc::c_void>(),
             )
         };
         if p == libc::MAP_FAILED {
-            let err = std::io::Error::last_os_error();
-            // SAFETY: the reservation is ours and unused.
-            unsafe { libc::munmap(new.as_ptr() as *mut libc::c_void, self.size as usize) };
-            return Err(Error::Mremap(err));
+            // `dest` drops: the reservation is unmapped, guest RAM stays where it was.
+            return Err(Error::Mremap(std::io::Error::last_os_error()));
         }
-        let old = self.hva;
-        self.hva = Hva(p as u64);
-        self.mem = vm_memory_over(self.hva, self.size)?;
+        debug_assert_eq!(p as u64, dest.hva().raw());
+        self.mem = mem;
+        let old = std::mem::replace(&mut self.map, dest);
+        let old_hva = old.hva();
         if dontunmap {
-            // SAFETY: the old range is ours; after MREMAP_DONTUNMAP it holds no pages we need.
-            unsafe { libc::munmap(old.as_ptr() as *mut libc::c_void, self.size as usize) };
+            // The old range is still mapped, with no pages we need: unmapped as `old` drops.
+            drop(old);
+        } else {
+            // The kernel unmapped the old range with the move; unmapping it again could hit a
+            // mapping another thread has made there since.
+            old.into_raw();
         }
-        Ok(old)
-    }
-}
-
-impl Drop for GuestRam {
-    fn drop(&mut self) {
-        // SAFETY: we own this mapping; the vm-memory view over it is dropped with `self`, and
-        // KVM's memslot is removed by the VM before the RAM is dropped (the VM owns both and
-        // drops the VM fd first).
-        unsafe { libc::munmap(self.hva.as_ptr() as *mut libc::c_void, self.size as usize) };
+        Ok(old_hva)
     }
 }
 
@@ -285,12 +266,25 @@ mod tests {
         assert!(ram.hva().is_aligned(HUGE_PAGE_SIZE));
     }
 
+    /// Both kinds of move: the contents follow, the view (read_obj) reads the new range, and
+    /// the destination is 2 MiB aligned. A bug: a stale vm-memory view (reads of the old,
+    /// empty or unmapped range) or an unaligned destination (THPs split by the move).
     #[test]
     fn remap_keeps_contents() {
-        let mut ram = GuestRam::new(8 << 20, false, false).unwrap();
-        ram.write_obj(Gpa(0x3000), 0xfeed_u64).unwrap();
-        let old = ram.remap(false).unwrap();
-        assert_ne!(old, ram.hva());
-        assert_eq!(ram.read_obj::<u64>(Gpa(0x3000)).unwrap(), 0xfeed);
+        for dontunmap in [false, true] {
+            let mut ram = GuestRam::new(8 << 20, false, false).unwrap();
+            ram.write_obj(Gpa(0x3000), 0xfeed_u64).unwrap();
+            let old = ram.remap(dontunmap).unwrap();
+            assert_ne!(old, ram.hva(), "dontunmap {dontunmap}");
+            assert!(
+                ram.hva().is_aligned(HUGE_PAGE_SIZE),
+                "dontunmap {dontunmap}"
+            );
+            assert_eq!(ram.read_obj::<u64>(Gpa(0x3000)).unwrap(), 0xfeed);
+            let hva = ram.translate(Gpa(0x3000), 8).unwrap();
+            // SAFETY: inside guest RAM, aligned, and no other reference to it exists.
+            let direct = unsafe { (hva.as_ptr() as *const u64).read_volatile() };
+            assert_eq!(direct, 0xfeed, "through the new mapping");
+        }
     }
 }

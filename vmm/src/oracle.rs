@@ -121,6 +121,9 @@ pub struct Facts<'a> {
     /// The control group holds no pin: its "pinned" PFNs are only where the pages were at map
     /// time, and the device follows the mapping when they move.
     pub control_group: bool,
+    /// The pin cannot move data (VFIO with no driver for the device): every descriptor answers
+    /// `unsupported`, and the verdict rests on the PFN evidence alone.
+    pub pfn_evidence_only: bool,
 }
 
 /// The verdict and its one-line reason.
@@ -143,6 +146,12 @@ pub fn judge(f: &Facts<'_>) -> (Verdict, Option<String>) {
             return (
                 Verdict::Error,
                 Some("a spinning guest reported done".into()),
+            )
+        }
+        GuestMode::ConsoleFlood => {
+            return (
+                Verdict::Error,
+                Some("a flooding guest reported done".into()),
             )
         }
         GuestMode::Hostile => {
@@ -169,7 +178,8 @@ pub fn judge(f: &Facts<'_>) -> (Verdict, Option<String>) {
                 )
             };
         }
-        GuestMode::Dma => {}
+        // The repeats were refused by the VMM (counted on the timeline): judged as DMA.
+        GuestMode::Dma | GuestMode::PhaseRepeat => {}
     }
     if r.rounds_done < f.rounds_wanted {
         return (
@@ -212,6 +222,9 @@ pub fn judge(f: &Facts<'_>) -> (Verdict, Option<String>) {
             }
         }
     };
+    if f.pfn_evidence_only {
+        return judge_pfn_only(r, changed, unreadable, &pfn_note);
+    }
     let unsupported = if r.unsupported > 0 {
         format!(
             "; {} device-write descriptors answered 'unsupported' (this pin mechanism cannot write), so only device reads were checked",
@@ -259,4 +272,135 @@ pub fn judge(f: &Facts<'_>) -> (Verdict, Option<String>) {
         Verdict::Coherent,
         (!unsupported.is_empty()).then(|| unsupported.trim_start_matches("; ").to_string()),
     )
+}
+
+/// The verdict of a pin that moves no data: PFNs pinned at map time against PFNs mapped now.
+fn judge_pfn_only(
+    r: &abi::Report,
+    changed: usize,
+    unreadable: Option<String>,
+    pfn_note: &str,
+) -> (Verdict, Option<String>) {
+    const ONLY: &str = "PFN evidence only";
+    if r.write_lost_pages > 0 || r.read_stale_pages > 0 {
+        return (
+            Verdict::Error,
+            Some(format!(
+                "{ONLY}, yet the guest checked data ({} lost, {} stale pages) that no device moved",
+                r.write_lost_pages, r.read_stale_pages
+            )),
+        );
+    }
+    let no_dma = format!(
+        "the device was not made to DMA ({} descriptors answered 'unsupported': no driver for it)",
+        r.unsupported
+    );
+    match (unreadable, changed) {
+        (Some(_), _) => (Verdict::Error, Some(format!("{ONLY}: {pfn_note}"))),
+        (None, 0) => (
+            Verdict::Coherent,
+            Some(format!("{ONLY}: {pfn_note}; {no_dma}")),
+        ),
+        (None, _) => (
+            Verdict::Diverged,
+            Some(format!("{ONLY}: {pfn_note}; {no_dma}")),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::{Gpa, Iova, Pfn};
+    use crate::devices::iommu::PfnChange;
+
+    fn report(unsupported: u32, lost: u32, stale: u32) -> abi::Report {
+        // SAFETY: every field of the report is an integer or an array of integers, for which
+        // all-zero bytes are a valid value.
+        let mut r: abi::Report = unsafe { std::mem::zeroed() };
+        r.status = abi::GUEST_OK;
+        r.rounds_done = 8;
+        r.unsupported = unsupported;
+        r.write_lost_pages = lost;
+        r.read_stale_pages = stale;
+        r
+    }
+
+    fn pins(changed: usize, unreadable: Option<&str>) -> Vec<PinEvidence> {
+        vec![PinEvidence {
+            iova: Iova(0x10_0000),
+            gpa: Gpa(0x40_0000),
+            len: 2 << 20,
+            pages: 512,
+            pinned_pfns_changed_pages: changed,
+            changed: (0..changed.min(1))
+                .map(|_| PfnChange {
+                    page: 0,
+                    gpa: Gpa(0x40_0000),
+                    pinned: Some(Pfn(5)),
+                    mapped: Some(Pfn(6)),
+                })
+                .collect(),
+            unreadable: unreadable.map(str::to_string),
+        }]
+    }
+
+    /// A pin that moves no data (vfio): each row is (what, changed pages, unreadable, lost,
+    /// stale, verdict). The verdict follows the PFNs alone and always says so; a guest data
+    /// check on such a pin is the lab's fault. A bug would call a discarded VFIO range coherent
+    /// because no data check failed, or hide that nothing was DMAed.
+    #[test]
+    fn pfn_evidence_only_verdicts() {
+        type Row = (&'static str, usize, Option<&'static str>, u32, u32, Verdict);
+        let rows: &[Row] = &[
+            ("PFNs unchanged", 0, None, 0, 0, Verdict::Coherent),
+            (
+                "pinned pages no longer mapped",
+                512,
+                None,
+                0,
+                0,
+                Verdict::Diverged,
+            ),
+            (
+                "PFNs unreadable",
+                0,
+                Some("pagemap: EPERM"),
+                0,
+                0,
+                Verdict::Error,
+            ),
+            ("a data check ran anyway", 0, None, 3, 0, Verdict::Error),
+            (
+                "a stale read counted anyway",
+                512,
+                None,
+                0,
+                9,
+                Verdict::Error,
+            ),
+        ];
+        for &(what, changed, unreadable, lost, stale, want) in rows {
+            let r = report(64, lost, stale);
+            let p = pins(changed, unreadable);
+            let (verdict, reason) = judge(&Facts {
+                mode: GuestMode::Dma,
+                rounds_wanted: 8,
+                guest: Some(&r),
+                failure: None,
+                pins: &p,
+                control_group: false,
+                pfn_evidence_only: true,
+            });
+            let reason = reason.unwrap_or_default();
+            assert_eq!(verdict, want, "{what}: {reason}");
+            assert!(reason.starts_with("PFN evidence only"), "{what}: {reason}");
+            if want != Verdict::Error {
+                assert!(
+                    reason.contains("64 descriptors answered 'unsupported'"),
+                    "{what}: {reason}"
+                );
+            }
+        }
+    }
 }

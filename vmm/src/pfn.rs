@@ -472,11 +472,11 @@ pub fn diff_pfns(before: &[Option<Pfn>], after: &[Option<Pfn>]) -> Vec<usize> {
 #[cfg(test)]
 pub(crate) mod test_support {
     use crate::addr::{Hva, HUGE_PAGE_SIZE};
+    use crate::mmap::Mapping;
 
     /// A private anonymous mapping of `len` bytes aligned to 2 MiB; unmapped on drop.
     pub(crate) struct AnonRegion {
-        map: *mut libc::c_void,
-        map_len: usize,
+        _map: Mapping,
         pub(crate) hva: Hva,
         pub(crate) len: u64,
     }
@@ -484,29 +484,11 @@ pub(crate) mod test_support {
     impl AnonRegion {
         /// Maps `len` bytes (a multiple of 2 MiB) and applies `advice` (e.g. MADV_HUGEPAGE).
         pub(crate) fn new(len: u64, advice: libc::c_int) -> Self {
-            let map_len = (len + HUGE_PAGE_SIZE) as usize;
-            // SAFETY: a fresh anonymous mapping; no existing memory is affected.
-            let map = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    map_len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            assert_ne!(
-                map,
-                libc::MAP_FAILED,
-                "mmap: {}",
-                std::io::Error::last_os_error()
-            );
-            let hva = Hva((map as u64).next_multiple_of(HUGE_PAGE_SIZE));
+            let map = Mapping::anonymous_aligned(len, HUGE_PAGE_SIZE, 0)
+                .unwrap_or_else(|e| panic!("test region: {e}"));
             let r = AnonRegion {
-                map,
-                map_len,
-                hva,
+                hva: map.hva(),
+                _map: map,
                 len,
             };
             r.madvise(0, len, advice);
@@ -544,13 +526,6 @@ pub(crate) mod test_support {
             for (i, b) in self.bytes().iter_mut().enumerate() {
                 *b = pattern(i);
             }
-        }
-    }
-
-    impl Drop for AnonRegion {
-        fn drop(&mut self) {
-            // SAFETY: unmapping exactly the mapping created in `new`, which nothing else owns.
-            unsafe { libc::munmap(self.map, self.map_len) };
         }
     }
 

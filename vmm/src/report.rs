@@ -63,10 +63,15 @@ pub struct Outcome {
     pub perturb: Vec<crate::scenario::Action>,
     pub evidence: Vec<crate::evidence::ActionEvidence>,
     pub console: Vec<String>,
+    /// What the bounded console did not keep (lines, bytes, unreadable records).
+    pub console_dropped: crate::console::Dropped,
     /// What happened when, on CLOCK_MONOTONIC.
     pub timeline: crate::timeline::Recorded,
     /// The kernel, its settings and the pinlab this was measured with.
     pub identity: crate::identity::Identity,
+    /// With `pin = "vfio"`: all of guest RAM's PFNs at MAP_DMA time against now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vfio: Option<crate::pin::vfio::Evidence>,
     /// Host perf tracing, when the run was traced (`--trace FILE`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace: Option<crate::trace::TraceReport>,
@@ -107,8 +112,10 @@ impl Outcome {
             perturb: s.perturb.actions.clone(),
             evidence: Vec::new(),
             console: Vec::new(),
+            console_dropped: Default::default(),
             timeline: Default::default(),
             identity: crate::identity::Identity::of_this_host(),
+            vfio: None,
             trace: None,
         }
     }
@@ -137,13 +144,27 @@ impl Outcome {
             out.push_str(&format!("  perturbations: {}\n", names.join(", ")));
         }
         for e in &self.evidence {
-            out.push_str(&format!("  {}: {}\n", e.action, e.summary));
+            let when = match e.storm_iteration {
+                Some(i) => format!("storm iteration {i}"),
+                None => format!("after round {}", e.after_round),
+            };
+            out.push_str(&format!("  {} ({when}): {}\n", e.action, e.details));
             if let Some(f) = &e.finish {
-                out.push_str(&format!("    then: {}\n", f.0));
+                out.push_str(&format!("    then: {f}\n"));
             }
+        }
+        if let Some(v) = &self.vfio {
+            out.push_str(&format!("  vfio: {}\n", v.summary));
         }
         for line in &self.console {
             out.push_str(&format!("  guest: {line}\n"));
+        }
+        let d = &self.console_dropped;
+        if d.any() {
+            out.push_str(&format!(
+                "  guest console: {} more lines ({} bytes) not kept, {} unreadable records\n",
+                d.lines, d.bytes, d.bad_records
+            ));
         }
         out.push_str(&format!(
             "  DMA: {} descriptors, {} MiB to guest, {} MiB from guest, {} rejected\n",

@@ -2,24 +2,18 @@
 //!
 //! Threads (docs/architecture.md): the vCPU thread runs the guest and its synchronous exits (and
 //! the host actions scheduled at phases, so "between rounds" is exact); the caller's thread
-//! becomes the device thread, an event-manager loop over the two doorbell ioeventfds, a timerfd
-//! for the watchdog, and an eventfd the vCPU thread signals when it is done. Before the guest
+//! becomes the device thread (`devices::serve`: the two doorbell ioeventfds, the watchdog's
+//! timerfd, and the eventfd the vCPU thread signals when it is done). Before the guest
 //! starts, a scoped prefault thread populates guest RAM and measures its THP coverage while the
 //! caller's thread creates the VM and loads the guest. Nothing outlives `run`. Every step is
 //! recorded on the run's `Timeline`.
 
-use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
 
-use event_manager::{EventManager, EventOps, EventSubscriber, Events, SubscriberOps};
 use pinlab_abi as abi;
-use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use vmm_sys_util::timerfd::TimerFd;
 
-use crate::devices::Devices;
+use crate::devices::{self, Devices, Doorbells};
 use crate::layout::Layout;
 use crate::memory::GuestRam;
 use crate::oracle::{self, Facts, GuestSummary};
@@ -34,8 +28,6 @@ use crate::vm::Vm;
 const SEED: u64 = 0x005e_ed0f_d1a6;
 /// DMA descriptor size: a 2 MiB region is moved in 4 descriptors per direction per round.
 const TRANSFER_LEN: u64 = 512 << 10;
-/// How often the watchdog looks.
-const WATCHDOG_TICK: Duration = Duration::from_millis(50);
 
 /// Why the lab could not run the scenario to a verdict. Never a statement about the kernel.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +37,7 @@ pub enum RunError {
     #[error("taking the system lock: {0}")]
     SystemLock(#[source] crate::host::errors::LockError),
     #[error("creating the [host] swapfile: {0}")]
-    Swapfile(#[source] crate::host::errors::SwapError),
+    Swapfile(#[source] Box<crate::host::errors::SwapfileError>),
     #[error("guest RAM: {0}")]
     GuestRam(#[source] crate::memory::Error),
     #[error("prefaulting guest RAM: {0}")]
@@ -54,18 +46,16 @@ pub enum RunError {
     Vm(#[source] crate::vm::Error),
     #[error("registering a doorbell: {0}")]
     Doorbell(#[source] crate::vm::Error),
-    #[error("eventfd: {0}")]
-    EventFd(#[source] std::io::Error),
-    #[error("timerfd: {0}")]
-    TimerFd(#[source] vmm_sys_util::errno::Error),
+    #[error("the device thread: {0}")]
+    Devices(#[source] devices::ServeError),
     #[error("installing the vCPU kick handler: {0}")]
     KickHandler(#[source] std::io::Error),
     #[error("spawning the {0} thread: {1}")]
     Spawn(&'static str, #[source] std::io::Error),
     #[error("the {0} thread panicked")]
     Panicked(&'static str),
-    #[error("the device event loop: {0:?}")]
-    EventManager(event_manager::Error),
+    #[error("attaching the VFIO device: {0}")]
+    Vfio(#[source] crate::pin::vfio::Error),
 }
 
 /// Why the host cannot run this scenario, in one line, or `None`.
@@ -78,6 +68,9 @@ pub fn missing_capability(s: &Scenario) -> Option<String> {
         return Some(format!(
             "KVM unavailable: /dev/kvm: {e} (load kvm_intel/kvm_amd or run where virtualization is exposed)"
         ));
+    }
+    if let Some(why) = crate::pin::vfio::missing(s) {
+        return Some(why);
     }
     if s.device.pin == PinKind::IoUring && s.workload.mode != GuestMode::Boot {
         if let Err(e) = io_uring::IoUring::new(2) {
@@ -99,6 +92,8 @@ pub fn boot_info(s: &Scenario, layout: &Layout) -> abi::BootInfo {
             GuestMode::Boot => abi::MODE_BOOT,
             GuestMode::Spin => abi::MODE_SPIN,
             GuestMode::Hostile => abi::MODE_HOSTILE,
+            GuestMode::ConsoleFlood => abi::MODE_CONSOLE_FLOOD,
+            GuestMode::PhaseRepeat => abi::MODE_PHASE_REPEAT,
         },
         ram_size: s.vm.memory.0,
         region_gpa: layout.region.start.raw(),
@@ -166,14 +161,14 @@ fn run_inner<H: PhaseHook>(
         || tracer.enabled()
         || s.perturb.actions.iter().any(|a| a.touches_system_knobs());
     let _system_lock = if touches_system {
-        Some(crate::host::SystemLock::acquire().map_err(RunError::SystemLock)?)
+        Some(crate::host::SystemLock::acquire_for(&s.name).map_err(RunError::SystemLock)?)
     } else {
         None
     };
     let _swap = match s.host.swap {
         Some(size) => Some(
             crate::host::Swapfile::create(std::path::Path::new("/var/tmp"), size.0)
-                .map_err(RunError::Swapfile)?,
+                .map_err(|e| RunError::Swapfile(Box::new(e)))?,
         ),
         None => None,
     };
@@ -188,6 +183,7 @@ fn run_inner<H: PhaseHook>(
     );
     tracer.start(timeline, (ram.hva(), ram.size()), &layout);
     let boot = boot_info(s, &layout);
+    let ram = Arc::new(RwLock::new(ram));
     // The prefault, then the THP coverage measurement, run on their own thread while this one
     // creates the VM and loads the guest (they touch the same RAM: the loader's writes and
     // MADV_POPULATE_WRITE both just fault pages in). Coverage is measured after the whole
@@ -198,6 +194,7 @@ fn run_inner<H: PhaseHook>(
                 .name("pinlab-prefault".into())
                 .spawn_scoped(scope, || {
                     let start = Mono::now();
+                    let ram = ram.read().unwrap_or_else(|p| p.into_inner());
                     ram.populate().map_err(RunError::Prefault)?;
                     let coverage = crate::pfn::thp_coverage(ram.hva(), ram.size()).ok();
                     timeline.span(
@@ -211,7 +208,7 @@ fn run_inner<H: PhaseHook>(
                 })
         });
         let start = Mono::now();
-        let created = Vm::create(&ram, &boot);
+        let created = Vm::create(ram.clone(), &boot);
         timeline.span(
             start,
             "main",
@@ -226,19 +223,34 @@ fn run_inner<H: PhaseHook>(
         };
         (created, prefault)
     });
-    let (vm, mut vcpu_fd) = created.map_err(RunError::Vm)?;
+    let vm = Arc::new(created.map_err(RunError::Vm)?);
     out.thp_coverage = prefault?;
-    let vm = Arc::new(vm);
-    let ram = Arc::new(RwLock::new(ram));
-    let devices = Arc::new(Devices::new(ram.clone(), s.device.pin));
+    // SAFETY: guest RAM outlives the attachment on every path: `vfio` is declared after `vm`
+    // (which owns guest RAM) and before `devices` (whose VFIO pins hold the attachment too), so
+    // both drop before guest RAM; and the VMM touches guest RAM only through vm-memory's
+    // volatile accesses and system calls.
+    let vfio = unsafe {
+        crate::pin::vfio::attach_for(
+            s,
+            vm.fd(),
+            &vm.ram().read().unwrap_or_else(|p| p.into_inner()),
+        )
+    }
+    .map_err(RunError::Vfio)?;
+    let devices = Arc::new(Devices::new(
+        vm.ram().clone(),
+        s.device.pin,
+        timeline.clone(),
+    ));
     let scenario = Arc::new(s.clone());
+    if let Some(a) = &vfio {
+        devices.state().iommu.attach_vfio(a.clone());
+    }
 
-    let iommu_evt = EventFd::new(EFD_NONBLOCK).map_err(RunError::EventFd)?;
-    let dma_evt = EventFd::new(EFD_NONBLOCK).map_err(RunError::EventFd)?;
-    let done_evt = EventFd::new(EFD_NONBLOCK).map_err(RunError::EventFd)?;
-    vm.register_doorbell(abi::PORT_IOMMU_DOORBELL, &iommu_evt)
+    let doorbells = Doorbells::new().map_err(RunError::Devices)?;
+    vm.register_doorbell(abi::PORT_IOMMU_DOORBELL, doorbells.iommu())
         .map_err(RunError::Doorbell)?;
-    vm.register_doorbell(abi::PORT_DMA_DOORBELL, &dma_evt)
+    vm.register_doorbell(abi::PORT_DMA_DOORBELL, doorbells.dma())
         .map_err(RunError::Doorbell)?;
     vcpu::install_kick_handler().map_err(RunError::KickHandler)?;
 
@@ -255,10 +267,10 @@ fn run_inner<H: PhaseHook>(
     let first_round_done: Mutex<Option<Mono>> = Mutex::new(None);
     let mut order = PhaseOrder::new(s.workload.rounds);
 
-    let (exit, console, end) = std::thread::scope(|scope| -> Result<_, RunError> {
+    let (exit, console, end, stopped) = std::thread::scope(|scope| -> Result<_, RunError> {
         let vcpu_devices = devices.clone();
         let vcpu_stop = stop.clone();
-        let done_signal = done_evt.try_clone().map_err(RunError::EventFd)?;
+        let done_signal = doorbells.done_signal().map_err(RunError::Devices)?;
         let env = RunEnv {
             devices: &devices,
             vm: &vm,
@@ -269,14 +281,12 @@ fn run_inner<H: PhaseHook>(
         let first_round = &first_round_done;
         let order = &mut order;
         let hook = &mut *hook;
-        let vcpu_pthread = Arc::new(AtomicU64::new(0));
-        let vcpu_pthread_w = vcpu_pthread.clone();
+        let vcpu_handle = vcpu::VcpuHandle::new();
+        let vcpu_kick = vcpu_handle.clone();
         let vcpu_thread = std::thread::Builder::new()
             .name("pinlab-vcpu".into())
             .spawn_scoped(scope, move || {
-                // SAFETY: pthread_self has no preconditions.
-                vcpu_pthread_w.store(unsafe { libc::pthread_self() } as u64, Ordering::Release);
-                let mut on_phase = |p: &abi::Phase| -> Result<(), String> {
+                let mut on_phase = |p: &abi::Phase| -> Result<vcpu::PhaseAnswer, H::Error> {
                     let phase = match order.accept(p) {
                         Ok(phase) => phase,
                         Err(why) => {
@@ -289,7 +299,7 @@ fn run_inner<H: PhaseHook>(
                                     why: why.name(),
                                 },
                             );
-                            return Ok(());
+                            return Ok(vcpu::PhaseAnswer::Refused);
                         }
                     };
                     env.timeline.instant("vcpu", What::Phase { phase });
@@ -299,40 +309,38 @@ fn run_inner<H: PhaseHook>(
                             .unwrap_or_else(|e| e.into_inner())
                             .get_or_insert_with(Mono::now);
                     }
-                    hook.at_phase(phase, &env).map_err(|e| e.to_string())
+                    hook.at_phase(phase, &env)?;
+                    Ok(vcpu::PhaseAnswer::Accepted)
                 };
                 let mut ctx = vcpu::Context {
                     devices: vcpu_devices,
                     stop: vcpu_stop,
+                    handle: vcpu_handle,
                     on_phase: &mut on_phase,
-                    console: Vec::new(),
-                    first_phase_at: None,
+                    console: crate::console::Console::new(),
                 };
-                let exit = vcpu::run(&mut vcpu_fd, &mut ctx);
+                let exit = vcpu::run(&mut env.vm.vcpu(), &mut ctx);
                 let end = Mono::now();
-                let _ = done_signal.write(1);
+                drop(done_signal);
                 (exit, ctx.console, end)
             })
             .map_err(|e| RunError::Spawn("vCPU", e))?;
 
-        let device_loop = Arc::new(DeviceLoop::new(
-            devices.clone(),
-            &iommu_evt,
-            &dma_evt,
-            &done_evt,
-            s.vm.watchdog.0,
-            stop.clone(),
-            vcpu_pthread,
-        )?);
-        let mut em: EventManager<Arc<DeviceLoop>> =
-            EventManager::new().map_err(RunError::EventManager)?;
-        em.add_subscriber(device_loop.clone());
-        while !device_loop.finished.load(Ordering::Acquire) {
-            if let Err(e) = em.run_with_timeout(100) {
-                tracing::warn!("event loop: {e:?}");
-            }
-        }
-        vcpu_thread.join().map_err(|_| RunError::Panicked("vCPU"))
+        let kick = move || vcpu_kick.kick();
+        let limits = devices::Limits {
+            idle: s.vm.watchdog.0,
+            // Generous: (rounds + 2) idle periods, where a round of configs/'s workloads takes
+            // milliseconds.
+            deadline: s
+                .vm
+                .watchdog
+                .0
+                .saturating_mul(s.workload.rounds.saturating_add(2)),
+        };
+        let stopped = devices::serve(&devices, &doorbells, limits, &stop, &kick);
+        let joined = vcpu_thread.join().map_err(|_| RunError::Panicked("vCPU"));
+        let stopped = stopped.map_err(RunError::Devices)?;
+        joined.map(|(exit, console, end)| (exit, console, end, stopped))
     })?;
     timeline.instant_at(
         end,
@@ -342,7 +350,7 @@ fn run_inner<H: PhaseHook>(
         },
     );
 
-    out.console = console;
+    (out.console, out.console_dropped) = console.into_parts();
     out.timings_ms.launch_to_guest_done = Some(ms_between(launch, end));
     out.timings_ms.launch_to_first_dma = first_round_done
         .lock()
@@ -369,6 +377,9 @@ fn run_inner<H: PhaseHook>(
         let mut st = devices.state();
         out.pins = st.iommu.evidence(&ram);
         st.iommu.clear();
+        if let Some(a) = &vfio {
+            out.vfio = Some(crate::pin::vfio::evidence(a, &ram));
+        }
         if s.vm.prefault {
             out.thp_coverage_end = crate::pfn::thp_coverage(ram.hva(), ram.size()).ok();
         }
@@ -378,13 +389,11 @@ fn run_inner<H: PhaseHook>(
     let (report, mut failure) = match exit {
         Exit::Done(r) => (Some(r), None),
         Exit::GuestFailed(why) => (None, Some(format!("guest failed: {why}"))),
-        Exit::Kvm(why) => (None, Some(why)),
+        Exit::Kvm(e) => (None, Some(e.to_string())),
+        Exit::Hook(e) => (None, Some(e.to_string())),
         Exit::Stopped => (
             None,
-            Some(format!(
-                "watchdog: the guest made no progress for {}; stopped",
-                s.vm.watchdog
-            )),
+            Some(stopped.map_or_else(|| "stopped".to_string(), |r| r.to_string())),
         ),
     };
     if let (None, Some(e)) = (&failure, finish_error) {
@@ -405,113 +414,12 @@ fn run_inner<H: PhaseHook>(
         failure,
         pins: &out.pins,
         control_group: s.device.pin == PinKind::Mapping,
+        pfn_evidence_only: s.device.pin == PinKind::Vfio,
     });
     out.verdict = verdict;
     out.reason = reason;
-    // The VM goes before guest RAM: drop order here is explicit (every clone of the Arc was
-    // dropped with the perturbations' threads, joined in `hook.finish()` above).
+    // The VM closes its vCPU and VM fds before it lets go of its share of guest RAM (`Vm`'s
+    // field order); the perturbations' clones of it went with their threads in `hook.finish()`.
     drop(vm);
     Ok(())
-}
-
-/// The device thread's subscriber: doorbells, watchdog, done.
-struct DeviceLoop {
-    devices: Arc<Devices>,
-    iommu_fd: i32,
-    dma_fd: i32,
-    done_fd: i32,
-    timer: Mutex<TimerFd>,
-    timer_fd: i32,
-    watchdog: Duration,
-    stop: Arc<AtomicBool>,
-    /// The vCPU thread's pthread, once it has started (0 before).
-    vcpu: Arc<AtomicU64>,
-    last: Mutex<(u64, Instant)>,
-    finished: AtomicBool,
-}
-
-impl DeviceLoop {
-    fn new(
-        devices: Arc<Devices>,
-        iommu: &EventFd,
-        dma: &EventFd,
-        done: &EventFd,
-        watchdog: Duration,
-        stop: Arc<AtomicBool>,
-        vcpu: Arc<AtomicU64>,
-    ) -> Result<Self, RunError> {
-        let mut timer = TimerFd::new().map_err(RunError::TimerFd)?;
-        timer
-            .reset(WATCHDOG_TICK, Some(WATCHDOG_TICK))
-            .map_err(RunError::TimerFd)?;
-        let timer_fd = timer.as_raw_fd();
-        Ok(DeviceLoop {
-            devices,
-            iommu_fd: iommu.as_raw_fd(),
-            dma_fd: dma.as_raw_fd(),
-            done_fd: done.as_raw_fd(),
-            timer: Mutex::new(timer),
-            timer_fd,
-            watchdog,
-            stop,
-            vcpu,
-            last: Mutex::new((0, Instant::now())),
-            finished: AtomicBool::new(false),
-        })
-    }
-
-    fn drain(fd: i32) {
-        let mut buf = [0u8; 8];
-        // SAFETY: reading 8 bytes from an eventfd/timerfd we own into a local buffer.
-        unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, 8) };
-    }
-
-    fn watchdog_tick(&self) {
-        if let Ok(mut t) = self.timer.lock() {
-            let _ = t.wait();
-        }
-        let now_progress = self.devices.progress.load(Ordering::Relaxed);
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        if now_progress != last.0 {
-            *last = (now_progress, Instant::now());
-            return;
-        }
-        if last.1.elapsed() >= self.watchdog || self.stop.load(Ordering::Acquire) {
-            self.stop.store(true, Ordering::Release);
-            // Kick until the vCPU thread says it is done (a kick that lands just before
-            // KVM_RUN is lost; the next tick sends another).
-            let thread = self.vcpu.load(Ordering::Acquire);
-            if thread != 0 {
-                // SAFETY: `thread` is the pthread of the vCPU thread, which is joined only
-                // after this loop has finished, so it is alive.
-                unsafe { libc::pthread_kill(thread as libc::pthread_t, vcpu::kick_signal()) };
-            }
-        }
-    }
-}
-
-impl EventSubscriber for DeviceLoop {
-    fn process(&self, events: Events, _ops: &mut EventOps) {
-        let fd = events.fd();
-        if fd == self.iommu_fd {
-            Self::drain(fd);
-            self.devices.service_iommu();
-        } else if fd == self.dma_fd {
-            Self::drain(fd);
-            self.devices.service_dma();
-        } else if fd == self.timer_fd {
-            self.watchdog_tick();
-        } else if fd == self.done_fd {
-            Self::drain(fd);
-            self.finished.store(true, Ordering::Release);
-        }
-    }
-
-    fn init(&self, ops: &mut EventOps) {
-        for fd in [self.iommu_fd, self.dma_fd, self.done_fd, self.timer_fd] {
-            if let Err(e) = ops.add(Events::with_data_raw(fd, 0, EventSet::IN)) {
-                tracing::error!("registering fd {fd} with the event loop: {e:?}");
-            }
-        }
-    }
 }

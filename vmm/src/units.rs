@@ -1,8 +1,9 @@
 //! Sizes ("64MiB") and durations ("5ms") as they are written in configs and on the command line.
 //!
-//! Hand-rolled on purpose: the grammar is two dozen lines, binary units only (a config that says
-//! "64MB" is ambiguous, so it is rejected with the units that are accepted), and the error must
-//! name the offending text so `config` can name the key.
+//! Hand-rolled on purpose: the grammar is two dozen lines and the error must name the offending
+//! text so `config` can name the key. The rule for sizes is one: binary units spelled with the
+//! `i` (B, KiB, MiB, GiB). "64MB" and "64M" are both refused, since either could mean 10^6 or
+//! 2^20, and the message states the rule.
 
 use std::fmt;
 use std::str::FromStr;
@@ -14,7 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub enum Error {
     #[error("`{0}` has no number")]
     NoNumber(String),
-    #[error("`{text}`: bad size unit `{unit}` (use B, KiB, MiB or GiB)")]
+    #[error("`{text}`: size unit `{unit}` refused: sizes are binary, written B, KiB, MiB or GiB (1MiB = 1048576 bytes); K/M/G and KB/MB/GB are ambiguous")]
     SizeUnit { text: String, unit: String },
     #[error("`{text}`: bad duration unit `{unit}` (use ns, us, ms, s or min)")]
     DurationUnit { text: String, unit: String },
@@ -56,9 +57,9 @@ impl FromStr for ByteSize {
         let (n, unit) = split_number(text)?;
         let shift = match unit {
             "" | "B" => 0,
-            "K" | "KiB" => 10,
-            "M" | "MiB" => 20,
-            "G" | "GiB" => 30,
+            "KiB" => 10,
+            "MiB" => 20,
+            "GiB" => 30,
             _ => {
                 return Err(Error::SizeUnit {
                     text: text.to_string(),
@@ -166,7 +167,10 @@ mod tests {
     fn sizes() {
         let rows: &[(&str, Result<u64, ()>)] = &[
             ("64MiB", Ok(64 << 20)),
-            ("2M", Ok(2 << 20)),
+            ("2M", Err(())),
+            ("2MiB", Ok(2 << 20)),
+            ("4K", Err(())),
+            ("1G", Err(())),
             ("4 KiB", Ok(4096)),
             ("1GiB", Ok(1 << 30)),
             ("512", Ok(512)),

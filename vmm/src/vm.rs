@@ -5,11 +5,15 @@
 //! (`pinlab_abi`'s layout), and sets the vCPU's registers. It does not run the vCPU (`vcpu`)
 //! and knows nothing of devices beyond registering their doorbell eventfds.
 //!
+//! `Vm` owns what KVM refers to, in the order KVM needs them gone: the vCPU fd, the VM fd, then
+//! its share of guest RAM (see the struct), so the memslot never names unmapped memory.
+//!
 //! Why CPL3 with IOPL=3: on this host's KVM-PVM, CPL0 guest code is emulated instruction by
 //! instruction and SSE fails there; CPL3 runs natively and port I/O still exits to the VMM
-//! (see shared/host-notes.md). The same state works on VT-x hosts.
+//! (the host facts in docs/architecture.md). The same state works on VT-x hosts.
 
 use std::io::Cursor;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use kvm_bindings::{kvm_fpu, kvm_segment, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VcpuFd, VmFd};
@@ -17,7 +21,7 @@ use linux_loader::loader::{elf::Elf, KernelLoader};
 use pinlab_abi as abi;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::addr::Gpa;
+use crate::addr::{Gpa, Hva};
 use crate::memory::GuestRam;
 
 /// The guest ELF, built from `guest-image/guest` by build.rs.
@@ -58,6 +62,8 @@ pub enum Error {
     ImageTooLarge { end: u64, stack: u64 },
     #[error("writing boot structures into guest RAM failed: {0}")]
     BootWrite(crate::memory::Error),
+    #[error("moving guest RAM failed: {0}")]
+    Remap(crate::memory::Error),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -65,19 +71,37 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// The memslot guest RAM lives in.
 const RAM_SLOT: u32 = 0;
 
-/// A KVM VM with its RAM registered. Its vCPU is handed out separately (it moves to the vCPU
-/// thread); the owner drops the vCPU, then this, then guest RAM.
+/// A KVM VM with its RAM registered and its one vCPU.
+///
+/// Field order is drop order, and it is the order KVM needs:
+/// 1. `vcpu`: a vCPU fd holds a reference on the VM inside the kernel, so the VM (and its
+///    memslot) lives until the vCPU fd is closed too;
+/// 2. `fd`: closing the VM fd, the last reference, destroys the VM, its memslot and its MMU
+///    notifier (the /dev/kvm fd it came from is closed at the end of `create`; the VM does not
+///    need it);
+/// 3. `ram`: this share of guest RAM is released only then, so while any fd KVM could reach
+///    guest RAM through is open, the memory behind memslot 0 stays mapped (other shares, the
+///    devices', can only keep it longer).
 pub struct Vm {
-    pub vm: VmFd,
-    pub kvm: Kvm,
+    vcpu: Mutex<VcpuFd>,
+    fd: VmFd,
+    ram: Arc<RwLock<GuestRam>>,
 }
 
 /// KVM_CREATE_VM retries after EINTR (see `Vm::create`).
 const CREATE_VM_ATTEMPTS: u32 = 8;
 
+fn read(ram: &RwLock<GuestRam>) -> RwLockReadGuard<'_, GuestRam> {
+    ram.read().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Vm {
-    /// Creates the VM, registers `ram` as slot 0, loads the guest, prepares the vCPU.
-    pub fn create(ram: &GuestRam, boot: &abi::BootInfo) -> Result<(Vm, VcpuFd)> {
+    /// Creates the VM, registers `ram` as slot 0, loads the guest, prepares the vCPU. The VM
+    /// keeps `ram` (a share of it) until it is dropped.
+    ///
+    /// `ram` is read-locked while the guest is loaded, so a prefault may run beside this (it
+    /// only reads the lock too) but nothing can move RAM meanwhile.
+    pub fn create(ram: Arc<RwLock<GuestRam>>, boot: &abi::BootInfo) -> Result<Vm> {
         let kvm = Kvm::new().map_err(Error::OpenKvm)?;
         let version = kvm.get_api_version();
         if version != 12 {
@@ -89,7 +113,7 @@ impl Vm {
         // capability probe does) sets it. Nothing was created; the next attempt, after the
         // return to user space ran the task work, goes through.
         let mut attempts = 0;
-        let vm = loop {
+        let fd = loop {
             match kvm.create_vm() {
                 Err(e) if e.errno() == libc::EINTR && attempts < CREATE_VM_ATTEMPTS => {
                     attempts += 1;
@@ -97,33 +121,50 @@ impl Vm {
                 r => break r.map_err(Error::CreateVm)?,
             }
         };
-        let created = Vm { vm, kvm };
-        created.set_ram(ram)?;
-        let entry = load_guest(ram)?;
-        write_boot_structures(ram, boot)?;
-        let vcpu = created.vm.create_vcpu(0).map_err(Error::CreateVcpu)?;
-        created.setup_vcpu(&vcpu, entry)?;
-        Ok((created, vcpu))
-    }
-
-    /// (Re-)points memslot 0 at `ram`'s current host mapping. After guest RAM moved (mremap),
-    /// KVM refuses to change a slot's userspace address in place, so the slot is deleted and
-    /// created again.
-    pub fn set_ram(&self, ram: &GuestRam) -> Result<()> {
-        let region = kvm_userspace_memory_region {
-            slot: RAM_SLOT,
-            flags: 0,
-            guest_phys_addr: 0,
-            memory_size: ram.size(),
-            userspace_addr: ram.hva().raw(),
+        // On an error below, the locals drop in reverse order of declaration: the vCPU fd (if
+        // made), the VM fd, then `ram`, the order `Vm`'s fields give.
+        let entry = {
+            let guest = read(&ram);
+            set_ram(&fd, &guest)?;
+            let entry = load_guest(&guest)?;
+            write_boot_structures(&guest, boot)?;
+            entry
         };
-        // SAFETY: the region is guest RAM, mapped for as long as `ram` lives; the caller keeps
-        // `ram` alive longer than this VM (see `Vm`'s field order and the runner).
-        unsafe { self.vm.set_user_memory_region(region) }.map_err(Error::SetUserMemoryRegion)
+        let vcpu = fd.create_vcpu(0).map_err(Error::CreateVcpu)?;
+        setup_vcpu(&kvm, &vcpu, entry)?;
+        Ok(Vm {
+            vcpu: Mutex::new(vcpu),
+            fd,
+            ram,
+        })
     }
 
-    /// Moves slot 0 to `ram`'s new mapping.
-    pub fn repoint_ram(&self, ram: &GuestRam) -> Result<()> {
+    /// The VM fd (for devices KVM must know about, e.g. the KVM VFIO device).
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
+    /// Guest RAM, as the devices share it.
+    pub fn ram(&self) -> &Arc<RwLock<GuestRam>> {
+        &self.ram
+    }
+
+    /// The vCPU, for the thread that runs it. Only that thread takes it, for the whole run (the
+    /// lock is what lets the `Vm` be shared with the device thread and the host actions
+    /// meanwhile); a second taker would wait until the run is over.
+    pub fn vcpu(&self) -> MutexGuard<'_, VcpuFd> {
+        self.vcpu.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves guest RAM (`GuestRam::remap`) and memslot 0 with it; returns the old address.
+    /// `ram` is this VM's RAM, write-locked by the caller (`self.ram().write()`), so no device
+    /// reads it meanwhile.
+    ///
+    /// The slot is deleted before the move and created again after it (KVM refuses to change a
+    /// slot's userspace address in place). While it is gone, a vCPU that runs (a storm) finds no
+    /// RAM (its accesses exit as MMIO, or the guest fails) and never reaches the range the move
+    /// frees, which another mapping of this process may take at once. If the move fails, the slot comes back where RAM is.
+    pub fn remap_ram(&self, ram: &mut GuestRam, dontunmap: bool) -> Result<Hva> {
         let delete = kvm_userspace_memory_region {
             slot: RAM_SLOT,
             flags: 0,
@@ -131,94 +172,113 @@ impl Vm {
             memory_size: 0,
             userspace_addr: 0,
         };
-        // SAFETY: deleting the slot makes KVM drop its references to the old mapping.
-        unsafe { self.vm.set_user_memory_region(delete) }.map_err(Error::SetUserMemoryRegion)?;
-        self.set_ram(ram)
+        // SAFETY: deleting a slot names no memory; before the ioctl returns, KVM zaps the
+        // slot's guest mappings and waits (SRCU) until no vCPU uses the old memslot array, so
+        // nothing in KVM refers to the old host range afterwards.
+        unsafe { self.fd.set_user_memory_region(delete) }.map_err(Error::SetUserMemoryRegion)?;
+        let moved = ram.remap(dontunmap);
+        set_ram(&self.fd, ram)?;
+        moved.map_err(Error::Remap)
     }
 
     /// Registers `fd` to be signalled by a guest write to `port`, with no exit to the VMM.
     pub fn register_doorbell(&self, port: u16, fd: &EventFd) -> Result<()> {
-        self.vm
+        self.fd
             .register_ioevent(fd, &IoEventAddress::Pio(port as u64), NoDatamatch)
             .map_err(|source| Error::RegisterIoevent { port, source })
     }
+}
 
-    fn setup_vcpu(&self, vcpu: &VcpuFd, entry: u64) -> Result<()> {
-        let cpuid = self
-            .kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(Error::GetSupportedCpuid)?;
-        vcpu.set_cpuid2(&cpuid).map_err(Error::SetCpuid)?;
+/// Points memslot 0 at `ram`'s current host mapping.
+fn set_ram(fd: &VmFd, ram: &GuestRam) -> Result<()> {
+    let region = kvm_userspace_memory_region {
+        slot: RAM_SLOT,
+        flags: 0,
+        guest_phys_addr: 0,
+        memory_size: ram.size(),
+        userspace_addr: ram.hva().raw(),
+    };
+    // SAFETY: the region is guest RAM's whole mapping, live now, and it stays mapped for as long
+    // as KVM may use the slot: the `Vm` (or, inside `Vm::create`, the order of its locals)
+    // holds a share of the RAM and releases it only after the vCPU and VM fds are closed, and
+    // the mapping only moves inside `Vm::remap_ram`, with the slot deleted.
+    unsafe { fd.set_user_memory_region(region) }.map_err(Error::SetUserMemoryRegion)
+}
 
-        let mut sregs = vcpu.get_sregs().map_err(Error::GetSregs)?;
-        let code = kvm_segment {
-            base: 0,
-            limit: 0xffff_ffff,
-            selector: abi::USER_CS,
-            type_: 0xb, // execute/read, accessed
-            present: 1,
-            dpl: 3,
-            db: 0,
-            s: 1,
-            l: 1,
-            g: 1,
-            ..Default::default()
-        };
-        let data = kvm_segment {
-            selector: abi::USER_DS,
-            type_: 0x3, // read/write, accessed
-            l: 0,
-            db: 1,
-            ..code
-        };
-        sregs.cs = code;
-        sregs.ds = data;
-        sregs.es = data;
-        sregs.fs = data;
-        sregs.gs = data;
-        sregs.ss = data;
-        sregs.tr = kvm_segment {
-            base: TSS_GPA,
-            limit: TSS_LIMIT as u32,
-            selector: abi::TSS_SEL,
-            type_: 0xb, // busy 64-bit TSS
-            present: 1,
-            s: 0,
-            ..Default::default()
-        };
-        sregs.ldt = kvm_segment {
-            unusable: 1,
-            ..Default::default()
-        };
-        sregs.gdt.base = abi::GDT_GPA;
-        sregs.gdt.limit = (GDT.len() * 8 - 1) as u16;
-        sregs.idt.base = 0;
-        sregs.idt.limit = 0;
-        sregs.cr0 = 0x8000_0033; // PG | NE | ET | MP | PE; EM and TS clear (SSE usable)
-        sregs.cr3 = abi::PML4_GPA;
-        sregs.cr4 = 0x620; // PAE | OSFXSR | OSXMMEXCPT
-        sregs.efer = 0x500; // LME | LMA
-        vcpu.set_sregs(&sregs).map_err(Error::SetSregs)?;
+fn setup_vcpu(kvm: &Kvm, vcpu: &VcpuFd, entry: u64) -> Result<()> {
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(Error::GetSupportedCpuid)?;
+    vcpu.set_cpuid2(&cpuid).map_err(Error::SetCpuid)?;
 
-        let fpu = kvm_fpu {
-            fcw: 0x37f,
-            mxcsr: 0x1f80,
-            ..Default::default()
-        };
-        vcpu.set_fpu(&fpu).map_err(Error::SetFpu)?;
+    let mut sregs = vcpu.get_sregs().map_err(Error::GetSregs)?;
+    let code = kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector: abi::USER_CS,
+        type_: 0xb, // execute/read, accessed
+        present: 1,
+        dpl: 3,
+        db: 0,
+        s: 1,
+        l: 1,
+        g: 1,
+        ..Default::default()
+    };
+    let data = kvm_segment {
+        selector: abi::USER_DS,
+        type_: 0x3, // read/write, accessed
+        l: 0,
+        db: 1,
+        ..code
+    };
+    sregs.cs = code;
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.tr = kvm_segment {
+        base: TSS_GPA,
+        limit: TSS_LIMIT as u32,
+        selector: abi::TSS_SEL,
+        type_: 0xb, // busy 64-bit TSS
+        present: 1,
+        s: 0,
+        ..Default::default()
+    };
+    sregs.ldt = kvm_segment {
+        unusable: 1,
+        ..Default::default()
+    };
+    sregs.gdt.base = abi::GDT_GPA;
+    sregs.gdt.limit = (GDT.len() * 8 - 1) as u16;
+    sregs.idt.base = 0;
+    sregs.idt.limit = 0;
+    sregs.cr0 = 0x8000_0033; // PG | NE | ET | MP | PE; EM and TS clear (SSE usable)
+    sregs.cr3 = abi::PML4_GPA;
+    sregs.cr4 = 0x620; // PAE | OSFXSR | OSXMMEXCPT
+    sregs.efer = 0x500; // LME | LMA
+    vcpu.set_sregs(&sregs).map_err(Error::SetSregs)?;
 
-        let regs = kvm_bindings::kvm_regs {
-            rip: entry,
-            rsp: abi::STACK_TOP_GPA,
-            rflags: 0x3002, // IOPL 3, reserved bit 1, interrupts off
-            ..Default::default()
-        };
-        vcpu.set_regs(&regs).map_err(Error::SetRegs)?;
-        if let Ok(r) = vcpu.get_regs() {
-            tracing::debug!("vcpu rflags after set: {:#x}", r.rflags);
-        }
-        Ok(())
+    let fpu = kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
+    vcpu.set_fpu(&fpu).map_err(Error::SetFpu)?;
+
+    let regs = kvm_bindings::kvm_regs {
+        rip: entry,
+        rsp: abi::STACK_TOP_GPA,
+        rflags: 0x3002, // IOPL 3, reserved bit 1, interrupts off
+        ..Default::default()
+    };
+    vcpu.set_regs(&regs).map_err(Error::SetRegs)?;
+    if let Ok(r) = vcpu.get_regs() {
+        tracing::debug!("vcpu rflags after set: {:#x}", r.rflags);
     }
+    Ok(())
 }
 
 /// The TSS: never used for stacks (no interrupts), but its I/O bitmap is what lets the guest's

@@ -89,6 +89,15 @@ pub const MODE_DMA: u32 = 1;
 pub const MODE_BOOT: u32 = 2;
 pub const MODE_SPIN: u32 = 3;
 pub const MODE_HOSTILE: u32 = 4;
+/// Hostile: print console lines in a loop, never anything else. The VMM must keep its console
+/// bounded and stop the guest (no progress) at its watchdog.
+pub const MODE_CONSOLE_FLOOD: u32 = 5;
+/// Hostile: the DMA workload, with `ROUNDS_START` and every `ROUND_DONE` sent
+/// `1 + PHASE_REPEAT_EXTRA` times. The VMM must act on each phase once and refuse the repeats.
+pub const MODE_PHASE_REPEAT: u32 = 6;
+
+/// In `MODE_PHASE_REPEAT`, how many times each repeated marker is sent again.
+pub const PHASE_REPEAT_EXTRA: u32 = 2;
 
 /// `BootInfo::directions` bits.
 pub const DIR_FROM_GUEST: u32 = 1;

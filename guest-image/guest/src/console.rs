@@ -24,7 +24,8 @@ impl Line {
 
     pub fn flush(&mut self) {
         let gpa = &self.msg as *const abi::ConsoleMsg as u64;
-        outl(abi::PORT_CONSOLE, gpa as u32);
+        // SAFETY: the address of this line's record, alive for the exit; the VMM only reads it.
+        unsafe { outl(abi::PORT_CONSOLE, gpa as u32) };
         self.msg.len = 0;
     }
 }

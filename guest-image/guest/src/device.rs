@@ -64,7 +64,9 @@ impl Queue {
         unsafe {
             let dp = self.base.add(abi::descriptor_offset(slot) as usize) as *mut abi::Descriptor;
             dp.write_volatile(d);
-            let cp = self.base.add(abi::completion_offset(self.entries, slot) as usize)
+            let cp = self
+                .base
+                .add(abi::completion_offset(self.entries, slot) as usize)
                 as *mut abi::Completion;
             cp.write_volatile(abi::Completion::default());
         }
@@ -76,13 +78,15 @@ impl Queue {
     pub fn ring(&self) {
         fence(Ordering::Release);
         self.header_field(0).store(self.tail, Ordering::Release);
-        outl(self.doorbell, 1);
+        // SAFETY: this queue's memory is the device's to read and write (`Queue::new`).
+        unsafe { outl(self.doorbell, 1) };
     }
 
     /// Publish an arbitrary `tail` (hostile mode only).
     pub fn ring_with_tail(&self, tail: u32) {
         self.header_field(0).store(tail, Ordering::Release);
-        outl(self.doorbell, 1);
+        // SAFETY: as in `ring`; a forged tail is the device's to refuse, not to act on.
+        unsafe { outl(self.doorbell, 1) };
     }
 
     /// Forget a fault: clear it, resynchronise `tail` with the device's `head`.
@@ -122,7 +126,9 @@ impl Queue {
         let slot = n % self.entries;
         // SAFETY: slot < entries; the device wrote it before publishing head.
         unsafe {
-            (self.base.add(abi::completion_offset(self.entries, slot) as usize)
+            (self
+                .base
+                .add(abi::completion_offset(self.entries, slot) as usize)
                 as *const abi::Completion)
                 .read_volatile()
         }
@@ -173,7 +179,8 @@ pub fn setup(iommu: u64, iommu_entries: u32, dma: u64, dma_entries: u32) -> u32 
         _pad: 0,
     };
     let p = &mut s as *mut abi::DeviceSetup;
-    outl(abi::PORT_SETUP, p as u64 as u32);
+    // SAFETY: `p` is the live local record, which the VMM reads and writes during the exit.
+    unsafe { outl(abi::PORT_SETUP, p as u64 as u32) };
     // SAFETY: `p` points at the local, which the VMM wrote during the synchronous exit.
     unsafe { core::ptr::addr_of!((*p).status).read_volatile() }
 }
@@ -187,7 +194,8 @@ pub fn phase(phase: u32, round: u32) {
         _pad: 0,
     };
     let ptr = &mut p as *mut abi::Phase;
-    outl(abi::PORT_PHASE, ptr as u64 as u32);
+    // SAFETY: `ptr` is the live local record, which the VMM reads and acknowledges in.
+    unsafe { outl(abi::PORT_PHASE, ptr as u64 as u32) };
     // SAFETY: as for setup: a synchronous exit wrote the ack into this local.
     let _ack = unsafe { core::ptr::addr_of!((*ptr).ack).read_volatile() };
 }

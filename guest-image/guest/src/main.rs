@@ -1,7 +1,8 @@
 //! The pinlab guest: a freestanding program the VMM boots at CPL3 in long mode.
 //!
 //! It reads its boot info, tells the devices where its queues are, and runs the mode the VMM
-//! asked for: the DMA workload, a minimal boot, a spin (for the watchdog), or hostile requests.
+//! asked for: the DMA workload, a minimal boot, a spin (for the watchdog), hostile requests, a
+//! console flood, or the workload with its phase markers repeated.
 
 #![no_std]
 #![no_main]
@@ -9,6 +10,7 @@
 mod console;
 mod device;
 mod hostile;
+mod panic;
 mod report;
 mod rt;
 mod workload;
@@ -32,17 +34,29 @@ pub extern "C" fn guest_main() -> ! {
     let dq = core::ptr::addr_of_mut!(DMA_QUEUE);
     match info.mode {
         abi::MODE_BOOT => {
-            println!("pinlab guest: up at CPL3, {} MiB of RAM", info.ram_size >> 20);
+            println!(
+                "pinlab guest: up at CPL3, {} MiB of RAM",
+                info.ram_size >> 20
+            );
             report::done(abi::GUEST_OK)
         }
         abi::MODE_SPIN => loop {
             rt::pause();
         },
         abi::MODE_HOSTILE => {
-            hostile::run(&info, iq, dq);
+            report::with(|r| hostile::run(&info, iq, dq, r));
             report::done(abi::GUEST_OK)
         }
-        abi::MODE_DMA => {
+        abi::MODE_CONSOLE_FLOOD => {
+            let mut n: u64 = 0;
+            loop {
+                println!(
+                    "flood {n:>20}: a hostile guest prints without end; the VMM keeps a bounded console and counts the rest"
+                );
+                n = n.wrapping_add(1);
+            }
+        }
+        abi::MODE_DMA | abi::MODE_PHASE_REPEAT => {
             let st = device::setup(iq as u64, device::ENTRIES, dq as u64, device::ENTRIES);
             if st != abi::STATUS_OK {
                 println!("guest: device setup refused: {}", abi::status_name(st));
@@ -55,7 +69,12 @@ pub extern "C" fn guest_main() -> ! {
                     Queue::new(dq, abi::PORT_DMA_DOORBELL),
                 )
             };
-            workload::run(&info, &mut iommu, &mut dma);
+            let repeat = if info.mode == abi::MODE_PHASE_REPEAT {
+                abi::PHASE_REPEAT_EXTRA
+            } else {
+                0
+            };
+            report::with(|r| workload::run(&info, &mut iommu, &mut dma, r, repeat));
             report::done(abi::GUEST_OK)
         }
         other => {

@@ -1,9 +1,10 @@
-//! The guest's runtime: entry point, the mem* functions the compiler calls, port I/O, panics.
+//! The guest's runtime: entry point, the mem* functions the compiler calls, port I/O.
 //!
 //! The host sysroot does not give a freestanding binary `memcpy` and friends, so they are here
 //! in assembly (`rep movsb`/`stosb`). The VMM enters `_start` at CPL3 with IOPL=3, RSP at the
 //! ABI's stack top, interrupts off. Nothing here may use `cli`, `hlt` or any privileged
-//! instruction: on KVM-PVM they fault.
+//! instruction: on KVM-PVM they fault. It depends on nothing else in the guest (the panic handler
+//! is in `panic`).
 
 use core::arch::{asm, global_asm};
 
@@ -72,22 +73,24 @@ pub extern "C" fn rust_eh_personality() {}
 
 /// A 32-bit port write. At CPL3 with IOPL=3 this is allowed; it exits to the VMM unless the
 /// port is an ioeventfd doorbell.
+///
+/// # Safety
+/// The VMM acts on what is written: for the record ports (`PORT_CONSOLE`, `PORT_SETUP`,
+/// `PORT_PHASE`, `PORT_DONE`) `value` must be the address of a live record of that port's type,
+/// which the VMM reads and, for setup and phase, writes back during the exit; for a doorbell,
+/// the queue it names must be one the device may read and write (see `device::Queue::new`).
 #[inline(always)]
-pub fn outl(port: u16, value: u32) {
-    // SAFETY: port I/O has no memory effects in the guest; the VMM defines these ports.
-    unsafe { asm!("out dx, eax", in("dx") port, in("eax") value, options(nostack, preserves_flags)) };
+pub unsafe fn outl(port: u16, value: u32) {
+    // SAFETY: `out` touches no guest memory itself; what the VMM reads or writes during the exit
+    // is the caller's contract above, and the asm is not `nomem`, so the compiler assumes memory
+    // may have changed across it.
+    unsafe {
+        asm!("out dx, eax", in("dx") port, in("eax") value, options(nostack, preserves_flags))
+    };
 }
 
 /// A spin-wait hint for polling loops.
 #[inline(always)]
 pub fn pause() {
     core::hint::spin_loop();
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
-    let mut w = crate::console::Line::new();
-    let _ = core::fmt::write(&mut w, format_args!("guest panic: {info}"));
-    w.flush();
-    crate::report::abort()
 }

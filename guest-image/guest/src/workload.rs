@@ -1,11 +1,21 @@
 //! The DMA workload: map the region, then per round: CPU writes pattern P -> device reads
 //! (from-guest) -> compare the device's per-page checksums with the guest's own; device writes
 //! pattern Q (to-guest) -> the CPU verifies every byte. Failing pages go to the report.
+//!
+//! With `repeat > 0` (MODE_PHASE_REPEAT, a hostile guest) the rounds-start and round-done
+//! markers are each sent `1 + repeat` times; the VMM must act on each phase once.
 
 use pinlab_abi as abi;
 
 use crate::device::{self, Queue};
 use crate::{println, report};
+
+/// Announces `phase` `1 + repeat` times.
+fn phase(code: u32, round: u32, repeat: u32) {
+    for _ in 0..=repeat {
+        device::phase(code, round);
+    }
+}
 
 const WORDS_PER_PAGE: usize = (abi::PAGE_SIZE / 8) as usize;
 
@@ -26,16 +36,18 @@ fn region_words(info: &abi::BootInfo) -> &'static mut [u64] {
     // SAFETY: the VMM validated the region against guest RAM, and the guest identity-maps all
     // of it; nothing else in the guest aliases DMA RAM.
     unsafe {
-        core::slice::from_raw_parts_mut(
-            info.region_gpa as *mut u64,
-            (info.region_len / 8) as usize,
-        )
+        core::slice::from_raw_parts_mut(info.region_gpa as *mut u64, (info.region_len / 8) as usize)
     }
 }
 
-pub fn run(info: &abi::BootInfo, iommu: &mut Queue, dma: &mut Queue) {
+pub fn run(
+    info: &abi::BootInfo,
+    iommu: &mut Queue,
+    dma: &mut Queue,
+    r: &mut abi::Report,
+    repeat: u32,
+) {
     let pages = (info.region_len / abi::PAGE_SIZE) as usize;
-    let r = report::get();
     r.region_pages = pages as u32;
 
     let st = iommu.call(device::map_desc(
@@ -49,7 +61,7 @@ pub fn run(info: &abi::BootInfo, iommu: &mut Queue, dma: &mut Queue) {
         report::abort();
     }
     device::phase(abi::PHASE_MAPPED, 0);
-    device::phase(abi::PHASE_ROUNDS_START, 0);
+    phase(abi::PHASE_ROUNDS_START, 0, repeat);
 
     let words = region_words(info);
     let first_word = info.region_iova / 8;
@@ -75,12 +87,15 @@ pub fn run(info: &abi::BootInfo, iommu: &mut Queue, dma: &mut Queue) {
             abi::page_checksums(words, &mut guest_sums[..pages]);
             dev_sums[..pages].fill(0);
             let sums_gpa = dev_sums.as_ptr() as u64;
-            let (errors, unsupported) = transfer(info, dma, chunk, abi::OP_FROM_GUEST, |off| {
+            let (errors, unsupported) = transfer(info, dma, chunk, abi::OP_FROM_GUEST, r, |off| {
                 sums_gpa + off / abi::PAGE_SIZE * 8
             });
             rec.dma_errors += errors;
             r.unsupported += unsupported;
-            for p in 0..pages {
+            // A mechanism that cannot read (vfio: no driver for the device) said so: the device
+            // wrote no checksums, nothing to compare this round.
+            let compare = if unsupported == 0 { pages } else { 0 };
+            for p in 0..compare {
                 if dev_sums[p] != guest_sums[p] {
                     rec.read_stale_pages += 1;
                     if set_bit(&mut r.read_stale_bitmap, p) {
@@ -94,12 +109,16 @@ pub fn run(info: &abi::BootInfo, iommu: &mut Queue, dma: &mut Queue) {
         }
         if info.directions & abi::DIR_TO_GUEST != 0 {
             let seed = abi::pattern_seed(info.seed, round, 1);
-            let (errors, unsupported) = transfer(info, dma, chunk, abi::OP_TO_GUEST, |_| seed);
+            let (errors, unsupported) = transfer(info, dma, chunk, abi::OP_TO_GUEST, r, |_| seed);
             rec.dma_errors += errors;
             r.unsupported += unsupported;
             // A mechanism that cannot write (vmsplice) said so: nothing to verify this round.
             let verify = unsupported == 0;
-            for (p, page) in words.chunks_exact(WORDS_PER_PAGE).enumerate().filter(|_| verify) {
+            for (p, page) in words
+                .chunks_exact(WORDS_PER_PAGE)
+                .enumerate()
+                .filter(|_| verify)
+            {
                 let base = first_word + (p * WORDS_PER_PAGE) as u64;
                 if !abi::pattern_matches(page, seed, base) {
                     rec.write_lost_pages += 1;
@@ -120,7 +139,7 @@ pub fn run(info: &abi::BootInfo, iommu: &mut Queue, dma: &mut Queue) {
             r.rounds[n] = rec;
             r.round_records += 1;
         }
-        device::phase(abi::PHASE_ROUND_DONE, round);
+        phase(abi::PHASE_ROUND_DONE, round, repeat);
     }
 
     let st = iommu.call(device::unmap_desc(info.region_iova, info.region_len));
@@ -137,9 +156,9 @@ fn transfer(
     q: &mut Queue,
     chunk: u64,
     op: u32,
+    r: &mut abi::Report,
     arg: impl Fn(u64) -> u64,
 ) -> (u32, u32) {
-    let r = report::get();
     let mut errors = 0;
     let mut unsupported = 0;
     let mut off = 0;

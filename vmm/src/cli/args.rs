@@ -33,9 +33,13 @@ pub struct RunArgs {
     /// THP on guest RAM.
     #[arg(long, value_enum)]
     pub thp: Option<OnOff>,
-    /// Pin mechanism: io-uring, vmsplice or mapping.
+    /// Pin mechanism: io-uring, vmsplice, mapping, or vfio (needs --vfio-device).
     #[arg(long)]
     pub pin: Option<PinKind>,
+    /// The VFIO device for --pin vfio: a PCI address (0000:01:00.0), a VFIO group
+    /// (/dev/vfio/N) or an iommufd device cdev (/dev/vfio/devices/vfioN).
+    #[arg(long = "vfio-device", value_name = "ADDR")]
+    pub vfio_device: Option<String>,
     /// Add a host action (repeatable), e.g. --perturb fork-parent-write.
     #[arg(long = "perturb")]
     pub perturb: Vec<Action>,
@@ -60,7 +64,7 @@ pub struct RunArgs {
     /// Create, enable and finally remove a swapfile of this size for the run.
     #[arg(long)]
     pub swap: Option<ByteSize>,
-    /// Guest mode: dma, boot, spin (watchdog tests), hostile.
+    /// Guest mode: dma, boot, spin (watchdog tests), hostile, console-flood, phase-repeat.
     #[arg(long, value_parser = parse_mode)]
     pub mode: Option<GuestMode>,
     /// Watchdog timeout, e.g. 10s.
@@ -89,13 +93,49 @@ pub struct RunArgs {
 }
 
 fn parse_mode(s: &str) -> Result<GuestMode, String> {
-    serde_json::from_value(serde_json::Value::String(s.into()))
-        .map_err(|_| format!("unknown mode `{s}` (dma, boot, spin, hostile)"))
+    serde_json::from_value(serde_json::Value::String(s.into())).map_err(|_| {
+        format!("unknown mode `{s}` (dma, boot, spin, hostile, console-flood, phase-repeat)")
+    })
 }
 
 fn parse_verdict(s: &str) -> Result<Verdict, String> {
     serde_json::from_value(serde_json::Value::String(s.into()))
         .map_err(|_| format!("unknown verdict `{s}` (coherent, diverged, skipped, error)"))
+}
+
+/// How results are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// A table for a terminal.
+    Human,
+    /// One JSON document.
+    Json,
+    /// One JSON object per scenario as it finishes.
+    Jsonl,
+    /// KTAP version 1 (kselftest, LKFT, KernelCI).
+    Ktap,
+    /// JUnit XML (GitLab, Jenkins).
+    Junit,
+}
+
+#[derive(clap::Args, Clone, Copy)]
+pub struct OutputArgs {
+    /// Output format.
+    #[arg(long, value_enum, conflicts_with = "json")]
+    pub format: Option<Format>,
+    /// Shorthand for --format json.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl OutputArgs {
+    pub fn format(&self) -> Format {
+        match (self.format, self.json) {
+            (Some(f), _) => f,
+            (None, true) => Format::Json,
+            (None, false) => Format::Human,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -109,13 +149,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run every live scenario of a directory, each in a fresh VMM process.
+    /// Run every live scenario (of DIR, or the embedded set), each in a fresh VMM process.
     Matrix {
-        /// Scenario directory.
-        #[arg(default_value = "configs")]
-        dir: PathBuf,
-        #[arg(long)]
-        json: bool,
+        /// Scenario directory (default: the scenarios embedded in the binary).
+        dir: Option<PathBuf>,
+        #[command(flatten)]
+        out: OutputArgs,
     },
     /// Replay scenarios under each kernel era's rules (the model executor: simulated).
     Replay {

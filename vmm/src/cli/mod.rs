@@ -48,7 +48,7 @@ pub fn dispatch(command: Command, launch: Mono) -> ExitCode {
     match command {
         Command::Run(args) => run::cmd_run(args, launch),
         Command::Bench(args) => bench::cmd_bench(args),
-        Command::Matrix { dir, json } => matrix::cmd_matrix(&dir, json),
+        Command::Matrix { dir, out } => matrix::cmd_matrix(dir.as_deref(), out),
         Command::Replay {
             scenarios,
             eras,

@@ -25,6 +25,9 @@ fn apply(args: &RunArgs, s: &mut Scenario) {
     if let Some(p) = args.pin {
         s.device.pin = p;
     }
+    if let Some(d) = &args.vfio_device {
+        s.device.vfio = Some(d.clone());
+    }
     s.perturb.actions.extend(args.perturb.iter().copied());
     if let Some(n) = args.storm {
         s.perturb.storm = n;
@@ -93,7 +96,10 @@ pub struct Composed {
 
 /// Loads, overrides, sets the expectation, validates.
 pub fn compose(args: &RunArgs) -> Result<Composed, CliError> {
-    let written = pinlab::config::load(args.config.as_deref())?;
+    let written = match &args.config {
+        None => pinlab::config::load(None)?,
+        Some(p) => pinlab::config::load_arg(p)?.scenario,
+    };
     let mut scenario = written.clone();
     apply(args, &mut scenario);
     let mut expected_from = "scenario".to_string();
@@ -170,7 +176,6 @@ pub fn cmd_run(args: RunArgs, launch: Mono) -> ExitCode {
             "installing the signal handlers that restore host knobs: {e}"
         ));
     }
-    let _ = pinlab::host::recover_stale_journals();
     let mut hook = pinlab::perturb::Schedule::new(&scenario);
     let mut outcome = pinlab::runner::run(&scenario, launch, &mut hook);
     outcome.expected_from = expected_from;

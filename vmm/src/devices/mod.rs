@@ -1,43 +1,120 @@
-//! The devices the guest programs: the IOMMU (maps pin), the DMA engine, and their queues.
+//! The devices the guest programs: the IOMMU (maps pin), the DMA engine, their queues, and the
+//! device thread that serves them.
 //!
-//! `Devices` is the state the vCPU thread (setup exits), the device thread (doorbells) and the
-//! perturbations (evidence) share. Guest RAM sits behind a `RwLock`: device work holds it for
-//! reading for a whole batch, an action that moves guest RAM (mremap) holds it for writing, so
-//! no device ever touches a mapping that is going away. Lock order: RAM, then device state.
+//! The path of a guest request: the guest writes a descriptor and rings a doorbell; the device
+//! thread ([`serve`], `event_loop.rs`) wakes and calls [`Devices::service_iommu`] or
+//! [`Devices::service_dma`]; the queue (`queue.rs`) yields the pending descriptors; each is
+//! parsed into a typed request (`request.rs`) and executed by the IOMMU (`iommu.rs`) or the DMA
+//! engine (`dma.rs`); the result, or the typed [`Rejection`] turned into its ABI status here and
+//! nowhere else, becomes the descriptor's completion. Each map and unmap, and each doorbell's
+//! DMA batch, is recorded on the run's `Timeline`.
+//!
+//! `Devices` is what the vCPU thread (setup exits), the device thread (doorbells) and the host
+//! actions (evidence, rebase) share: guest RAM, the device state, counters and the timeline.
+//! Lock order: guest RAM (`RwLock`: device work holds it for reading for a whole batch, an
+//! action that moves guest RAM holds it for writing, so no device touches a mapping that is
+//! going away), then the device state (`Mutex`). The timeline's lock is a leaf: taken last,
+//! never held while taking another. This module must not touch the VM, the vCPU or host knobs.
 
 pub mod dma;
+pub mod event_loop;
 pub mod iommu;
 pub mod queue;
+pub mod request;
+pub mod watchdog;
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use pinlab_abi as abi;
 
-use crate::addr::Gpa;
+use crate::addr::{Gpa, Iova};
 use crate::memory::GuestRam;
 use crate::scenario::PinKind;
+use crate::timeline::{DmaDirection, Mono, Timeline, What};
 
 pub use dma::Stats;
+pub use event_loop::{serve, DoneSignal, Doorbells, Error as ServeError, Kick};
+pub use request::{DmaRequest, IommuRequest, RequestError};
+pub use watchdog::{Limits, StopReason};
+
+/// The thread name device events are recorded under.
+const THREAD: &str = "device";
+
+/// Why a guest request was refused or failed: each converts to the ABI status the guest is
+/// answered with, here only ([`Rejection::status`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error(transparent)]
+    Iommu(#[from] iommu::Error),
+    #[error(transparent)]
+    Dma(#[from] dma::Error),
+    #[error(transparent)]
+    Queue(#[from] queue::Error),
+    #[error("the setup record at {0} is not inside guest RAM")]
+    SetupRecord(Gpa),
+    #[error("the IOMMU queue [{}, {}) and the DMA queue [{}, {}) overlap",
+        iommu.start, iommu.end, dma.start, dma.end)]
+    QueuesOverlap { iommu: Range<Gpa>, dma: Range<Gpa> },
+}
+
+impl Rejection {
+    /// The ABI status the guest is answered with.
+    pub fn status(&self) -> u32 {
+        match self {
+            Rejection::Request(e) => e.status(),
+            Rejection::Iommu(e) => e.status(),
+            Rejection::Dma(e) => e.status(),
+            Rejection::Queue(e) => e.status(),
+            Rejection::SetupRecord(_) => abi::STATUS_OUT_OF_RANGE,
+            Rejection::QueuesOverlap { .. } => abi::STATUS_ALIASED,
+        }
+    }
+
+    /// Whether the host, not the guest, failed (worth a log line).
+    fn is_host_failure(&self) -> bool {
+        matches!(self.status(), abi::STATUS_IO_ERROR | abi::STATUS_PIN_FAILED)
+    }
+}
+
+/// Workload progress, the watchdog's heartbeat: bumped for each DMA descriptor that moved data,
+/// each IOMMU request that succeeded, and (by the runner) each guest phase accepted in order.
+/// Nothing else bumps it: a guest that spins, rings empty doorbells, floods the console or sends
+/// only rejected requests makes no progress.
+#[derive(Debug, Default)]
+pub struct Progress(AtomicU64);
+
+impl Progress {
+    pub fn bump(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
 
 /// The device state behind one lock.
 pub struct State {
-    pub iommu_queue: Option<queue::Queue>,
-    pub dma_queue: Option<queue::Queue>,
+    iommu_queue: Option<queue::Queue>,
+    dma_queue: Option<queue::Queue>,
     pub iommu: iommu::Iommu,
-    pub dma: dma::DmaEngine,
+    dma: dma::DmaEngine,
 }
 
 pub struct Devices {
     pub ram: Arc<RwLock<GuestRam>>,
     state: Mutex<State>,
     pub stats: Stats,
-    /// Bumped on every doorbell serviced and every exit handled: the watchdog's heartbeat.
-    pub progress: AtomicU64,
+    pub progress: Progress,
+    timeline: Arc<Timeline>,
 }
 
 impl Devices {
-    pub fn new(ram: Arc<RwLock<GuestRam>>, kind: PinKind) -> Self {
+    pub fn new(ram: Arc<RwLock<GuestRam>>, kind: PinKind, timeline: Arc<Timeline>) -> Self {
         Devices {
             ram,
             state: Mutex::new(State {
@@ -47,45 +124,51 @@ impl Devices {
                 dma: dma::DmaEngine::default(),
             }),
             stats: Stats::default(),
-            progress: AtomicU64::new(0),
+            progress: Progress::default(),
+            timeline,
         }
     }
 
     /// The device state (a poisoned lock is taken over: the state is plain data and each
-    /// request leaves it consistent).
+    /// request leaves it consistent). Take guest RAM's lock first if you need both.
     pub fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn ram(&self) -> std::sync::RwLockReadGuard<'_, GuestRam> {
+    fn ram(&self) -> RwLockReadGuard<'_, GuestRam> {
         self.ram.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The guest said where its queues are (`PORT_SETUP`): validate, answer in the record.
+    /// The guest said where its queues are (`PORT_SETUP`, whose value is the record's GPA):
+    /// validate, answer in the record's `status`.
     pub fn setup(&self, record_gpa: u64) {
-        self.progress.fetch_add(1, Ordering::Relaxed);
         let ram = self.ram();
-        let size = ram.size();
         let gpa = Gpa(record_gpa);
-        if ram
-            .translate(gpa, std::mem::size_of::<abi::DeviceSetup>() as u64)
-            .is_err()
-        {
-            self.stats.reject(abi::STATUS_OUT_OF_RANGE);
-            return;
-        }
-        let Ok(mut s) = ram.read_obj::<abi::DeviceSetup>(gpa) else {
+        let record = std::mem::size_of::<abi::DeviceSetup>() as u64;
+        let Ok(mut s) = ram
+            .translate(gpa, record)
+            .and_then(|_| ram.read_obj::<abi::DeviceSetup>(gpa))
+        else {
+            self.stats.reject(Rejection::SetupRecord(gpa).status());
             return;
         };
-        let status = match (
-            queue::Queue::validate(s.iommu_queue_gpa, s.iommu_entries, size),
-            queue::Queue::validate(s.dma_queue_gpa, s.dma_entries, size),
-        ) {
-            (Err(e), _) | (_, Err(e)) => Err(e),
-            (Ok(i), Ok(d)) if queue::overlaps(i.range(), d.range()) => Err(abi::STATUS_ALIASED),
-            (Ok(i), Ok(d)) => Ok((i, d)),
-        };
-        s.status = match status {
+        let size = ram.size();
+        let queues = queue::Queue::validate(Gpa(s.iommu_queue_gpa), s.iommu_entries, size)
+            .and_then(|i| {
+                queue::Queue::validate(Gpa(s.dma_queue_gpa), s.dma_entries, size).map(|d| (i, d))
+            })
+            .map_err(Rejection::from)
+            .and_then(|(i, d)| {
+                if queue::overlaps(&i.range(), &d.range()) {
+                    Err(Rejection::QueuesOverlap {
+                        iommu: i.range(),
+                        dma: d.range(),
+                    })
+                } else {
+                    Ok((i, d))
+                }
+            });
+        s.status = match queues {
             Ok((i, d)) => {
                 let mut st = self.state();
                 st.iommu_queue = Some(i);
@@ -93,51 +176,100 @@ impl Devices {
                 abi::STATUS_OK
             }
             Err(e) => {
-                self.stats.reject(e);
-                e
+                let status = e.status();
+                self.stats.reject(status);
+                status
             }
         };
         // The record was checked to lie inside RAM above.
         let _ = ram.write_obj(gpa, s);
     }
 
-    /// The IOMMU doorbell rang: execute every pending MAP/UNMAP.
+    /// The IOMMU doorbell rang: execute every pending MAP/UNMAP, each recorded on the timeline
+    /// with the status the guest was answered with.
     pub fn service_iommu(&self) {
         self.service(Which::Iommu, |ram, st, d, _| {
-            let (r, counter) = match d.op {
-                abi::OP_MAP => (
-                    st.iommu.map(ram, d.iova, d.arg, d.len, d.flags),
-                    &self.stats.maps,
-                ),
-                abi::OP_UNMAP => (st.iommu.unmap(ram, d.iova, d.len), &self.stats.unmaps),
-                _ => return Err(abi::STATUS_BAD_OP),
+            let r: Result<&AtomicU64, Rejection> = match IommuRequest::parse(d, ram.size()) {
+                Ok(IommuRequest::Map(m)) => st
+                    .iommu
+                    .map(ram, &m)
+                    .map(|()| &self.stats.maps)
+                    .map_err(Rejection::from),
+                Ok(IommuRequest::Unmap(u)) => st
+                    .iommu
+                    .unmap(ram, &u)
+                    .map(|()| &self.stats.unmaps)
+                    .map_err(Rejection::from),
+                Err(e) => Err(e.into()),
             };
-            r.map(|()| {
+            if let Ok(counter) = r {
                 counter.fetch_add(1, Ordering::Relaxed);
-                0
-            })
+                self.progress.bump();
+            }
+            let status = abi::status_name(
+                r.as_ref()
+                    .map_or_else(Rejection::status, |_| abi::STATUS_OK),
+            );
+            // The guest's own values, as sent: a refused request is recorded as it was asked.
+            let (iova, len) = (Iova(d.iova), d.len);
+            let what = match d.op {
+                abi::OP_MAP => What::IommuMap {
+                    iova,
+                    gpa: Gpa(d.arg),
+                    len,
+                    status,
+                },
+                abi::OP_UNMAP => What::IommuUnmap { iova, len, status },
+                _ => return r.map(|_| 0),
+            };
+            self.timeline.instant(THREAD, what);
+            r.map(|_| 0)
         });
     }
 
-    /// The DMA doorbell rang: execute every pending descriptor through the pins.
+    /// The DMA doorbell rang: execute every pending descriptor through the pins. Each run of
+    /// descriptors in one direction is a `DmaBatch` span on the timeline.
     pub fn service_dma(&self) {
+        let mut batch = Batch::default();
         self.service(Which::Dma, |ram, st, d, forbidden| {
             self.stats.descriptors.fetch_add(1, Ordering::Relaxed);
-            st.dma
-                .execute(ram, &mut st.iommu, d, forbidden, &self.stats)
+            let start = Mono::now();
+            let r = DmaRequest::parse(d, ram.size())
+                .map_err(Rejection::from)
+                .and_then(|req| {
+                    let bytes = st.dma.execute(ram, &mut st.iommu, &req, forbidden)?;
+                    match req {
+                        DmaRequest::ToGuest(_) => &self.stats.bytes_to_guest,
+                        DmaRequest::FromGuest(_) => &self.stats.bytes_from_guest,
+                        DmaRequest::Nop => return Ok(0),
+                    }
+                    .fetch_add(bytes, Ordering::Relaxed);
+                    self.progress.bump();
+                    Ok(bytes)
+                });
+            if let Some(direction) = DmaRequest::direction_of(d.op) {
+                let bytes = *r.as_ref().unwrap_or(&0);
+                batch.add(&self.timeline, direction, start, bytes, r.is_err());
+            }
+            r
         });
+        batch.flush(&self.timeline);
     }
 
     /// Consumes one queue: each pending descriptor goes to `exec`, whose `Ok(result)` or
-    /// `Err(status)` becomes its completion. A queue not set up, or malformed, is a reject.
+    /// `Err(rejection)` becomes its completion. A queue not set up, or malformed, is a reject.
     /// `exec` also gets the ranges an output buffer may not overlap (the reserved low area and
     /// both queues).
     fn service(
         &self,
         which: Which,
-        mut exec: impl FnMut(&GuestRam, &mut State, &abi::Descriptor, &[(u64, u64)]) -> Result<u64, u32>,
+        mut exec: impl FnMut(
+            &GuestRam,
+            &mut State,
+            &abi::Descriptor,
+            &[Range<Gpa>],
+        ) -> Result<u64, Rejection>,
     ) {
-        self.progress.fetch_add(1, Ordering::Relaxed);
         let ram = self.ram();
         let mut guard = self.state();
         let st = &mut *guard;
@@ -150,7 +282,7 @@ impl Devices {
             self.stats.reject(abi::STATUS_BAD_RING);
             return;
         };
-        let mut forbidden = vec![(0, abi::RESERVED_END_GPA), q.range()];
+        let mut forbidden = vec![queue::reserved(), q.range()];
         forbidden.extend(
             st.iommu_queue
                 .iter()
@@ -158,14 +290,18 @@ impl Devices {
                 .map(|o| o.range()),
         );
         match q.pending(&ram) {
-            Err(fault) => self.stats.reject(fault),
+            Err(fault) => self.stats.reject(fault.status()),
             Ok(pending) => {
                 for (n, d) in pending {
                     let (status, result) = match exec(&ram, st, &d, &forbidden) {
                         Ok(result) => (abi::STATUS_OK, result),
                         Err(e) => {
-                            self.stats.reject(e);
-                            (e, 0)
+                            if e.is_host_failure() {
+                                tracing::warn!("{e}");
+                            }
+                            let status = e.status();
+                            self.stats.reject(status);
+                            (status, 0)
                         }
                     };
                     q.complete(&ram, n, d.tag, status, result);
@@ -186,3 +322,66 @@ enum Which {
     Iommu,
     Dma,
 }
+
+/// One direction's run of descriptors within a doorbell's batch, becoming a `DmaBatch` span.
+#[derive(Default)]
+struct Batch {
+    open: Option<Run>,
+}
+
+struct Run {
+    direction: DmaDirection,
+    start: Mono,
+    end: Mono,
+    descriptors: u32,
+    bytes: u64,
+    failed: u32,
+}
+
+impl Batch {
+    /// Adds one descriptor that started at `start` and has just ended; a change of direction
+    /// closes the run so far.
+    fn add(
+        &mut self,
+        t: &Timeline,
+        direction: DmaDirection,
+        start: Mono,
+        bytes: u64,
+        failed: bool,
+    ) {
+        if self.open.as_ref().is_some_and(|r| r.direction != direction) {
+            self.flush(t);
+        }
+        let run = self.open.get_or_insert(Run {
+            direction,
+            start,
+            end: start,
+            descriptors: 0,
+            bytes: 0,
+            failed: 0,
+        });
+        run.end = Mono::now();
+        run.descriptors = run.descriptors.saturating_add(1);
+        run.bytes = run.bytes.saturating_add(bytes);
+        run.failed = run.failed.saturating_add(failed as u32);
+    }
+
+    fn flush(&mut self, t: &Timeline) {
+        if let Some(r) = self.open.take() {
+            t.span_between(
+                r.start,
+                r.end,
+                THREAD,
+                What::DmaBatch {
+                    direction: r.direction,
+                    descriptors: r.descriptors,
+                    bytes: r.bytes,
+                    failed: r.failed,
+                },
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -3,8 +3,10 @@
 //! The guest owns `tail`; the device owns its consumer index, kept here and only published to
 //! the guest (never read back: a guest that scribbles on `head` changes nothing). A `tail` more
 //! than `entries` ahead of the device is a malformed queue: the device flags it in the header's
-//! `fault` and ignores the queue until the guest clears it.
+//! `fault` and ignores the queue until the guest clears it. Failures are typed ([`Error`]); the ABI
+//! status is produced at the edge ([`Error::status`]).
 
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 
 use pinlab_abi as abi;
@@ -12,9 +14,62 @@ use pinlab_abi as abi;
 use crate::addr::Gpa;
 use crate::memory::GuestRam;
 
-/// A guest-supplied range that must not overlap another: `[start, end)`.
-pub fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
-    a.0 < b.1 && b.0 < a.1
+/// Why a queue is refused, or could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "{entries} entries (want a power of two up to {})",
+        abi::QUEUE_MAX_ENTRIES
+    )]
+    BadEntries { entries: u32 },
+    #[error(
+        "a queue of {entries} entries at {gpa} does not fit in guest RAM ({ram_size:#x} bytes)"
+    )]
+    OutsideRam {
+        gpa: Gpa,
+        entries: u32,
+        ram_size: u64,
+    },
+    #[error("the queue at {gpa} is not 16-byte aligned")]
+    Misaligned { gpa: Gpa },
+    #[error("the queue at {gpa} overlaps the VMM's reserved low area")]
+    OverReserved { gpa: Gpa },
+    #[error("tail {tail} is more than {entries} entries ahead of the device's {consumed}")]
+    ForgedTail {
+        tail: u32,
+        consumed: u32,
+        entries: u32,
+    },
+    #[error("reading the queue at {gpa}: {source}")]
+    Access {
+        gpa: Gpa,
+        #[source]
+        source: crate::memory::Error,
+    },
+}
+
+impl Error {
+    /// The ABI status the guest is answered with (or that is flagged in the header's `fault`).
+    pub fn status(&self) -> u32 {
+        match self {
+            Error::BadEntries { .. } | Error::ForgedTail { .. } => abi::STATUS_BAD_RING,
+            Error::OutsideRam { .. } | Error::Access { .. } => abi::STATUS_OUT_OF_RANGE,
+            Error::Misaligned { .. } => abi::STATUS_MISALIGNED,
+            Error::OverReserved { .. } => abi::STATUS_ALIASED,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Whether two half-open guest ranges overlap.
+pub fn overlaps(a: &Range<Gpa>, b: &Range<Gpa>) -> bool {
+    a.start < b.end && b.start < a.end
+}
+
+/// The VMM-owned low area (GDT, page tables, boot info, TSS): no guest buffer may overlap it.
+pub fn reserved() -> Range<Gpa> {
+    Gpa(0)..Gpa(abi::RESERVED_END_GPA)
 }
 
 /// Where a queue is, validated, and how far the device has consumed it.
@@ -26,65 +81,75 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// Validates a queue at `gpa` with `entries` slots in guest RAM of `ram_size` bytes; on
-    /// failure returns the ABI status to answer.
-    pub fn validate(gpa: u64, entries: u32, ram_size: u64) -> Result<Queue, u32> {
+    /// Validates a queue at `gpa` with `entries` slots in guest RAM of `ram_size` bytes.
+    pub fn validate(gpa: Gpa, entries: u32, ram_size: u64) -> Result<Queue> {
         if entries == 0 || !entries.is_power_of_two() || entries > abi::QUEUE_MAX_ENTRIES {
-            return Err(abi::STATUS_BAD_RING);
+            return Err(Error::BadEntries { entries });
         }
-        let end = gpa
-            .checked_add(abi::queue_bytes(entries))
-            .ok_or(abi::STATUS_OUT_OF_RANGE)?;
-        if end > ram_size {
-            return Err(abi::STATUS_OUT_OF_RANGE);
+        let outside = Error::OutsideRam {
+            gpa,
+            entries,
+            ram_size,
+        };
+        let end = match gpa.checked_add(abi::queue_bytes(entries)) {
+            Some(end) if end.raw() <= ram_size => end,
+            _ => return Err(outside),
+        };
+        if !gpa.is_aligned(16) {
+            return Err(Error::Misaligned { gpa });
         }
-        if !gpa.is_multiple_of(16) {
-            return Err(abi::STATUS_MISALIGNED);
-        }
-        if overlaps((gpa, end), (0, abi::RESERVED_END_GPA)) {
-            return Err(abi::STATUS_ALIASED);
+        if overlaps(&(gpa..end), &reserved()) {
+            return Err(Error::OverReserved { gpa });
         }
         Ok(Queue {
-            gpa: Gpa(gpa),
+            gpa,
             entries,
             consumed: 0,
         })
     }
 
     /// The guest-physical range the queue occupies.
-    pub fn range(&self) -> (u64, u64) {
-        (
-            self.gpa.raw(),
-            self.gpa.raw() + abi::queue_bytes(self.entries),
-        )
+    pub fn range(&self) -> Range<Gpa> {
+        self.gpa..Gpa(self.gpa.raw() + abi::queue_bytes(self.entries))
     }
 
-    /// The entries the guest has published and the device has not consumed, in order, or the
-    /// fault status when the queue is malformed (the fault is then flagged in the header).
-    pub fn pending(&mut self, ram: &GuestRam) -> Result<Vec<(u32, abi::Descriptor)>, u32> {
-        let fault = ram
-            .atomic_u32(Gpa(self.gpa.raw() + 8))
-            .map_err(|_| abi::STATUS_OUT_OF_RANGE)?;
+    fn at(&self, offset: u64) -> Gpa {
+        // Inside the queue, which was validated to lie inside RAM.
+        Gpa(self.gpa.raw() + offset)
+    }
+
+    fn access(&self, gpa: Gpa) -> impl FnOnce(crate::memory::Error) -> Error {
+        move |source| Error::Access { gpa, source }
+    }
+
+    /// The entries the guest has published and the device has not consumed, in order, or why
+    /// not (a forged tail is then flagged in the header's `fault`).
+    pub fn pending(&mut self, ram: &GuestRam) -> Result<Vec<(u32, abi::Descriptor)>> {
+        let fault_at = self.at(8);
+        let fault = ram.atomic_u32(fault_at).map_err(self.access(fault_at))?;
         if fault.load(Ordering::Acquire) != 0 {
             // The guest has not cleared the last fault: nothing to do until it does.
             return Ok(Vec::new());
         }
         let tail = ram
             .atomic_u32(self.gpa)
-            .map_err(|_| abi::STATUS_OUT_OF_RANGE)?
+            .map_err(self.access(self.gpa))?
             .load(Ordering::Acquire);
         let ready = tail.wrapping_sub(self.consumed);
         if ready > self.entries {
-            fault.store(abi::STATUS_BAD_RING, Ordering::Release);
-            return Err(abi::STATUS_BAD_RING);
+            let e = Error::ForgedTail {
+                tail,
+                consumed: self.consumed,
+                entries: self.entries,
+            };
+            fault.store(e.status(), Ordering::Release);
+            return Err(e);
         }
         let mut out = Vec::with_capacity(ready as usize);
         for i in 0..ready {
             let n = self.consumed.wrapping_add(i);
-            let slot = n % self.entries;
-            let d: abi::Descriptor = ram
-                .read_obj(Gpa(self.gpa.raw() + abi::descriptor_offset(slot)))
-                .map_err(|_| abi::STATUS_OUT_OF_RANGE)?;
+            let slot = self.at(abi::descriptor_offset(n % self.entries));
+            let d: abi::Descriptor = ram.read_obj(slot).map_err(self.access(slot))?;
             out.push((n, d));
         }
         Ok(out)
@@ -102,10 +167,7 @@ impl Queue {
         };
         // The queue was validated to lie inside RAM; a failure here would be a VMM bug, and a
         // lost completion is what the guest would see, so it is only logged.
-        if let Err(e) = ram.write_obj(
-            Gpa(self.gpa.raw() + abi::completion_offset(self.entries, slot)),
-            c,
-        ) {
+        if let Err(e) = ram.write_obj(self.at(abi::completion_offset(self.entries, slot)), c) {
             tracing::error!("writing a completion failed: {e}");
         }
     }
@@ -114,7 +176,7 @@ impl Queue {
     /// completions are visible before it).
     pub fn publish(&mut self, ram: &GuestRam, n: u32) {
         self.consumed = n.wrapping_add(1);
-        if let Ok(head) = ram.atomic_u32(Gpa(self.gpa.raw() + 4)) {
+        if let Ok(head) = ram.atomic_u32(self.at(4)) {
             head.store(self.consumed, Ordering::Release);
         }
     }
@@ -162,8 +224,8 @@ mod tests {
             ),
         ];
         for &(what, gpa, entries, want) in rows {
-            let got = Queue::validate(gpa, entries, ram).err();
-            assert_eq!(got, want, "{what}");
+            let got = Queue::validate(Gpa(gpa), entries, ram).err();
+            assert_eq!(got.map(|e| e.status()), want, "{what}");
         }
     }
 
@@ -174,7 +236,7 @@ mod tests {
     fn pending_decodes_and_faults_on_a_forged_tail() {
         let ram = GuestRam::new(16 << 20, false, false).unwrap();
         let base = 0x10_0000u64;
-        let mut q = Queue::validate(base, 4, ram.size()).unwrap();
+        let mut q = Queue::validate(Gpa(base), 4, ram.size()).unwrap();
         for i in 0..3u32 {
             let d = abi::Descriptor {
                 op: abi::OP_NOP,
@@ -215,7 +277,17 @@ mod tests {
         ram.atomic_u32(Gpa(base))
             .unwrap()
             .store(3 + 5, Ordering::Release);
-        assert_eq!(q.pending(&ram), Err(abi::STATUS_BAD_RING));
+        assert!(
+            matches!(
+                q.pending(&ram),
+                Err(Error::ForgedTail {
+                    tail: 8,
+                    consumed: 3,
+                    entries: 4
+                })
+            ),
+            "a forged tail is refused"
+        );
         let fault = ram
             .atomic_u32(Gpa(base + 8))
             .unwrap()
@@ -230,8 +302,9 @@ mod tests {
 
     #[test]
     fn overlap_is_half_open() {
-        assert!(overlaps((0, 10), (9, 20)));
-        assert!(!overlaps((0, 10), (10, 20)));
-        assert!(overlaps((5, 6), (0, 100)));
+        let r = |a, b| Gpa(a)..Gpa(b);
+        assert!(overlaps(&r(0, 10), &r(9, 20)));
+        assert!(!overlaps(&r(0, 10), &r(10, 20)));
+        assert!(overlaps(&r(5, 6), &r(0, 100)));
     }
 }

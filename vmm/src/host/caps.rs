@@ -14,6 +14,13 @@
 //! flags because a nested or PVM host may show a flag it does not use, and PVM cannot be loaded
 //! alongside a hardware vendor module.
 //!
+//! VFIO is four entries: `vfio` (the container `/dev/vfio/vfio` and the VFIO modules), `iommu`
+//! (the IOMMU type from `/sys/class/iommu`, the groups in `/sys/kernel/iommu_groups` and their
+//! default domain type), `vfio_groups` (every group, its devices and their drivers from
+//! `/sys/bus/pci/devices/*/driver`, and whether `/dev/vfio/N` exists: available when one group
+//! is usable by `pin = "vfio"`), and `iommufd` (`/dev/iommu` and `/dev/vfio/devices`). They are
+//! probed under a root (`/` on a host) so tests can build a fake tree.
+//!
 //! Limits: debugfs is judged only where it is mounted (`/sys/kernel/debug`); probing an unmounted
 //! one would need a mount, which a probe does not do. "swap" is available when swap is active *or*
 //! a swapfile can be added (swap support in the kernel and CAP_SYS_ADMIN); whether the chosen
@@ -26,6 +33,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use serde::Serialize;
+
+use crate::pin::vfio::source::{self as vfio_source, HostPaths};
 
 /// Errors of this module. `probe` never fails; these are for the JSON rendering.
 #[derive(Debug, thiserror::Error)]
@@ -83,9 +92,12 @@ pub struct Caps {
 }
 
 /// The order and names of [`Caps::report`].
-pub const NAMES: [&str; 11] = [
+pub const NAMES: [&str; 14] = [
     "kvm",
     "vfio",
+    "iommu",
+    "vfio_groups",
+    "iommufd",
     "io_uring",
     "root",
     "thp",
@@ -184,16 +196,159 @@ fn probe_kvm() -> (Capability, KvmFlavor) {
     }
 }
 
-fn probe_vfio() -> Capability {
-    let fix = "needs an IOMMU and a device bound to vfio-pci (modprobe vfio-pci); the io-uring pin covers the same pin class without it";
-    let path = "/dev/vfio/vfio";
-    if !Path::new(path).exists() {
-        return cap("vfio", false, format!("{path} missing"), Some(fix));
-    }
-    match OpenOptions::new().read(true).write(true).open(path) {
-        Ok(_) => cap("vfio", true, format!("{path} opens"), None),
-        Err(e) => cap("vfio", false, format!("{path}: {e}"), Some(fix)),
-    }
+/// The four VFIO entries (see the module header), probed under `host`.
+pub fn probe_vfio(host: &HostPaths) -> [Capability; 4] {
+    let modules: Vec<String> = ["vfio", "vfio_pci", "vfio_iommu_type1", "iommufd"]
+        .iter()
+        .filter(|m| host.exists(&format!("/sys/module/{m}")))
+        .map(|m| m.to_string())
+        .collect();
+    let modules = if modules.is_empty() {
+        "no VFIO module loaded".to_string()
+    } else {
+        format!("modules: {}", modules.join(", "))
+    };
+    let container = {
+        let path = host.at("/dev/vfio/vfio");
+        if !path.exists() {
+            cap(
+                "vfio",
+                false,
+                format!("/dev/vfio/vfio missing; {modules}"),
+                Some(vfio_source::FIX_KERNEL),
+            )
+        } else {
+            match OpenOptions::new().read(true).write(true).open(&path) {
+                Ok(_) => cap(
+                    "vfio",
+                    true,
+                    format!("/dev/vfio/vfio opens; {modules}"),
+                    None,
+                ),
+                Err(e) => cap(
+                    "vfio",
+                    false,
+                    format!("/dev/vfio/vfio: {e}; {modules}"),
+                    Some("run as root (the container needs read-write access)"),
+                ),
+            }
+        }
+    };
+
+    let groups = host.groups();
+    let iommu = {
+        let mut units: Vec<String> = fs::read_dir(host.at("/sys/class/iommu"))
+            .map(|d| {
+                d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        units.sort();
+        let kind = match units.first().map(String::as_str) {
+            Some(u) if u.starts_with("dmar") => "Intel VT-d",
+            Some(u) if u.starts_with("ivhd") => "AMD-Vi",
+            Some(_) => "IOMMU",
+            None => "no IOMMU unit in /sys/class/iommu",
+        };
+        let domain = groups
+            .first()
+            .and_then(|g| {
+                fs::read_to_string(host.at(&format!("/sys/kernel/iommu_groups/{g}/type"))).ok()
+            })
+            .map(|t| format!(", default domain {}", t.trim()))
+            .unwrap_or_default();
+        let detail = format!(
+            "{kind}{}; {} IOMMU groups{domain}",
+            if units.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", units.join(", "))
+            },
+            groups.len()
+        );
+        cap(
+            "iommu",
+            !groups.is_empty(),
+            detail,
+            Some(vfio_source::FIX_IOMMU),
+        )
+    };
+
+    let group_list = {
+        const SHOWN: usize = 32;
+        let mut usable = Vec::new();
+        let mut shown = Vec::new();
+        for &g in &groups {
+            let devices = host.group_devices(g);
+            let drivers: Vec<Option<String>> = devices.iter().map(|d| host.driver(d)).collect();
+            let node = host.exists(&format!("/dev/vfio/{g}"));
+            let any_vfio = drivers.iter().any(|d| d.as_deref() == Some("vfio-pci"));
+            let viable = drivers
+                .iter()
+                .all(|d| matches!(d.as_deref(), None | Some("vfio-pci")));
+            if any_vfio && viable && node {
+                usable.push(g);
+            }
+            if shown.len() < SHOWN {
+                let devs: Vec<String> = devices
+                    .iter()
+                    .zip(&drivers)
+                    .map(|(d, drv)| format!("{d}={}", drv.as_deref().unwrap_or("-")))
+                    .collect();
+                shown.push(format!(
+                    "{g}: {}{}",
+                    devs.join(" "),
+                    if node { " [/dev/vfio]" } else { "" }
+                ));
+            }
+        }
+        let more = groups.len().saturating_sub(SHOWN);
+        let detail = if groups.is_empty() {
+            "no IOMMU groups".to_string()
+        } else {
+            format!(
+                "usable by pin=vfio: {}; groups {}{}",
+                if usable.is_empty() {
+                    "none".to_string()
+                } else {
+                    usable
+                        .iter()
+                        .map(|g| g.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+                shown.join("; "),
+                if more > 0 {
+                    format!("; and {more} more")
+                } else {
+                    String::new()
+                }
+            )
+        };
+        let fix = if groups.is_empty() {
+            vfio_source::FIX_IOMMU
+        } else {
+            vfio_source::FIX_BIND
+        };
+        cap("vfio_groups", !usable.is_empty(), detail, Some(fix))
+    };
+
+    let iommufd = {
+        let cdevs = fs::read_dir(host.at("/dev/vfio/devices"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let dev = host.exists("/dev/iommu");
+        cap(
+            "iommufd",
+            dev,
+            format!(
+                "/dev/iommu {}; {cdevs} VFIO device cdevs in /dev/vfio/devices",
+                if dev { "present" } else { "missing" }
+            ),
+            Some(vfio_source::FIX_CDEV),
+        )
+    };
+    [container, iommu, group_list, iommufd]
 }
 
 fn probe_io_uring() -> Capability {
@@ -430,9 +585,13 @@ impl Caps {
         let (thp, thp_enabled, thp_defrag) = probe_thp();
         let (swap, swap_total_kib) = probe_swap(bit(CAP_SYS_ADMIN));
         let (tracefs, tracefs_mount) = probe_tracefs(bit(CAP_SYS_ADMIN));
+        let [vfio, iommu, vfio_groups, iommufd] = probe_vfio(&HostPaths::default());
         let entries = vec![
             kvm,
-            probe_vfio(),
+            vfio,
+            iommu,
+            vfio_groups,
+            iommufd,
             probe_io_uring(),
             root,
             thp,
@@ -556,6 +715,42 @@ mod tests {
         assert!(!caps.available("no-such-capability"));
     }
 
+    /// A fake host with VT-d, one group usable by pin=vfio and one still owned by its host
+    /// driver. A bug would call the second usable, miss the first, or report an IOMMU without
+    /// groups as available.
+    #[test]
+    fn vfio_entries_on_a_fake_host() {
+        use crate::pin::vfio::source::test_support::FakeHost;
+        let h = FakeHost::new();
+        let paths = HostPaths::under(h.root());
+        let [c, i, g, f] = probe_vfio(&paths);
+        assert!(!c.available && !i.available && !g.available && !f.available);
+        assert_eq!(c.fix.as_deref(), Some(vfio_source::FIX_KERNEL));
+        assert_eq!(i.fix.as_deref(), Some(vfio_source::FIX_IOMMU));
+
+        h.file("/dev/vfio/vfio");
+        h.file("/dev/vfio/7");
+        std::fs::create_dir_all(h.root().join("sys/class/iommu/dmar0")).unwrap();
+        std::fs::create_dir_all(h.root().join("sys/module/vfio_pci")).unwrap();
+        h.device("0000:01:00.0", Some(7), Some("vfio-pci"));
+        h.device("0000:01:00.1", Some(7), None);
+        h.device("0000:02:00.0", Some(8), Some("nvme"));
+        std::fs::write(h.root().join("sys/kernel/iommu_groups/7/type"), "DMA\n").unwrap();
+        let [c, i, g, f] = probe_vfio(&paths);
+        assert!(c.available, "{c:?}");
+        assert!(c.detail.contains("vfio_pci"), "{c:?}");
+        assert!(
+            i.available && i.detail.contains("Intel VT-d") && i.detail.contains("2 IOMMU groups"),
+            "{i:?}"
+        );
+        assert!(i.detail.contains("default domain DMA"), "{i:?}");
+        assert!(g.available, "{g:?}");
+        assert!(g.detail.starts_with("usable by pin=vfio: 7;"), "{g:?}");
+        assert!(g.detail.contains("0000:02:00.0=nvme"), "{g:?}");
+        assert!(g.detail.contains("0000:01:00.1=-"), "{g:?}");
+        assert!(!f.available && f.fix.is_some(), "{f:?}");
+    }
+
     #[test]
     fn probe_agrees_with_this_host() {
         // Facts of the lab machine (host-notes.md); each is checked only where its evidence exists.
@@ -565,6 +760,10 @@ mod tests {
         }
         if !Path::new("/dev/vfio/vfio").exists() {
             assert!(!caps.available("vfio"));
+            assert!(!caps.available("vfio_groups"));
+        }
+        if !Path::new("/dev/iommu").exists() {
+            assert!(!caps.available("iommufd"));
         }
         if Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() {
             assert!(caps.thp_enabled.is_some());

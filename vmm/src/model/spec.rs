@@ -155,7 +155,8 @@ pub fn live_program(s: &Scenario) -> Program {
     }];
     for slot in [0, 1] {
         match s.device.pin {
-            PinKind::IoUring => setup.push(Op::Gup {
+            // VFIO type1 MAP_DMA pins with FOLL_WRITE | FOLL_LONGTERM, the io_uring class.
+            PinKind::IoUring | PinKind::Vfio => setup.push(Op::Gup {
                 slot,
                 pin: true,
                 write: true,

@@ -7,13 +7,16 @@
 //! after the guest's next round, a userfaultfd handler stopped at the end). Each action records
 //! /proc/vmstat deltas, the region's PFNs and THP flags before and after, and its own details.
 //! An action that provably did nothing (its syscall failed, no counter moved, no PFN changed)
-//! fails the run as `error`, never as a pass.
+//! fails the run as `error`, never as a pass. Each effect check judges the action's own effect
+//! against the state the earlier actions left (`observe` reads it): one that finds its work
+//! already done, a PMD an earlier fork split, says so (`effect: already-done`) instead of failing.
 //!
 //! This module must not touch the device state except through `Devices` (the IOMMU's rebase
 //! after a move), and it must leave the host as it found it: knob guards restore on drop, fork
 //! children are registered with `host` so a signal reaps them.
 
 mod fork;
+mod observe;
 mod reclaim;
 mod remap;
 mod thp;
@@ -26,7 +29,9 @@ use std::time::Duration;
 
 use crate::addr::{Gpa, Hva, Pfn, HUGE_PAGE_SIZE, PAGE_SIZE};
 use crate::devices::Devices;
-use crate::evidence::{ActionEvidence as Evidence, Details};
+use crate::evidence::{
+    ActionEvidence as Evidence, Details, Effect, HugePage, Interval, LaterHalf, PageList, Vma,
+};
 use crate::host::{self, VmstatSnapshot};
 use crate::layout::Layout;
 use crate::phase::{PhaseHook, RunEnv};
@@ -62,7 +67,7 @@ fn last_os(action: Action, call: &'static str) -> Error {
 }
 
 /// The part of an action that runs at a later phase.
-type Finish = Box<dyn FnOnce() -> Result<Details> + Send>;
+type Finish = Box<dyn FnOnce() -> Result<LaterHalf> + Send>;
 
 /// What an action needs: guest RAM (through the devices), the VM (to re-point RAM), the
 /// scenario and its layout (computed once by the runner).
@@ -139,22 +144,67 @@ impl Ctx {
     }
 }
 
-/// What one action returns: a summary, details, and maybe a later half.
+/// What one action returns: its details, maybe a later half, and the judgement of its effect.
 pub struct Done {
-    pub summary: String,
     pub details: Details,
     pub finish: Option<Finish>,
-    /// Decide "provably did nothing" from the counters and PFNs: `Some(why)` fails the run.
+    /// "Provably did nothing", judged from the state before and the observed change: `Some(why)`
+    /// fails the run.
     pub no_effect: Option<String>,
 }
 
 impl Done {
-    fn new(summary: impl Into<String>, details: serde_json::Value) -> Self {
+    fn new(details: Details) -> Self {
         Done {
-            summary: summary.into(),
-            details: Details(details),
+            details,
             finish: None,
             no_effect: None,
+        }
+    }
+
+    /// Details and the judgement of their effect check (`Broken` fails the action now).
+    fn judged(action: Action, details: Details, judged: Judged) -> Result<Self> {
+        if let Judged::Broken(why) = judged {
+            return Err(Error::Failed {
+                action,
+                why: why.to_string(),
+            });
+        }
+        Ok(Done {
+            details,
+            finish: None,
+            no_effect: judged.no_effect().map(str::to_string),
+        })
+    }
+}
+
+/// An effect check's answer, given the state before the action and what changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Judged {
+    /// The action did what it names.
+    Done,
+    /// The state before already had what the action makes: nothing left to change.
+    AlreadyDone,
+    /// The state before called for a change and none came: the run fails as `error`.
+    NoEffect(&'static str),
+    /// The action left a state it must not (a protection not restored): the run fails.
+    Broken(&'static str),
+}
+
+impl Judged {
+    /// The effect recorded in the evidence (`Done` for a `NoEffect`, which fails the run and
+    /// leaves no evidence).
+    fn effect(self) -> Effect {
+        match self {
+            Judged::AlreadyDone => Effect::AlreadyDone,
+            Judged::Done | Judged::NoEffect(_) | Judged::Broken(_) => Effect::Done,
+        }
+    }
+
+    fn no_effect(self) -> Option<&'static str> {
+        match self {
+            Judged::NoEffect(why) => Some(why),
+            _ => None,
         }
     }
 }
@@ -166,6 +216,7 @@ pub fn run_action(
     after_round: u32,
     storm_iteration: Option<u32>,
 ) -> Result<(Evidence, Option<Finish>)> {
+    let start = Mono::now();
     let before = ctx.probe();
     let vm_before = VmstatSnapshot::take().ok();
     let done = match action {
@@ -195,7 +246,8 @@ pub fn run_action(
             .collect(),
         _ => BTreeMap::new(),
     };
-    let changed = crate::pfn::diff_pfns(&before.pfns, &after.pfns).len();
+    let interval = Interval::since(start);
+    let changed = crate::pfn::diff_pfns(&before.pfns, &after.pfns);
     if let Some(why) = done.no_effect {
         return Err(Error::NoEffect { action, why });
     }
@@ -204,9 +256,11 @@ pub fn run_action(
             action,
             after_round,
             storm_iteration,
-            summary: done.summary,
+            summary: done.details.to_string(),
+            interval,
             vmstat,
-            region_pfns_changed: changed,
+            region_pfns_changed: changed.len(),
+            region_pages_changed: PageList::new(&changed),
             region_thp_pages_before: before.thp,
             region_thp_pages_after: after.thp,
             details: done.details,
@@ -358,7 +412,6 @@ impl Schedule {
                         },
                     );
                     out.push(result?);
-                    ctx.devices.progress.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Ok(out)
@@ -403,7 +456,6 @@ impl Schedule {
                 };
                 self.pending.push((at, idx, f));
             }
-            env.devices.progress.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -444,16 +496,45 @@ impl PhaseHook for Schedule {
 /// Splits the PMD over `page` while keeping every page: PROT_READ then PROT_READ|PROT_WRITE on
 /// that one 4 KiB page (the kernel must map it by PTE to give it its own protection).
 fn split_pmd_by_mprotect(action: Action, page: Hva) -> Result<()> {
-    for prot in [libc::PROT_READ, libc::PROT_READ | libc::PROT_WRITE] {
-        // SAFETY: one page of guest RAM, which GuestRam keeps mapped; its protection is restored
-        // by the second iteration before the guest runs again.
+    mprotect_round_trip(action, page, false).map(|_| ())
+}
+
+/// PROT_READ then PROT_READ|PROT_WRITE on one 4 KiB page. With `observe`, the page's VMA as
+/// /proc/self/maps shows it between the two calls (read with the page read-only; the
+/// protection is restored whatever that read gives).
+fn mprotect_round_trip(action: Action, page: Hva, observe: bool) -> Result<Option<Vma>> {
+    let set = |prot| {
+        // SAFETY: one page of guest RAM, which GuestRam keeps mapped; its protection is
+        // restored by the second call before the guest runs again.
         let rc =
             unsafe { libc::mprotect(page.as_ptr() as *mut libc::c_void, PAGE_SIZE as usize, prot) };
         if rc != 0 {
             return Err(last_os(action, "mprotect"));
         }
+        Ok(())
+    };
+    set(libc::PROT_READ)?;
+    let between = observe.then(|| observe::vma_at(page));
+    set(libc::PROT_READ | libc::PROT_WRITE)?;
+    match between {
+        None => Ok(None),
+        Some(r) => observed(action, "read /proc/self/maps", r),
     }
-    Ok(())
+}
+
+/// An observation an effect check needs: failing to make it fails the action.
+fn observed<T>(action: Action, call: &'static str, r: std::io::Result<T>) -> Result<T> {
+    r.map_err(|source| Error::Syscall {
+        action,
+        call,
+        source,
+    })
+}
+
+/// The 2 MiB huge page holding `hva`, as mapped now.
+fn huge_page_of(action: Action, hva: Hva) -> Result<HugePage> {
+    let huge = Hva(hva.raw() & !(HUGE_PAGE_SIZE - 1));
+    observed(action, "PAGEMAP_SCAN", observe::huge_page(huge))
 }
 
 /// madvise on a host range, as an action's step.
@@ -469,6 +550,11 @@ fn madvise(action: Action, hva: Hva, len: u64, advice: i32, call: &'static str) 
 
 fn vmstat_now() -> Option<VmstatSnapshot> {
     VmstatSnapshot::take().ok()
+}
+
+/// How much one counter moved since `before` (0 when /proc/vmstat or the counter is missing).
+fn moved_one(before: &Option<VmstatSnapshot>, name: &str) -> i64 {
+    moved(before, &[name]).get(name).copied().unwrap_or(0)
 }
 
 /// How much the named counters moved since `before` (empty when /proc/vmstat is unreadable).

@@ -7,6 +7,10 @@
 //! - [`PinKind::Vmsplice`]: page references (FOLL_GET) held by pipes filled with vmsplice(2).
 //!   Device reads only: a device write returns [`Error::Unsupported`].
 //! - [`PinKind::Mapping`]: no pin; copies through the VMM's own mapping. The control group.
+//! - [`PinKind::Vfio`]: the VFIO type1/iommufd pin on all of guest RAM, taken at attach by
+//!   [`vfio::Attachment`]; a [`vfio::VfioPin`] is the device's view of one range of it. It moves
+//!   no data (the lab has no driver for the passed-through device): both directions return
+//!   [`Error::Unsupported`], and the verdict rests on PFN evidence only.
 //!
 //! It must not touch the VMM mapping of guest RAM except in `Mapping`: the other kinds move data
 //! only through what they hold, as a device behind an IOMMU would. It records no evidence: PFNs
@@ -22,10 +26,12 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use serde::{Deserialize, Serialize};
 
-use crate::addr::Hva;
+use crate::addr::{Hva, Pfn};
+use crate::mmap::{self, Mapping};
 
 pub mod io_uring;
 pub mod mapping;
+pub mod vfio;
 pub mod vmsplice;
 
 /// Errors of the pin layer.
@@ -37,6 +43,9 @@ pub enum Error {
     /// A vmsplice pin failed.
     #[error(transparent)]
     Vmsplice(#[from] vmsplice::Error),
+    /// A VFIO pin failed (or was asked for with no device attached).
+    #[error(transparent)]
+    Vfio(#[from] vfio::Error),
     /// The mechanism cannot move data in this direction (vmsplice cannot write to guest).
     #[error("{kind} pin cannot {op}")]
     Unsupported { kind: PinKind, op: &'static str },
@@ -139,6 +148,12 @@ pub trait Pin: Send {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// The PFN of each page as the mechanism's own pin recorded it, if it records them (VFIO:
+    /// right after MAP_DMA, possibly long before this range was handed out). `None`: the
+    /// caller reads pagemap at pin time.
+    fn pinned_pfns(&self) -> Option<Vec<Option<Pfn>>> {
+        None
+    }
     /// Device write ("to guest"): copy `staging[staging_offset..+len]` into the pinned pages at
     /// `pin_offset`, through the pin, never through the VMM mapping (except `Mapping`).
     fn write_to_guest(&mut self, staging: &Staging, ops: &[Transfer]) -> Result<()>;
@@ -194,7 +209,9 @@ pub(crate) fn check_range(hva: Hva, len: u64) -> Result<()> {
 /// Pins `hva..hva+len` (page aligned) with the given mechanism.
 ///
 /// io-uring faults the range in and pins it at once; vmsplice faults it in (read faults: an
-/// untouched page is referenced as the shared zero page) and references every page.
+/// untouched page is referenced as the shared zero page) and references every page. VFIO pins
+/// exist only over an attachment's maps ([`vfio::VfioPin::new`]): here it is refused with
+/// [`vfio::Error::NotAttached`].
 ///
 /// # Safety
 ///
@@ -210,31 +227,25 @@ pub unsafe fn pin(kind: PinKind, hva: Hva, len: u64) -> Result<Box<dyn Pin>> {
         PinKind::Vmsplice => Box::new(vmsplice::VmsplicePin::new(hva, len)?),
         // SAFETY: forwarded from this function's contract.
         PinKind::Mapping => Box::new(unsafe { mapping::MappingPin::new(hva, len) }),
+        PinKind::Vfio => return Err(vfio::Error::NotAttached.into()),
     })
 }
 
 /// The host-side bounce area: a memfd of `len` bytes, mmapped read-write, so the DMA engine can
 /// fill patterns and checksum results. Its size is sealed (it can never shrink under the mapping);
-/// the owner unmaps and closes on drop.
+/// the mapping is unmapped and the fd closed on drop.
 pub struct Staging {
+    map: Mapping,
     fd: OwnedFd,
-    ptr: *mut u8,
     len: u64,
 }
-
-// SAFETY: `Staging` owns its mapping and fd exclusively; moving it to another thread moves that
-// ownership, and access goes through `&self`/`&mut self` like a `Vec<u8>`.
-unsafe impl Send for Staging {}
-// SAFETY: shared access only hands out `&[u8]`; mutation needs `&mut self`.
-unsafe impl Sync for Staging {}
 
 impl Staging {
     /// A staging area of `len` bytes, zero filled.
     pub fn new(len: u64) -> Result<Self> {
-        let map_len = usize::try_from(len)
-            .ok()
-            .filter(|&l| l > 0 && l <= isize::MAX as usize)
-            .ok_or(Error::StagingLen { len })?;
+        if len == 0 || usize::try_from(len).map_or(true, |l| l > isize::MAX as usize) {
+            return Err(Error::StagingLen { len });
+        }
         // SAFETY: memfd_create with a NUL-terminated name; the returned fd is checked below.
         let raw = unsafe {
             libc::memfd_create(
@@ -260,47 +271,31 @@ impl Staging {
         if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
             return Err(Error::StagingSeal(io::Error::last_os_error()));
         }
-        // SAFETY: a new shared mapping of our memfd; the result is checked below.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(Error::StagingMmap {
-                len,
-                source: io::Error::last_os_error(),
-            });
-        }
-        Ok(Staging {
-            fd,
-            ptr: ptr.cast(),
-            len,
-        })
+        let map = Mapping::of_fd(fd.as_fd(), len).map_err(|e| match e {
+            mmap::Error::Mmap { source, .. } => Error::StagingMmap { len, source },
+            _ => Error::StagingLen { len },
+        })?;
+        Ok(Staging { map, fd, len })
     }
 
     /// The contents.
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: `ptr..ptr+len` is our mapping for our lifetime (the memfd size is sealed); the
-        // kernel writes to it only inside `&mut self` methods of a pin.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len as usize) }
+        // SAFETY: `map` is `len` bytes mapped for our lifetime (the memfd size is sealed, so no
+        // page of it can go away); the kernel writes to it only inside `&mut self` methods of a
+        // pin, so no write happens while this shared borrow lives.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.len as usize) }
     }
 
     /// The contents, writable.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as in `as_slice`, and `&mut self` makes this the only reference.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len as usize) }
+        unsafe { std::slice::from_raw_parts_mut(self.map.as_ptr(), self.len as usize) }
     }
 
     /// Pointer to byte `offset` (for the kernel to copy into). `offset <= len` is the caller's check.
     pub(crate) fn ptr_at(&mut self, offset: u64) -> *mut u8 {
         debug_assert!(offset <= self.len);
-        self.ptr.wrapping_add(offset as usize)
+        self.map.as_ptr().wrapping_add(offset as usize)
     }
 
     /// The memfd, for io_uring reads and writes at file offsets.
@@ -325,13 +320,6 @@ impl fmt::Debug for Staging {
             .field("fd", &self.fd.as_raw_fd())
             .field("len", &self.len)
             .finish()
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly the mapping created in `new`; no borrow outlives `self`.
-        unsafe { libc::munmap(self.ptr.cast(), self.len as usize) };
     }
 }
 
@@ -379,7 +367,12 @@ mod tests {
             assert_eq!(k.to_string().parse::<PinKind>().unwrap(), k);
             assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{k}\""));
         }
-        assert!("vfio".parse::<PinKind>().is_err());
+        assert_eq!("vfio".parse::<PinKind>().unwrap(), PinKind::Vfio);
+        assert!(
+            !PinKind::ALL.contains(&PinKind::Vfio),
+            "ALL needs no device"
+        );
+        assert!("vfio-pci".parse::<PinKind>().is_err());
     }
 
     /// Per kind: what a device read and a device write see on a freshly pinned THP range.

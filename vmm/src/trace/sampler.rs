@@ -257,10 +257,16 @@ mod tests {
         let s = Sampler::new();
         s.sample(Mono::now(), "first".into(), false);
         let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (ready_tx, ready) = std::sync::mpsc::channel::<()>();
         let t = std::thread::Builder::new()
             .name("pinlab-sampled".into())
-            .spawn(move || rx.recv())
+            .spawn(move || {
+                // std names the thread before running this closure.
+                ready_tx.send(()).unwrap();
+                rx.recv()
+            })
             .unwrap();
+        ready.recv().unwrap();
         s.sample(Mono::now(), "second".into(), false);
         tx.send(()).unwrap();
         t.join().unwrap().unwrap();
