@@ -120,7 +120,7 @@ fn deltas(
         .collect()
 }
 
-fn in_window<'a>(events: &'a [KEvent], w: Window) -> impl Iterator<Item = &'a KEvent> {
+fn in_window(events: &[KEvent], w: Window) -> impl Iterator<Item = &KEvent> {
     events.iter().filter(move |e| w.contains(e.ts))
 }
 

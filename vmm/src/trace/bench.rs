@@ -3,7 +3,8 @@
 //!
 //! It owns one instance for the measurement (the same setup as a traced run: every catalogue
 //! event, guest RAM's filter, this process and the kernel threads by PID, the reader draining),
-//! toggled with `tracing_on` between interleaved trials, and removed at the end.
+//! its events enabled for the traced trials and disabled (not merely paused: a paused buffer
+//! still runs every enabled tracepoint) for the untraced ones, interleaved, and removed at the end.
 
 use serde::Serialize;
 
@@ -48,7 +49,15 @@ pub fn tracing_cost<F: FnMut() -> f64>(
         kernel_side(None, buffer_kb_for(ram.1), ram, &sampler, &kernel_threads())?;
     drop(marker);
     let instance = side.instance.as_ref().ok_or("no instance")?;
-    let set = |on: &str| instance.write("tracing_on", on).map_err(|e| e.to_string());
+    let events = side.selection.present.clone();
+    let set = |on: &str| -> Result<(), String> {
+        for e in &events {
+            instance
+                .write(&format!("events/{}/{}/enable", e.group, e.name), on)
+                .map_err(|e| e.to_string())?;
+        }
+        instance.write("tracing_on", on).map_err(|e| e.to_string())
+    };
     let mut untraced = Vec::with_capacity(trials);
     let mut traced = Vec::with_capacity(trials);
     for _ in 0..trials {

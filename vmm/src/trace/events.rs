@@ -254,6 +254,18 @@ mod tests {
     }
 
     #[test]
+    fn docs_list_every_catalogue_event() {
+        let docs = include_str!("../../../docs/tracing.md");
+        for e in CATALOGUE {
+            assert!(
+                docs.contains(&format!("`{}`", e.name)) || docs.contains(&format!("`{}`", e.id())),
+                "docs/tracing.md does not list {}",
+                e.id()
+            );
+        }
+    }
+
+    #[test]
     fn catalogue_has_no_duplicates_and_trace_cmd_names_every_event() {
         let mut ids: Vec<String> = CATALOGUE.iter().map(|e| e.id()).collect();
         ids.sort();

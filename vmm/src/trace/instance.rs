@@ -19,12 +19,12 @@ pub enum Error {
     #[error("creating tracefs instance {name}: {source}")]
     Create {
         name: String,
-        source: crate::host::errors::RegistryError,
+        source: Box<crate::host::errors::RegistryError>,
     },
     #[error("removing tracefs instance {name}: {source}")]
     Remove {
         name: String,
-        source: crate::host::errors::RegistryError,
+        source: Box<crate::host::errors::RegistryError>,
     },
     #[error("instance {name} already exists (another run with this PID did not clean up?)")]
     Exists { name: String },
@@ -105,7 +105,7 @@ impl Instance {
             crate::host::make_tracefs_instance(name, fs.host_mount(), &dir).map_err(|source| {
                 Error::Create {
                     name: name.to_string(),
-                    source,
+                    source: Box::new(source),
                 }
             })?;
         Ok(Instance {
@@ -171,7 +171,7 @@ impl Instance {
             None | Some(Ok(())) => Ok(()),
             Some(Err(source)) => Err(Error::Remove {
                 name: self.name.clone(),
-                source,
+                source: Box::new(source),
             }),
         }
     }

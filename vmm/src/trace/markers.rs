@@ -124,7 +124,7 @@ impl TraceSink {
         if let Some(m) = marker.as_ref() {
             // One write(2): trace_marker takes each write as one event. A failure (the instance
             // removed under us by a signal) is not the run's business.
-            let _ = (&*m.file()).write(format(e).as_bytes());
+            let _ = m.file().write(format(e).as_bytes());
         }
     }
 }

@@ -72,7 +72,7 @@ fn read_loop(
     // Bytes after the last newline of the previous read.
     let mut partial: Vec<u8> = Vec::new();
     loop {
-        match (&*pipe.file()).read(&mut buf) {
+        match pipe.file().read(&mut buf) {
             // EOF: only a pipe pointed at /dev/null by the signal path ends like this.
             Ok(0) => break,
             Ok(n) => {

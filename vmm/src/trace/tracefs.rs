@@ -446,7 +446,7 @@ mod tests {
         assert_eq!(neutralize(&inst), 1);
         // Now /dev/null: reads EOF instead of the file's data.
         let mut s = String::new();
-        (&*f.file()).read_to_string(&mut s).unwrap();
+        f.file().read_to_string(&mut s).unwrap();
         assert_eq!(s, "");
         assert_eq!(neutralize(&inst), 0, "listed twice");
         drop(f);
