@@ -11,8 +11,9 @@
 //!
 //! This file holds the shared vocabulary (the evidence record, intervals, page lists, huge page
 //! and VMA observations, typed counters, `Details` and the later halves); each action family's
-//! details live in a submodule named as in `perturb/` (fork, thp, reclaim, remap, uffd). Nothing
-//! here measures or decides: `perturb` observes and judges, this only holds and renders.
+//! details live in a submodule named as in `perturb/` (fork, thp, reclaim, ksm_shadow, remap,
+//! uffd). Nothing here measures or decides: `perturb` observes and judges, this only holds and
+//! renders.
 //!
 //! vmstat counters are system-wide: a delta bounds what the action caused from above and is
 //! read together with the per-page observations beside it, never alone.
@@ -265,12 +266,14 @@ macro_rules! counters {
 }
 
 mod fork;
+mod ksm_shadow;
 mod reclaim;
 mod remap;
 mod thp;
 mod uffd;
 
 pub use fork::{AtFork, Bias1024, BiasFinding, Fork, Kirill, PageKind};
+pub use ksm_shadow::{KsmShadow, KsmShadowCounters, ShadowFinding};
 pub use reclaim::{Compact, CompactCounters, Ksm, KsmCounters, Pageout, PageoutCounters};
 pub use remap::{Dontneed, Mremap};
 pub use thp::{
@@ -294,6 +297,7 @@ pub enum Details {
     SplitFolio(SplitFolio),
     Collapse(Collapse),
     Ksm(Ksm),
+    KsmShadow(KsmShadow),
     Compact(Compact),
     Pageout(Pageout),
     /// mremap and mremap-dontunmap.
@@ -328,6 +332,7 @@ impl fmt::Display for Details {
             Details::SplitFolio(d) => d.fmt(f),
             Details::Collapse(d) => d.fmt(f),
             Details::Ksm(d) => d.fmt(f),
+            Details::KsmShadow(d) => d.fmt(f),
             Details::Compact(d) => d.fmt(f),
             Details::Pageout(d) => d.fmt(f),
             Details::Mremap(d) => d.fmt(f),
@@ -497,4 +502,15 @@ mod tests {
         assert_eq!(p.to_string(), "r--p");
         assert_eq!(serde_json::to_value(p).unwrap(), "r--p");
     }
+}
+
+/// How a storm went: iterations planned and run, and why it ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StormRun {
+    pub planned: u32,
+    pub ran: u32,
+    /// Iterations whose actions paused the vCPU (they write guest RAM or change its mappings).
+    pub paused_vcpu: u32,
+    /// `all-ran`, `rounds-ended` (the guest finished first) or `failed`.
+    pub ended: &'static str,
 }

@@ -1,15 +1,17 @@
 //! pinlab: a hypervisor-backed lab for DMA pinning on Linux.
 //!
-//! See `DESIGN.md` for the architecture. This file is the module list.
+//! See `docs/architecture.md` for the architecture. This file is the module list.
 
 pub mod addr;
 pub mod bench;
 pub mod config;
 pub mod console;
 pub mod devices;
+pub mod diff;
 pub mod evidence;
 pub mod host;
 pub mod identity;
+pub mod kselftest;
 pub mod layout;
 pub mod matrix;
 pub mod memory;
@@ -25,6 +27,8 @@ pub mod report;
 pub mod results;
 pub mod runner;
 pub mod scenario;
+pub mod shadow;
+pub mod sweep;
 pub mod timeline;
 pub mod trace;
 pub mod units;

@@ -69,6 +69,9 @@ pub struct Outcome {
     pub timeline: crate::timeline::Recorded,
     /// The kernel, its settings and the pinlab this was measured with.
     pub identity: crate::identity::Identity,
+    /// How the storm went, when the actions ran as one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storm: Option<crate::evidence::StormRun>,
     /// With `pin = "vfio"`: all of guest RAM's PFNs at MAP_DMA time against now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vfio: Option<crate::pin::vfio::Evidence>,
@@ -116,6 +119,7 @@ impl Outcome {
             timeline: Default::default(),
             identity: crate::identity::Identity::of_this_host(),
             vfio: None,
+            storm: None,
             trace: None,
         }
     }
@@ -152,6 +156,12 @@ impl Outcome {
             if let Some(f) = &e.finish {
                 out.push_str(&format!("    then: {f}\n"));
             }
+        }
+        if let Some(st) = &self.storm {
+            out.push_str(&format!(
+                "  storm: ran {} of {} iterations ({}; {} paused the vCPU)\n",
+                st.ran, st.planned, st.ended, st.paused_vcpu
+            ));
         }
         if let Some(v) = &self.vfio {
             out.push_str(&format!("  vfio: {}\n", v.summary));

@@ -72,10 +72,20 @@ fn era_of_this_kernel(requested: Option<&str>) -> Result<(Era, String), CliError
             .map_err(|why| CliError::Usage(format!("--era: {why}")))?;
         return Ok((era, format!("model {era} (--era)")));
     }
-    Ok((
-        Era::MODERN,
-        format!("model {} (the running kernel's era)", Era::MODERN),
-    ))
+    let release = pinlab::identity::Identity::of_this_host().kernel_release;
+    match release.as_deref().and_then(Era::for_kernel_release) {
+        Some(era) => Ok((
+            era,
+            format!(
+                "model {era} (the era of the running kernel {})",
+                release.as_deref().unwrap_or("?")
+            ),
+        )),
+        None => Err(CliError::Usage(format!(
+            "no model era covers the running kernel {}: pass --era or --expect",
+            release.as_deref().unwrap_or("(uname failed)")
+        ))),
+    }
 }
 
 /// Whether `composed` differs from `written` in a way the author's expectation does not cover.

@@ -36,7 +36,7 @@ pub use caps::{Capability, Caps, KvmFlavor, NAMES as CAPABILITY_NAMES};
 pub use journal::{recover_stale_journals, recover_stale_journals_in, Journal, Recovered, RUN_DIR};
 pub use knob_guard::KnobGuard;
 pub use knobs::{read_knob, trigger, write_knob};
-pub use ksm::{Ksm, KsmSettings};
+pub use ksm::{counter as ksm_counter, Ksm, KsmSettings, KSM_DIR};
 pub use lock::{Holder as LockHolder, SystemLock};
 pub use registry::{
     make_tracefs_instance, register_child, remove_tracefs_instance, unregister_child,

@@ -16,7 +16,7 @@
 //! disposition that kills the process with nothing restored. A handler works whichever thread the
 //! kernel picks. The pipe is created, and the thread spawned, before the handlers are installed.
 //! If the VMM later blocks these signals in all its threads and reads them from its own signalfd
-//! (the device thread's event loop, see DESIGN.md), the handler never fires and that loop calls
+//! (the device thread's event loop, see docs/architecture.md), the handler never fires and that loop calls
 //! [`restore_and_exit`] itself: the two designs compose. Install early, before other threads, so
 //! that no thread has already inherited an unwanted mask.
 //!

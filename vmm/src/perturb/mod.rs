@@ -16,6 +16,7 @@
 //! children are registered with `host` so a signal reaps them.
 
 mod fork;
+mod ksm_shadow;
 mod observe;
 mod reclaim;
 mod remap;
@@ -30,7 +31,8 @@ use std::time::Duration;
 use crate::addr::{Gpa, Hva, Pfn, HUGE_PAGE_SIZE, PAGE_SIZE};
 use crate::devices::Devices;
 use crate::evidence::{
-    ActionEvidence as Evidence, Details, Effect, HugePage, Interval, LaterHalf, PageList, Vma,
+    ActionEvidence as Evidence, Details, Effect, HugePage, Interval, LaterHalf, PageList, StormRun,
+    Vma,
 };
 use crate::host::{self, VmstatSnapshot};
 use crate::layout::Layout;
@@ -54,6 +56,12 @@ pub enum Error {
     Failed { action: Action, why: String },
     #[error("the storm thread panicked")]
     StormPanicked,
+    #[error(
+        "the storm ran 0 of {planned} iterations before the rounds ended: raise workload.rounds or shorten perturb.interval"
+    )]
+    StormDidNothing { planned: u32 },
+    #[error("spawning the storm thread: {0}")]
+    StormSpawn(#[source] std::io::Error),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -230,6 +238,7 @@ pub fn run_action(
         Action::SplitFolio => thp::split_folio(ctx)?,
         Action::Collapse => thp::collapse(ctx)?,
         Action::Ksm => reclaim::ksm(ctx)?,
+        Action::KsmShadow => ksm_shadow::ksm_shadow(ctx)?,
         Action::Compact => reclaim::compact(ctx)?,
         Action::Pageout => reclaim::pageout(ctx)?,
         Action::Mremap | Action::MremapDontunmap => {
@@ -270,13 +279,19 @@ pub fn run_action(
     ))
 }
 
+/// Whether one PMD maps all of the 2 MiB huge page at `huge` (2 MiB aligned), from
+/// PAGEMAP_SCAN: for the runner's `pte-mapped-thp` check, which acts before any action does.
+pub fn pmd_mapped(huge: Hva) -> std::io::Result<bool> {
+    observe::pmd_mapped(huge)
+}
+
 /// Why this host cannot run the scenario's actions, in one line, or `None`. Checked before
 /// the VM is built.
 pub fn preflight(s: &Scenario) -> Option<String> {
     let caps = host::Caps::probe();
     for &a in &s.perturb.actions {
         let need = match a {
-            Action::Ksm => Some("ksm"),
+            Action::Ksm | Action::KsmShadow => Some("ksm"),
             Action::UffdWp => Some("userfaultfd"),
             _ => None,
         };
@@ -299,6 +314,34 @@ pub fn preflight(s: &Scenario) -> Option<String> {
     None
 }
 
+/// One storm iteration of `a`. At a phase the guest is between rounds, and its next round writes
+/// every region page afresh; a storm lands mid-round, so an action that destroys the region's
+/// data (KSM's content fill, a discard) would make the guest's own check fail whatever the
+/// kernel did with the pins. For those, the device is quiesced (its state lock held: no DMA
+/// batch runs) and the region's data as the guest sees it is saved before the action and
+/// written back after it, through the VMM's mapping, so the guest and a device that follows the
+/// mapping see their data again, while a device that holds the old pages no longer matches.
+/// The vCPU is already paused for these (`Action::races_guest` or the storm's pause).
+fn storm_action(ctx: &Ctx, a: Action, iteration: u32) -> Result<(Evidence, Option<Finish>)> {
+    if !a.destroys_guest_data() {
+        return run_action(ctx, a, 0, Some(iteration));
+    }
+    let _quiet = ctx.devices.state();
+    let (hva, len) = ctx.region();
+    let mut saved = vec![0u8; len as usize];
+    // SAFETY: [hva, hva+len) is the region in guest RAM, mapped for the run; the vCPU is paused
+    // and the device quiesced (lock held above), so nothing writes it while it is copied.
+    unsafe { std::ptr::copy_nonoverlapping(hva.as_ptr(), saved.as_mut_ptr(), saved.len()) };
+    let result = run_action(ctx, a, 0, Some(iteration));
+    // The action may have moved nothing, but the region's address is the same: re-translate
+    // anyway (an mremap in the same storm re-points RAM, under the RAM write lock).
+    let (hva, _) = ctx.region();
+    // SAFETY: as above; the write goes through the VMM's mapping into whatever pages guest RAM
+    // maps now (faulting discarded ones back in), exactly what a guest write would do.
+    unsafe { std::ptr::copy_nonoverlapping(saved.as_ptr(), hva.as_ptr(), saved.len()) };
+    result
+}
+
 /// The live executor's phase hook for a scenario's perturbations.
 pub struct Schedule {
     actions: Vec<Action>,
@@ -310,15 +353,54 @@ pub struct Schedule {
     pending: Vec<(u32, usize, Finish)>,
     evidence: Vec<Evidence>,
     storm_thread: Option<Storm>,
+    storm_run: Option<StormRun>,
+    storm_error: Option<Error>,
     /// Built at the first phase from the run's environment, then shared by every action.
     ctx: Option<Ctx>,
     timeline: Option<Arc<Timeline>>,
 }
 
-/// A storm running on its own thread.
+/// A storm running on its own thread: its evidence, how it went, and the error that ended it.
 struct Storm {
-    stop: Arc<AtomicBool>,
-    handle: std::thread::JoinHandle<Result<Vec<Evidence>>>,
+    stop: Arc<StormStop>,
+    handle: std::thread::JoinHandle<(Vec<Evidence>, StormRun, Option<Error>)>,
+}
+
+/// Tells a storm to stop, waking it from its interval sleep (so the end of the rounds is never
+/// delayed by a long interval, nor blamed on the guest).
+#[derive(Debug, Default)]
+struct StormStop {
+    flag: AtomicBool,
+    lock: std::sync::Mutex<()>,
+    wake: std::sync::Condvar,
+}
+
+impl StormStop {
+    fn stop(&self) {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.flag.store(true, Ordering::Release);
+        self.wake.notify_all();
+    }
+
+    /// Sleeps `d` unless told to stop first; true when stopped.
+    fn sleep(&self, d: Duration) -> bool {
+        let deadline = std::time::Instant::now() + d;
+        let mut g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if self.flag.load(Ordering::Acquire) {
+                return true;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            g = self
+                .wake
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
 }
 
 impl Schedule {
@@ -332,6 +414,8 @@ impl Schedule {
             pending: Vec::new(),
             evidence: Vec::new(),
             storm_thread: None,
+            storm_run: None,
+            storm_error: None,
             ctx: None,
             timeline: None,
         }
@@ -383,48 +467,98 @@ impl Schedule {
     fn start_storm(&mut self, env: &RunEnv<'_>) {
         let ctx = self.ctx(env);
         let timeline = env.timeline.clone();
-        let stop = Arc::new(AtomicBool::new(false));
+        let vcpu = env.vcpu.clone();
+        let stop = Arc::new(StormStop::default());
         let stop_t = stop.clone();
         let (actions, n, interval) = (self.actions.clone(), self.storm, self.interval);
-        let handle = std::thread::spawn(move || -> Result<Vec<Evidence>> {
-            let mut out = Vec::new();
-            for i in 1..=n {
-                if stop_t.load(Ordering::Acquire) {
-                    break;
-                }
-                std::thread::sleep(interval);
-                for &a in &actions {
-                    let start = Mono::now();
-                    let result = run_action(&ctx, a, 0, Some(i)).and_then(|(mut ev, finish)| {
-                        if let Some(f) = finish {
-                            ev.finish = Some(f()?);
+        let handle = std::thread::Builder::new()
+            .name("pinlab-storm".into())
+            .spawn(move || {
+                let mut out = Vec::new();
+                let mut run = StormRun {
+                    planned: n,
+                    ran: 0,
+                    paused_vcpu: 0,
+                    ended: "all-ran",
+                };
+                for i in 1..=n {
+                    // The interval sleep ends early when the rounds end.
+                    if stop_t.sleep(interval) {
+                        run.ended = "rounds-ended";
+                        break;
+                    }
+                    let pause_it = actions
+                        .iter()
+                        .any(|a| a.races_guest() || a.destroys_guest_data());
+                    // Held for the whole iteration: the guest does not run while these act.
+                    let _paused = if pause_it {
+                        match vcpu.pause(&stop_t.flag) {
+                            Ok(p) => Some(p),
+                            Err(_) => {
+                                run.ended = "rounds-ended";
+                                break;
+                            }
                         }
-                        Ok(ev)
-                    });
-                    timeline.span(
-                        start,
-                        "storm",
-                        What::Action {
-                            action: a,
-                            iteration: Some(i),
-                            evidence: result.as_ref().ok().map(|_| out.len()),
-                            error: result.as_ref().err().map(|e| e.to_string()),
-                        },
-                    );
-                    out.push(result?);
+                    } else {
+                        None
+                    };
+                    for &a in &actions {
+                        let start = Mono::now();
+                        let result = storm_action(&ctx, a, i).and_then(|(mut ev, finish)| {
+                            if let Some(f) = finish {
+                                ev.finish = Some(f()?);
+                            }
+                            Ok(ev)
+                        });
+                        timeline.span(
+                            start,
+                            "storm",
+                            What::Action {
+                                action: a,
+                                iteration: Some(i),
+                                evidence: result.as_ref().ok().map(|_| out.len()),
+                                error: result.as_ref().err().map(|e| e.to_string()),
+                            },
+                        );
+                        match result {
+                            Ok(ev) => out.push(ev),
+                            Err(e) => {
+                                run.ended = "failed";
+                                return (out, run, Some(e));
+                            }
+                        }
+                    }
+                    run.ran = i;
+                    run.paused_vcpu += u32::from(pause_it);
                 }
+                (out, run, None)
+            });
+        match handle {
+            Ok(handle) => self.storm_thread = Some(Storm { stop, handle }),
+            Err(e) => {
+                self.storm_error = Some(Error::StormSpawn(e));
             }
-            Ok(out)
-        });
-        self.storm_thread = Some(Storm { stop, handle });
+        }
     }
 
     fn stop_storm(&mut self) -> Result<()> {
+        if let Some(err) = self.storm_error.take() {
+            return Err(err);
+        }
         if let Some(storm) = self.storm_thread.take() {
-            storm.stop.store(true, Ordering::Release);
-            let evs = storm.handle.join().map_err(|_| Error::StormPanicked)??;
+            storm.stop.stop();
+            let (evs, run, err) = storm.handle.join().map_err(|_| Error::StormPanicked)?;
             // A storm runs no phase actions, so its indices on the timeline are the list's.
             self.evidence.extend(evs);
+            let ran = run.ran;
+            let planned = run.planned;
+            self.storm_run = Some(run);
+            if let Some(e) = err {
+                return Err(e);
+            }
+            if ran == 0 && planned > 0 {
+                return Err(Error::StormDidNothing { planned });
+            }
         }
         Ok(())
     }
@@ -482,6 +616,10 @@ impl PhaseHook for Schedule {
             _ => {}
         }
         Ok(())
+    }
+
+    fn storm(&self) -> Option<StormRun> {
+        self.storm_run.clone()
     }
 
     fn finish(&mut self) -> (Vec<Evidence>, Option<Error>) {
