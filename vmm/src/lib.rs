@@ -30,6 +30,7 @@ pub mod scenario;
 pub mod shadow;
 pub mod sweep;
 pub mod timeline;
+pub mod trace;
 pub mod units;
 pub mod vcpu;
 pub mod vm;

@@ -75,6 +75,9 @@ pub struct Outcome {
     /// With `pin = "vfio"`: all of guest RAM's PFNs at MAP_DMA time against now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vfio: Option<crate::pin::vfio::Evidence>,
+    /// Host perf tracing, when the run was traced (`--trace FILE`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::trace::TraceReport>,
 }
 
 impl Outcome {
@@ -117,6 +120,7 @@ impl Outcome {
             identity: crate::identity::Identity::of_this_host(),
             vfio: None,
             storm: None,
+            trace: None,
         }
     }
 
@@ -185,6 +189,9 @@ impl Outcome {
         ));
         if let Some(t) = self.timings_ms.launch_to_guest_done {
             out.push_str(&format!("  launch -> guest done: {t:.2} ms\n"));
+        }
+        if let Some(t) = &self.trace {
+            out.push_str(&format!("  {}\n", t.summary()));
         }
         out.push_str(&format!(
             "verdict: {} (expected {}, from the {}){}\n",

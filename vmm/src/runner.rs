@@ -143,7 +143,9 @@ pub fn run<H: PhaseHook>(s: &Scenario, launch: Mono, hook: &mut H) -> Outcome {
         return out;
     }
     let mut out = Outcome::empty(s);
-    if let Err(e) = run_inner(s, launch, hook, &timeline, &mut out) {
+    let mut tracer =
+        crate::trace::Tracer::new(s.trace.file.clone(), s.trace.buffer.map(|b| b.0), &s.name);
+    if let Err(e) = run_inner(s, launch, hook, &timeline, &mut out, &mut tracer) {
         out.verdict = Verdict::Error;
         out.reason = Some(e.to_string());
     }
@@ -153,6 +155,7 @@ pub fn run<H: PhaseHook>(s: &Scenario, launch: Mono, hook: &mut H) -> Outcome {
             verdict: out.verdict,
         },
     );
+    out.trace = tracer.finish(&timeline);
     out.timeline = (&*timeline).into();
     out
 }
@@ -210,12 +213,14 @@ fn run_inner<H: PhaseHook>(
     hook: &mut H,
     timeline: &Arc<Timeline>,
     out: &mut Outcome,
+    tracer: &mut crate::trace::Tracer,
 ) -> Result<(), RunError> {
     let layout = s.layout().map_err(RunError::Layout)?;
     // System-wide state (KSM, swap, drop_caches, compaction) is serialized across processes
     // for the whole run; the swapfile, if any, lives exactly as long.
-    let touches_system =
-        s.host.swap.is_some() || s.perturb.actions.iter().any(|a| a.touches_system_knobs());
+    let touches_system = s.host.swap.is_some()
+        || tracer.enabled()
+        || s.perturb.actions.iter().any(|a| a.touches_system_knobs());
     let _system_lock = if touches_system {
         Some(crate::host::SystemLock::acquire_for(&s.name).map_err(RunError::SystemLock)?)
     } else {
@@ -237,6 +242,7 @@ fn run_inner<H: PhaseHook>(
             step: LaunchStep::RamMapped,
         },
     );
+    tracer.start(timeline, (ram.hva(), ram.size()), &layout);
     let boot = boot_info(s, &layout);
     let ram = Arc::new(RwLock::new(ram));
     // The prefault, then the THP coverage measurement, run on their own thread while this one

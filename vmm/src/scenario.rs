@@ -512,6 +512,17 @@ pub struct HostSpec {
     pub swap: Option<ByteSize>,
 }
 
+/// `[trace]`: host perf tracing for the run (docs/tracing.md); `--trace FILE` sets `file`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TraceSpec {
+    /// Where the Chrome trace-event JSON goes (the raw text beside it, `.ftrace.txt`); no file,
+    /// no tracing.
+    pub file: Option<std::path::PathBuf>,
+    /// Per-CPU ring buffer (default: sized for guest RAM).
+    pub buffer: Option<ByteSize>,
+}
+
 /// `[expect]`: what the scenario expects, per executor.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -546,6 +557,8 @@ pub struct Scenario {
     pub perturb: PerturbSpec,
     #[serde(default)]
     pub host: HostSpec,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub trace: TraceSpec,
     #[serde(default)]
     pub expect: Expect,
     /// The model executor's own description (steps, threads); owned by `model`.
@@ -555,6 +568,10 @@ pub struct Scenario {
 
 fn yes() -> bool {
     true
+}
+
+fn is_default<T: Default + PartialEq>(t: &T) -> bool {
+    *t == T::default()
 }
 
 /// Largest region `ksm-shadow` copies into its helper (which holds several copies of it).
@@ -645,6 +662,14 @@ impl Scenario {
                 "workload.directions",
                 "vmsplice holds references for device reads only; to-guest needs io-uring or mapping",
             ));
+        }
+        if let Some(b) = self.trace.buffer {
+            if !(64 << 10..=1 << 30).contains(&b.0) {
+                return Err(invalid(
+                    "trace.buffer",
+                    format!("{b} is outside 64KiB..1GiB"),
+                ));
+            }
         }
         match (self.device.pin, &self.device.vfio) {
             (PinKind::Vfio, None) => {

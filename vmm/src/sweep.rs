@@ -220,6 +220,7 @@ pub fn build(cell: &Cell, era: Era) -> Result<Scenario, Unbuildable> {
         host: HostSpec {
             swap: cell.actions.contains(&Action::Pageout).then_some(SWAP),
         },
+        trace: Default::default(),
         expect: Expect::default(),
         model: None,
     };

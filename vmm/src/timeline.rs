@@ -8,9 +8,13 @@
 //!
 //! The timeline is bounded: a hostile guest that rings doorbells or sends phases in a loop cannot
 //! grow it past `MAX_EVENTS`; what does not fit is counted in `dropped`.
+//!
+//! A [`Sink`] may be attached (tracing attaches one that writes each event to its tracefs
+//! instance's `trace_marker`): every event the timeline keeps is also handed to it, on the pushing
+//! thread, outside the timeline's lock.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::Serialize;
 
@@ -165,11 +169,29 @@ impl Event {
     }
 }
 
+/// Where the timeline's events also go while attached.
+pub trait Sink: Send + Sync {
+    /// Called on the pushing thread with each event the timeline keeps; must not block.
+    fn record(&self, e: &Event);
+}
+
+/// The attached sink, if any.
+#[derive(Default)]
+struct SinkSlot(RwLock<Option<Arc<dyn Sink>>>);
+
+impl std::fmt::Debug for SinkSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let attached = self.0.read().map(|s| s.is_some()).unwrap_or(false);
+        write!(f, "SinkSlot {{ attached: {attached} }}")
+    }
+}
+
 /// The append-only, bounded event list of one run. Shared by reference between threads.
 #[derive(Debug, Default)]
 pub struct Timeline {
     events: Mutex<Vec<Event>>,
     dropped: AtomicU64,
+    sink: SinkSlot,
 }
 
 impl Timeline {
@@ -177,7 +199,29 @@ impl Timeline {
         Self::default()
     }
 
+    /// Hands every later event to `sink` too (replacing any sink attached before).
+    pub fn set_sink(&self, sink: Arc<dyn Sink>) {
+        *self.sink.0.write().unwrap_or_else(|p| p.into_inner()) = Some(sink);
+    }
+
+    /// Detaches the sink.
+    pub fn clear_sink(&self) {
+        *self.sink.0.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     fn push(&self, e: Event) {
+        let sink = self
+            .sink
+            .0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(sink) = sink {
+            let room = self.events.lock().unwrap_or_else(|p| p.into_inner()).len() < MAX_EVENTS;
+            if room {
+                sink.record(&e);
+            }
+        }
         let mut v = self.events.lock().unwrap_or_else(|p| p.into_inner());
         if v.len() < MAX_EVENTS {
             v.push(e);
@@ -319,6 +363,29 @@ mod tests {
         }
         assert_eq!(t.snapshot().len(), MAX_EVENTS);
         assert_eq!(t.dropped(), 10);
+    }
+
+    #[test]
+    fn an_attached_sink_sees_each_kept_event_until_cleared() {
+        struct Count(Mutex<Vec<What>>);
+        impl Sink for Count {
+            fn record(&self, e: &Event) {
+                self.0.lock().unwrap().push(e.what.clone());
+            }
+        }
+        let t = Timeline::new();
+        let phase = |round| What::Phase {
+            phase: GuestPhase::RoundDone { round },
+        };
+        t.instant("vcpu", phase(0));
+        let sink = Arc::new(Count(Mutex::new(Vec::new())));
+        t.set_sink(sink.clone());
+        t.instant("vcpu", phase(1));
+        t.span(Mono::now(), "vcpu", phase(2));
+        t.clear_sink();
+        t.instant("vcpu", phase(3));
+        assert_eq!(*sink.0.lock().unwrap(), vec![phase(1), phase(2)]);
+        assert_eq!(t.snapshot().len(), 4);
     }
 
     #[test]

@@ -83,6 +83,10 @@ pub struct RunArgs {
     /// List the host actions: what each needs and what evidence it leaves; then exit.
     #[arg(long)]
     pub list_actions: bool,
+    /// Trace the run: Chrome trace-event JSON to FILE (open it in ui.perfetto.dev), the raw
+    /// tracefs text to FILE.ftrace.txt (docs/tracing.md).
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     pub json: bool,

@@ -59,6 +59,9 @@ fn apply(args: &RunArgs, s: &mut Scenario) {
     if args.dontfork {
         s.vm.dontfork = true;
     }
+    if let Some(f) = &args.trace {
+        s.trace.file = Some(f.clone());
+    }
 }
 
 /// The era whose rules the running kernel follows, and how that was decided.
@@ -141,6 +144,9 @@ pub fn compose(args: &RunArgs) -> Result<Composed, CliError> {
             "scenario {} is model-only (live = false): use `pinlab replay`",
             scenario.name
         )));
+    }
+    if let Some(f) = &scenario.trace.file {
+        pinlab::trace::check_output(f).map_err(|e| CliError::Usage(e.to_string()))?;
     }
     Ok(Composed {
         scenario,

@@ -92,7 +92,7 @@ pub struct Caps {
 }
 
 /// The order and names of [`Caps::report`].
-pub const NAMES: [&str; 13] = [
+pub const NAMES: [&str; 14] = [
     "kvm",
     "vfio",
     "iommu",
@@ -104,6 +104,7 @@ pub const NAMES: [&str; 13] = [
     "ksm",
     "swap",
     "tracefs",
+    "tracing",
     "debugfs",
     "userfaultfd",
 ];
@@ -500,6 +501,13 @@ fn probe_tracefs(cap_sys_admin: bool) -> (Capability, Option<String>) {
     (c, mount)
 }
 
+/// Whether a traced run can record here, and the catalogue events this kernel lacks (an
+/// unmounted tracefs is looked at through a detached mount that no mount table shows).
+fn probe_tracing() -> Capability {
+    let p = crate::trace::probe::probe();
+    cap("tracing", p.works, p.detail, p.fix.as_deref())
+}
+
 fn probe_debugfs() -> Capability {
     let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let mounted = mounts.lines().any(|l| {
@@ -590,6 +598,7 @@ impl Caps {
             probe_ksm(),
             swap,
             tracefs,
+            probe_tracing(),
             probe_debugfs(),
             probe_userfaultfd(),
         ];

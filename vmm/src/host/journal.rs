@@ -6,7 +6,9 @@
 //! anything is registered and removes it when nothing is. A process killed with SIGKILL (or that
 //! lost power to its handlers) leaves its journal behind; [`recover_stale_journals`] restores those
 //! knobs (newest record first, so a knob set twice ends at its first original) and swaps off and
-//! unlinks those swapfiles. It runs under the `SystemLock`: acquiring the lock calls it first.
+//! unlinks those swapfiles, and removes their tracefs instances (through the tracefs primitive in
+//! `trace::tracefs`, which knows nothing of journals). It runs under the `SystemLock`: acquiring
+//! the lock calls it first.
 //!
 //! A journal is stale when its PID is dead, or alive with another start time (the PID was
 //! reused). The current process's own journal is never recovered. Children are not journaled: a
@@ -20,6 +22,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{knobs, swap};
+use crate::trace::tracefs;
 
 /// Where pinlab keeps its lock and journals.
 pub const RUN_DIR: &str = "/run/pinlab";
@@ -77,6 +80,17 @@ pub enum Error {
         journal: PathBuf,
         source: swap::Error,
     },
+    #[error("reaching tracefs to remove the instances of journal {journal}: {source}")]
+    OpenTracefs {
+        journal: PathBuf,
+        source: Box<tracefs::Error>,
+    },
+    #[error("removing tracefs instance {name} from journal {journal}: {source}")]
+    RemoveTracefsInstance {
+        journal: PathBuf,
+        name: String,
+        source: Box<tracefs::Error>,
+    },
 }
 
 /// Result of this module.
@@ -89,6 +103,15 @@ pub struct JournalKnob {
     pub original: String,
 }
 
+/// A tracefs instance as journaled: its name under `instances/`, and the host's tracefs mount it
+/// was made through (`None`: pinlab's own detached mount, gone with the process; recovery reaches
+/// tracefs its own way).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalTracefs {
+    pub name: String,
+    pub host_mount: Option<PathBuf>,
+}
+
 /// What one process must undo, as found on disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Journal {
@@ -98,6 +121,9 @@ pub struct Journal {
     /// In registration order; recovery restores them in reverse.
     pub knobs: Vec<JournalKnob>,
     pub swapfiles: Vec<PathBuf>,
+    /// tracefs instances made (journals written before tracing existed have none).
+    #[serde(default)]
+    pub tracefs_instances: Vec<JournalTracefs>,
 }
 
 impl Journal {
@@ -109,7 +135,14 @@ impl Journal {
             start_time: process_start_time(pid).unwrap_or(0),
             knobs,
             swapfiles,
+            tracefs_instances: Vec::new(),
         }
+    }
+
+    /// The same journal with these tracefs instances.
+    pub fn with_tracefs(mut self, instances: Vec<JournalTracefs>) -> Journal {
+        self.tracefs_instances = instances;
+        self
     }
 }
 
@@ -124,6 +157,8 @@ pub struct Recovered {
     /// Knobs that no longer exist (ENOENT): nothing to restore.
     pub missing: Vec<PathBuf>,
     pub swapfiles_removed: Vec<PathBuf>,
+    /// tracefs instances removed (or found gone).
+    pub tracefs_instances_removed: Vec<String>,
     /// Failures; when not empty the journal is kept for another try (an unparsable one for a
     /// human to look at).
     pub errors: Vec<Error>,
@@ -137,6 +172,7 @@ impl Recovered {
             restored: Vec::new(),
             missing: Vec::new(),
             swapfiles_removed: Vec::new(),
+            tracefs_instances_removed: Vec::new(),
             errors: Vec::new(),
         }
     }
@@ -310,12 +346,39 @@ fn recover_one(path: &Path, journal: &Journal) -> Recovered {
             }),
         }
     }
+    if !journal.tracefs_instances.is_empty() {
+        remove_tracefs_instances(path, &journal.tracefs_instances, &mut rec);
+    }
     if rec.errors.is_empty() {
         if let Err(e) = remove_if_present(path.to_path_buf()) {
             rec.errors.push(e);
         }
     }
     rec
+}
+
+/// Removes a dead run's tracefs instances (tracefs reached as a traced run reaches it).
+fn remove_tracefs_instances(journal: &Path, list: &[JournalTracefs], rec: &mut Recovered) {
+    let fs = match tracefs::Tracefs::open() {
+        Ok(fs) => fs,
+        Err(source) => {
+            rec.errors.push(Error::OpenTracefs {
+                journal: journal.to_path_buf(),
+                source: Box::new(source),
+            });
+            return;
+        }
+    };
+    for t in list {
+        match tracefs::remove_instance(&fs.instance_dir(&t.name)) {
+            Ok(_) => rec.tracefs_instances_removed.push(t.name.clone()),
+            Err(source) => rec.errors.push(Error::RemoveTracefsInstance {
+                journal: journal.to_path_buf(),
+                name: t.name.clone(),
+                source: Box::new(source),
+            }),
+        }
+    }
 }
 
 /// Restores what dead processes' journals in `dir` record, and removes their temporary journal
@@ -397,7 +460,11 @@ mod tests {
                 original: "madvise".into(),
             }],
             vec!["/s".into()],
-        );
+        )
+        .with_tracefs(vec![JournalTracefs {
+            name: "pinlab-1".into(),
+            host_mount: None,
+        }]);
         write(dir.path(), &j).unwrap();
         assert_eq!(read(&journal_path(dir.path(), j.pid)).unwrap(), j);
         remove(dir.path(), j.pid).unwrap();
@@ -452,6 +519,7 @@ mod tests {
                     },
                 ],
                 swapfiles: vec![],
+                tracefs_instances: vec![],
             };
             write(dir.path(), &j).unwrap();
             let rec = recover_stale_journals_in(dir.path()).unwrap();
@@ -483,6 +551,7 @@ mod tests {
                 },
             ],
             swapfiles: vec![],
+            tracefs_instances: vec![],
         };
         write(dir.path(), &j).unwrap();
         let rec = recover_stale_journals_in(dir.path()).unwrap();

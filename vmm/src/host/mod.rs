@@ -6,7 +6,7 @@
 //!
 //! Layers, each using only the ones above it (no module calls up):
 //! 1. primitives that know nothing of records: `knobs` (read/write a knob file), `swap` (swap
-//!    areas, swapon/swapoff);
+//!    areas, swapon/swapoff), and `trace::tracefs` (make and remove a tracefs instance);
 //! 2. `journal`: the on-disk record and its recovery, on the primitives;
 //! 3. `registry`: the in-process record of what to undo, mirrored to the journal;
 //! 4. owners: `knob_guard` (`KnobGuard`), `swapfile` (`Swapfile`), `ksm`; `signals` (panic hook,
@@ -38,7 +38,9 @@ pub use knob_guard::KnobGuard;
 pub use knobs::{read_knob, trigger, write_knob};
 pub use ksm::{counter as ksm_counter, Ksm, KsmSettings, KSM_DIR};
 pub use lock::{Holder as LockHolder, SystemLock};
-pub use registry::{register_child, unregister_child};
+pub use registry::{
+    make_tracefs_instance, register_child, remove_tracefs_instance, unregister_child,
+};
 pub use signals::{defer_to_pending_signal, install_restore_handlers, restore_and_exit};
 pub use swap::{active_swaps, SwapEntry};
 pub use swapfile::Swapfile;

@@ -37,6 +37,7 @@ use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use super::{journal, knobs, swap};
+use crate::trace::tracefs;
 
 /// Errors of this module; each names the step that failed.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +62,15 @@ pub enum Error {
     Swapon(#[source] swap::Error),
     #[error("removing the swapfile: {0}")]
     RemoveSwapfile(#[source] swap::Error),
+    #[error("journaling tracefs instance {name}: {source}")]
+    JournalTracefs {
+        name: String,
+        source: journal::Error,
+    },
+    #[error("making the tracefs instance: {0}")]
+    MakeInstance(#[source] tracefs::Error),
+    #[error("removing the tracefs instance: {0}")]
+    RemoveInstance(#[source] tracefs::Error),
 }
 
 /// Result of this module.
@@ -74,11 +84,22 @@ pub(crate) struct KnobRecord {
     pub original: String,
 }
 
+/// A tracefs instance this process made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TracefsRecord {
+    id: u64,
+    name: String,
+    host_mount: Option<PathBuf>,
+    /// The instance directory, as this process reaches it.
+    dir: PathBuf,
+}
+
 struct State {
     next_id: u64,
     knobs: Vec<KnobRecord>,
     children: Vec<i32>,
     swapfiles: Vec<PathBuf>,
+    tracefs: Vec<TracefsRecord>,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
@@ -86,6 +107,7 @@ static STATE: Mutex<State> = Mutex::new(State {
     knobs: Vec::new(),
     children: Vec::new(),
     swapfiles: Vec::new(),
+    tracefs: Vec::new(),
 });
 
 fn state() -> MutexGuard<'static, State> {
@@ -114,7 +136,7 @@ fn state_within(timeout: Duration) -> Option<MutexGuard<'static, State>> {
 
 fn sync_journal(s: &State) -> std::result::Result<(), journal::Error> {
     let dir = &journal::run_dir();
-    if s.knobs.is_empty() && s.swapfiles.is_empty() {
+    if s.knobs.is_empty() && s.swapfiles.is_empty() && s.tracefs.is_empty() {
         return journal::remove(dir, std::process::id());
     }
     let j = journal::Journal::for_this_process(
@@ -126,6 +148,15 @@ fn sync_journal(s: &State) -> std::result::Result<(), journal::Error> {
             })
             .collect(),
         s.swapfiles.clone(),
+    )
+    .with_tracefs(
+        s.tracefs
+            .iter()
+            .map(|t| journal::JournalTracefs {
+                name: t.name.clone(),
+                host_mount: t.host_mount.clone(),
+            })
+            .collect(),
     );
     journal::write(dir, &j)
 }
@@ -288,12 +319,73 @@ fn remove_swapfiles_locked(s: &mut State) -> Vec<swap::Error> {
     errors
 }
 
+/// Under the registry lock: journals a tracefs instance, then makes its directory `dir`.
+/// Returns the record's id; on a failed `mkdir` the record is dropped again.
+pub fn make_tracefs_instance(name: &str, host_mount: Option<&Path>, dir: &Path) -> Result<u64> {
+    let mut s = state();
+    let id = s.next_id;
+    s.next_id += 1;
+    s.tracefs.push(TracefsRecord {
+        id,
+        name: name.to_string(),
+        host_mount: host_mount.map(Path::to_path_buf),
+        dir: dir.to_path_buf(),
+    });
+    if let Err(source) = sync_journal(&s) {
+        s.tracefs.pop();
+        return Err(Error::JournalTracefs {
+            name: name.to_string(),
+            source,
+        });
+    }
+    if let Err(e) = tracefs::make_instance(dir) {
+        s.tracefs.retain(|t| t.id != id);
+        if let Err(e) = sync_journal(&s) {
+            tracing::warn!("updating the journal: {e}");
+        }
+        return Err(Error::MakeInstance(e));
+    }
+    Ok(id)
+}
+
+fn remove_tracefs_locked(s: &mut State, idx: usize) -> Result<()> {
+    let rec = s.tracefs[idx].clone();
+    // A failure keeps the record (and the journal entry) for the next run's recovery.
+    tracefs::remove_instance(&rec.dir).map_err(Error::RemoveInstance)?;
+    s.tracefs.remove(idx);
+    if let Err(e) = sync_journal(s) {
+        tracing::warn!("updating the journal: {e}");
+    }
+    Ok(())
+}
+
+/// Under the registry lock: removes the instance of record `id`; `None` when it was removed
+/// already (by the signal path).
+pub fn remove_tracefs_instance(id: u64) -> Option<Result<()>> {
+    let mut s = state();
+    let idx = s.tracefs.iter().position(|t| t.id == id)?;
+    Some(remove_tracefs_locked(&mut s, idx))
+}
+
+fn remove_tracefs_instances_locked(s: &mut State) -> Vec<Error> {
+    let mut errors = Vec::new();
+    let mut idx = s.tracefs.len();
+    while idx > 0 {
+        idx -= 1;
+        if let Err(e) = remove_tracefs_locked(s, idx) {
+            errors.push(e);
+        }
+    }
+    errors
+}
+
 /// What [`restore_all_and_hold`] did.
 #[derive(Debug)]
 pub(crate) struct Restored {
     pub reaped: Vec<i32>,
     pub knob_errors: Vec<knobs::Error>,
     pub swap_errors: Vec<swap::Error>,
+    pub tracefs_errors: Vec<Error>,
 }
 
 /// For the SIGINT/SIGTERM path: takes the registry lock (waiting for a change in progress to
@@ -306,6 +398,7 @@ pub(crate) fn restore_all_and_hold() -> Restored {
     let reaped = kill_children_locked(&mut s);
     let knob_errors = restore_all_locked(&mut s);
     let swap_errors = remove_swapfiles_locked(&mut s);
+    let tracefs_errors = remove_tracefs_instances_locked(&mut s);
     if let Err(e) = sync_journal(&s) {
         tracing::warn!("updating knob journal: {e}");
     }
@@ -314,6 +407,7 @@ pub(crate) fn restore_all_and_hold() -> Restored {
         reaped,
         knob_errors,
         swap_errors,
+        tracefs_errors,
     }
 }
 
@@ -326,6 +420,32 @@ mod tests {
         let p = dir.join(name);
         fs::write(&p, value).unwrap();
         p
+    }
+
+    #[test]
+    fn tracefs_instances_are_journaled_while_they_exist() {
+        // An ordinary directory stands in for the instance; the journal is this test
+        // process's own.
+        let dir = tempfile::tempdir().unwrap();
+        let inst = dir.path().join("pinlab-test");
+        let id = make_tracefs_instance("pinlab-test", None, &inst).unwrap();
+        assert!(inst.is_dir());
+        let j = journal::read(&journal::journal_path(
+            &journal::run_dir(),
+            std::process::id(),
+        ))
+        .unwrap();
+        assert!(j.tracefs_instances.iter().any(|t| t.name == "pinlab-test"));
+        remove_tracefs_instance(id).unwrap().unwrap();
+        assert!(!inst.exists());
+        assert!(remove_tracefs_instance(id).is_none(), "removed twice");
+        // A failed mkdir leaves no record.
+        let bad = dir.path().join("no/such/parent");
+        assert!(matches!(
+            make_tracefs_instance("pinlab-bad", None, &bad),
+            Err(Error::MakeInstance(_))
+        ));
+        assert!(!state().tracefs.iter().any(|t| t.name == "pinlab-bad"));
     }
 
     #[test]

@@ -105,6 +105,9 @@ pub fn restore_and_exit(signal: i32) -> ! {
     for e in &restored.swap_errors {
         eprintln!("pinlab: removing a swapfile after signal {signal}: {e}");
     }
+    for e in &restored.tracefs_errors {
+        eprintln!("pinlab: removing a tracefs instance after signal {signal}: {e}");
+    }
     eprintln!(
         "pinlab: signal {signal}: reaped {} children, restored host state, exiting",
         restored.reaped.len()
