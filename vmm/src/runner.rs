@@ -186,7 +186,7 @@ fn run_inner<H: PhaseHook>(
                 .spawn_scoped(scope, || {
                     let start = Mono::now();
                     ram.populate().map_err(RunError::Prefault)?;
-                    let coverage = crate::pfn::thp_coverage(ram.hva(), ram.size()).ok();
+                    let coverage = crate::pfn::thp_blocks(ram.hva(), ram.size()).ok();
                     timeline.span(
                         start,
                         "prefault",
@@ -214,7 +214,8 @@ fn run_inner<H: PhaseHook>(
         (created, prefault)
     });
     let (vm, mut vcpu_fd) = created.map_err(RunError::Vm)?;
-    out.thp_coverage = prefault?;
+    out.thp_blocks.boot = prefault?;
+    out.thp_coverage = out.thp_blocks.coverage_at_boot(s.vm.memory.0);
     let vm = Arc::new(vm);
     let ram = Arc::new(RwLock::new(ram));
     // SAFETY: guest RAM outlives the attachment on every path: `vfio` is declared after `ram`
@@ -375,7 +376,8 @@ fn run_inner<H: PhaseHook>(
             out.vfio = Some(crate::pin::vfio::evidence(a, &ram));
         }
         if s.vm.prefault {
-            out.thp_coverage_end = crate::pfn::thp_coverage(ram.hva(), ram.size()).ok();
+            out.thp_blocks.end = crate::pfn::thp_blocks(ram.hva(), ram.size()).ok();
+            out.thp_coverage_end = out.thp_blocks.coverage_at_end(ram.size());
         }
     }
     out.pinned_pfns_changed_pages = out.pins.iter().map(|p| p.pinned_pfns_changed_pages).sum();
