@@ -8,6 +8,7 @@ pub mod config;
 pub mod devices;
 pub mod evidence;
 pub mod host;
+pub mod html;
 pub mod identity;
 pub mod layout;
 pub mod matrix;

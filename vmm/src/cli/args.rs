@@ -86,6 +86,9 @@ pub struct RunArgs {
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     pub json: bool,
+    /// Also write a self-contained HTML report of the run to this file.
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
 }
 
 fn parse_mode(s: &str) -> Result<GuestMode, String> {
@@ -116,6 +119,9 @@ pub enum Command {
         dir: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Also write a self-contained HTML report of the matrix to this file.
+        #[arg(long, value_name = "FILE.html")]
+        report: Option<PathBuf>,
     },
     /// Replay scenarios under each kernel era's rules (the model executor: simulated).
     Replay {
@@ -129,6 +135,9 @@ pub enum Command {
         dir: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Also write a self-contained HTML report (the era x scenario grid) to this file.
+        #[arg(long, value_name = "FILE.html")]
+        report: Option<PathBuf>,
     },
 }
 

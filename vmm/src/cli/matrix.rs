@@ -4,7 +4,11 @@ use std::process::ExitCode;
 
 use super::usage_error;
 
-pub fn cmd_matrix(dir: &std::path::Path, json: bool) -> ExitCode {
+pub fn cmd_matrix(
+    dir: &std::path::Path,
+    json: bool,
+    report: Option<pinlab::html::ReportFile>,
+) -> ExitCode {
     let exe = std::env::current_exe().unwrap_or_else(|_| "pinlab".into());
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
@@ -32,6 +36,13 @@ pub fn cmd_matrix(dir: &std::path::Path, json: bool) -> ExitCode {
         }
     } else {
         print!("{}", pinlab::matrix::table(&rows));
+    }
+    if let Some(f) = report {
+        let path = f.path().display().to_string();
+        match pinlab::html::matrix::write(f, &rows) {
+            Ok(n) => eprintln!("pinlab: report {path} ({n} bytes)"),
+            Err(e) => eprintln!("pinlab: {e}"),
+        }
     }
     if rows.iter().all(|r| r.pass) {
         ExitCode::SUCCESS

@@ -48,16 +48,37 @@ pub fn dispatch(command: Command, launch: Mono) -> ExitCode {
     match command {
         Command::Run(args) => run::cmd_run(args, launch),
         Command::Bench(args) => bench::cmd_bench(args),
-        Command::Matrix { dir, json } => matrix::cmd_matrix(&dir, json),
+        Command::Matrix { dir, json, report } => {
+            match report.as_deref().map(pinlab::html::ReportFile::create) {
+                Some(Err(e)) => usage_error(e),
+                file => matrix::cmd_matrix(&dir, json, file.and_then(Result::ok)),
+            }
+        }
         Command::Replay {
             scenarios,
             eras,
             dir,
             json,
-        } => match pinlab::model::replay_command(&scenarios, &eras, json, &dir) {
-            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
-            Err(e) => usage_error(format!("{e:#}")),
-        },
+            report,
+        } => {
+            let file = match report.as_deref().map(pinlab::html::ReportFile::create) {
+                Some(Err(e)) => return usage_error(e),
+                file => file.and_then(Result::ok),
+            };
+            let code = match pinlab::model::replay_command(&scenarios, &eras, json, &dir) {
+                Ok(code) => code.clamp(0, 255) as u8,
+                Err(e) => return usage_error(format!("{e:#}")),
+            };
+            // A usage error was already reported; the page repeats nothing of it.
+            if let (Some(f), true) = (file, code != 2) {
+                let path = f.path().display().to_string();
+                match pinlab::html::replay::write(f, &scenarios, &eras, &dir) {
+                    Ok(n) => eprintln!("pinlab: report {path} ({n} bytes)"),
+                    Err(e) => return usage_error(e),
+                }
+            }
+            ExitCode::from(code)
+        }
         Command::Host { json } => cmd_host(json),
     }
 }

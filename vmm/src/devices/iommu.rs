@@ -232,11 +232,7 @@ impl Iommu {
             // transfer.
             _ => unsafe { pin::pin(self.kind, hva, len) },
         };
-        let pin = pinned.map_err(|source| Error::Pin {
-            hva,
-            len,
-            source,
-        })?;
+        let pin = pinned.map_err(|source| Error::Pin { hva, len, source })?;
         let (pinned_pfns, pfn_error) = match pin
             .pinned_pfns()
             .map(Ok)
