@@ -51,8 +51,7 @@ details > summary { cursor: pointer; }
 details.trace { margin: 2px 0; }
 details.trace ol { margin: 4px 0 4px 18px; padding: 0; }
 .grid td { text-align: center; min-width: 70px; }
-.grid td.name, .grid th.name { text-align: left; }
-.grid td details summary { list-style: none; }
+.grid td.name, .grid th.name { text-align: left; white-space: nowrap; }
 .grid td details[open] { text-align: left; min-width: 360px; }
 nav.toc a { margin-right: 10px; }
 section.run { border-top: 2px solid #333; margin-top: 28px; }
