@@ -110,23 +110,27 @@ fn grid(es: &[Entry<'_>]) -> Markup {
             @let acts: BTreeSet<String> = these.iter().map(|e| actions_of(e.row)).collect();
             h3 { "Memory: " (match kind { Some(true) => "THP on", Some(false) => "THP off", None => "unknown (scenario file unreadable)" }) }
             table.grid.pinxaction {
-                tr { th.name { "pin \\ action" } @for a in &acts { th.mono { (a) } } }
-                @for p in &pins {
+                tr { th.name { "action \\ pin" } @for p in &pins { th.mono { (p) } } }
+                @for a in &acts {
                     tr {
-                        th.name.mono { (p) }
-                        @for a in &acts {
+                        th.name.mono { (a) }
+                        @for p in &pins {
                             @let cell: Vec<&&Entry<'_>> = these.iter().filter(|e| e.row.pin == *p && &actions_of(e.row) == a).collect();
                             @if cell.is_empty() {
                                 td.empty { "" }
                             } @else {
                                 td {
-                                    @for e in cell {
+                                    @let several = cell.len() > 1;
+                                    @for e in &cell {
                                         @let (class, sym) = palette::verdict_class(verdict_of(e.row));
-                                        a class={"badge " (class)} href={"#" (anchor(e.idx))} title=(e.row.scenario) {
-                                            (sym) " " (verdict_of(e.row).to_string())
-                                            @if !e.row.pass { " ≠" }
+                                        div {
+                                            a class={"badge " (class)} href={"#" (anchor(e.idx))} title=(e.row.scenario) {
+                                                (sym) " " (verdict_of(e.row).to_string())
+                                                @if !e.row.pass { " ≠" }
+                                            }
+                                            // Two scenarios in one cell: say which is which.
+                                            @if several { " " span.note.mono { (e.row.scenario) } }
                                         }
-                                        " "
                                     }
                                 }
                             }
@@ -148,7 +152,7 @@ fn table(es: &[Entry<'_>]) -> Markup {
             tr { th { "scenario" } th { "pin" } th { "actions" } th { "expected" } th { "verdict" } th.num { "seconds" } th { "evidence" } }
             @for e in order {
                 tr data-pass=(e.row.pass) {
-                    td.mono { a href={"#" (anchor(e.idx))} { (e.row.scenario) } }
+                    td.mono.name { a href={"#" (anchor(e.idx))} { (e.row.scenario) } }
                     td.mono { (e.row.pin) }
                     td.mono { (actions_of(e.row)) }
                     td { (e.row.expected.map_or("-".into(), |v| v.to_string())) }
@@ -167,7 +171,7 @@ fn section(e: &Entry<'_>) -> Result<Markup> {
         section.run id=(id) {
             h2 { (e.row.scenario) " " span.note.mono { (e.row.file.display().to_string()) } }
             @match &e.view {
-                Ok(v) => { (run::banner(v)) (run::sections(v, &format!("{id}-"))?) }
+                Ok(v) => { (run::banner(v)) (run::sections(v, &format!("{id}-"), super::timeline::Detail::Compact)?) }
                 Err(why) => {
                     p { (verdict_badge(verdict_of(e.row))) " " (why) }
                 }
@@ -250,5 +254,70 @@ mod tests {
             html.contains("data-verdict=\"skipped\""),
             "a's banner from its JSON"
         );
+    }
+
+    /// 30 scenarios of 100 rounds each (the longest in configs/), pages lost and stale: the
+    /// page must stay one attachable file under 2 MiB.
+    #[test]
+    fn thirty_long_scenarios_stay_under_two_mib() {
+        use crate::timeline::{DmaDirection, GuestPhase, Timeline, What};
+        let s = crate::config::load(None).unwrap();
+        let mut o = crate::report::Outcome::empty(&s);
+        let t = Timeline::new();
+        t.instant(
+            "vcpu",
+            What::Phase {
+                phase: GuestPhase::RoundsStart,
+            },
+        );
+        for round in 1..=100 {
+            for direction in [DmaDirection::FromGuest, DmaDirection::ToGuest] {
+                t.span(
+                    crate::timeline::Mono::now(),
+                    "device",
+                    What::DmaBatch {
+                        direction,
+                        descriptors: 4,
+                        bytes: 2 << 20,
+                        failed: 0,
+                    },
+                );
+            }
+            t.instant(
+                "vcpu",
+                What::Phase {
+                    phase: GuestPhase::RoundDone { round },
+                },
+            );
+        }
+        o.timeline = (&t).into();
+        o.verdict = Verdict::Diverged;
+        o.device_write_lost_pages = 300;
+        o.device_read_stale_pages = 512;
+        o.guest = Some(crate::oracle::GuestSummary {
+            region_pages: 512,
+            write_lost_page_list: (0..64).collect(),
+            read_stale_page_list: (0..64).collect(),
+            ..Default::default()
+        });
+        o.thp_blocks.boot = Some(vec![512; 32]);
+        o.thp_blocks.end = Some((0..32).map(|b| (b * 16) as u16).collect());
+        let j = serde_json::to_value(&o).unwrap();
+        let rows: Vec<Row> = (0..30)
+            .map(|i| {
+                let mut r = row(
+                    &format!("s{i}"),
+                    Verdict::Diverged,
+                    i % 2 == 0,
+                    Some(j.clone()),
+                );
+                r.pin = ["io-uring", "vmsplice", "mapping"][i % 3].into();
+                r
+            })
+            .collect();
+        let html = page(&rows).unwrap().into_string();
+        assert_eq!(html.matches("<section class=\"run\"").count(), 30);
+        assert!(html.len() < 2 << 20, "{} bytes", html.len());
+        println!("30 synthetic 100-round scenarios: {} bytes", html.len());
     }
 }

@@ -30,8 +30,8 @@ pub const BANDS: [(Colour, &str); 3] = [
 /// A band whose page lies past the end of a cut list.
 pub const NOT_LISTED: Colour = Colour::new(0xB8, 0xB8, 0xB8);
 /// The ground of a cell whose block was all THP at the end, part THP, or not THP.
-pub const GROUND_THP: Colour = Colour::new(0xD6, 0xE8, 0xF5);
-pub const GROUND_PART: Colour = Colour::new(0xEE, 0xF4, 0xF9);
+pub const GROUND_THP: Colour = Colour::new(0xB4, 0xD5, 0xEC);
+pub const GROUND_PART: Colour = Colour::new(0xE2, 0xEE, 0xF7);
 
 /// THP state of a 2 MiB block from its count.
 fn thp_words(count: Option<u16>) -> String {
@@ -116,7 +116,7 @@ pub fn strip(v: &RunView, id: &str) -> Result<Option<Markup>> {
             root.draw(&Text::new(
                 format!("{first}"),
                 (6, y_of(r) + cell_h as i32 / 2),
-                chart::label(11.0),
+                chart::label(13.5),
             ))
             .map_err(|e| fail(e.to_string()))?;
             // Runs of equal cells in this row: one ground and one band rect per run.
@@ -197,7 +197,7 @@ pub fn strip(v: &RunView, id: &str) -> Result<Option<Markup>> {
                 "{pages} pages of 4 KiB from gpa {start:#x}, {cols} per row (row label: first page index)"
             ),
             (LEFT as i32, y_of(rows) + 12),
-            chart::label(11.0),
+            chart::label(13.5),
         ))
         .map_err(|e| fail(e.to_string()))?;
         root.present().map_err(|e| fail(e.to_string()))?;
@@ -267,19 +267,30 @@ pub fn ram_map(v: &RunView, id: &str) -> Result<Option<Markup>> {
             root.draw(&Text::new(
                 format!("{} MiB", u64::from(r * cols) * 2),
                 (4, y + 14),
-                chart::label(11.0),
+                chart::label(13.5),
             ))
             .map_err(|e| fail(e.to_string()))?;
-            root.draw(&Text::new("boot", (4, y + 28), chart::label(11.0)))
+            // A grey ground behind the row: the gaps between cells outline each block, so a
+            // white (no THP) block still shows as a cell.
+            let in_row = (blocks - r * cols).min(cols);
+            root.draw(&Rectangle::new(
+                [
+                    (LEFT as i32 - 2, y + 17),
+                    ((LEFT + in_row * cell_w) as i32 - 1, y + 59),
+                ],
+                palette::GREY.plotters().filled(),
+            ))
+            .map_err(|e| fail(e.to_string()))?;
+            root.draw(&Text::new("boot", (4, y + 28), chart::label(13.5)))
                 .map_err(|e| fail(e.to_string()))?;
-            root.draw(&Text::new("end", (4, y + 48), chart::label(11.0)))
+            root.draw(&Text::new("end", (4, y + 48), chart::label(13.5)))
                 .map_err(|e| fail(e.to_string()))?;
         }
         for b in 0..blocks {
             let (r, c) = (b / cols, b % cols);
             let x0 = (LEFT + c * cell_w) as i32;
             let y0 = (4 + r * cell_h) as i32;
-            let x1 = x0 + cell_w as i32 - 2;
+            let x1 = x0 + cell_w as i32 - 3;
             let (boot, end) = (at(&v.blocks.boot, b), at(&v.blocks.end, b));
             let (short, words) = roles(v, u64::from(b));
             root.draw(&Rectangle::new(
@@ -292,18 +303,20 @@ pub fn ram_map(v: &RunView, id: &str) -> Result<Option<Markup>> {
                 fill(end).plotters().filled(),
             ))
             .map_err(|e| fail(e.to_string()))?;
-            let outline = if short.contains('R') {
-                BLACK.stroke_width(2)
-            } else {
-                palette::GREY.plotters().stroke_width(1)
-            };
-            root.draw(&Rectangle::new([(x0, y0 + 19), (x1, y0 + 57)], outline))
+            // The region's blocks get a thick outline; the others are told apart by the gap
+            // between cells (one outline per block would double the map's size).
+            if short.contains('R') {
+                root.draw(&Rectangle::new(
+                    [(x0, y0 + 19), (x1, y0 + 57)],
+                    BLACK.stroke_width(2),
+                ))
                 .map_err(|e| fail(e.to_string()))?;
+            }
             if !short.is_empty() {
                 root.draw(&Text::new(
                     short.clone(),
                     ((x0 + x1) / 2, y0 + 10),
-                    chart::centred(12.0),
+                    chart::centred(15.0),
                 ))
                 .map_err(|e| fail(e.to_string()))?;
             }

@@ -50,11 +50,15 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 details > summary { cursor: pointer; }
 details.trace { margin: 2px 0; }
 details.trace ol { margin: 4px 0 4px 18px; padding: 0; }
-.grid td { text-align: center; min-width: 70px; }
+.grid td { text-align: center; }
+#replay { font-size: 12.5px; } #replay td, #replay th { padding: 2px 4px; }
 .grid td.name, .grid th.name { text-align: left; white-space: nowrap; }
 .grid td details[open] { text-align: left; min-width: 360px; }
 nav.toc a { margin-right: 10px; }
 section.run { border-top: 2px solid #333; margin-top: 28px; }
+#scenarios td.name { white-space: nowrap; }
+table.pinxaction td { min-width: 110px; }
+a.badge { text-decoration: none; }
 "#,
     );
     css.push_str(&palette::verdict_css());

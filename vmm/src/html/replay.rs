@@ -10,6 +10,15 @@ use super::page;
 use super::palette;
 use crate::model::{Era, Replay, HEADER};
 
+/// A cell's words: the verdict, or for a broken structural invariant just its name (the ⚠ and
+/// the stripes say "broken").
+fn short(v: &crate::model::ModelVerdict) -> String {
+    match v {
+        crate::model::ModelVerdict::InvariantBroken(i) => i.to_string(),
+        other => other.key(),
+    }
+}
+
 fn cell(r: &Replay) -> Markup {
     let (class, sym) = palette::model_class(&r.verdict);
     let unmet = r.met == Some(false);
@@ -17,7 +26,7 @@ fn cell(r: &Replay) -> Markup {
         td class=(class) data-era=(r.era) data-verdict=(r.verdict.key()) {
             details {
                 summary {
-                    (sym) " " (r.verdict.key())
+                    (sym) " " (short(&r.verdict))
                     @for f in &r.findings { " +" (f) }
                     @if unmet { " " span.unmet { "≠ expected" } }
                 }

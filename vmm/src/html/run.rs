@@ -63,16 +63,19 @@ pub fn banner(v: &RunView) -> Markup {
     }
 }
 
-fn timeline_legend() -> Markup {
+fn timeline_legend(lanes: &[timeline::LaneKind]) -> Markup {
+    use timeline::LaneKind as L;
+    let has = |k: &L| lanes.contains(k);
     html! {
         div.legend {
-            (legend_key(&palette::GREY.css(), "launch step (bar: its duration, tick: an instant)"))
-            (legend_key(&palette::BLUE.css(), "guest round (odd; even rounds lighter; number inside)"))
-            (legend_key(&palette::BLUISH_GREEN.css(), "DMA batch, device reads guest RAM"))
-            (legend_key(&palette::ORANGE.css(), "DMA batch, device writes guest RAM (black: a descriptor failed)"))
-            span { "▲ map, ✕ unmap (IOMMU)" }
-            (legend_key(&palette::REDDISH_PURPLE.css(), "host action (name beside it; hover for its evidence)"))
-            span { "│ verdict: when the oracle decided" }
+            @if has(&L::Launch) { (legend_key(&palette::GREY.css(), "launch step (tick: an instant)")) }
+            @if has(&L::Rounds) { (legend_key(&palette::BLUE.css(), "guest round (number inside; odd dark, even light)")) }
+            @if has(&L::DmaFromGuest) { (legend_key(&palette::BLUISH_GREEN.css(), "DMA batch, device reads guest RAM")) }
+            @if has(&L::DmaToGuest) { (legend_key(&palette::ORANGE.css(), "DMA batch, device writes guest RAM")) }
+            @if has(&L::DmaFromGuest) || has(&L::DmaToGuest) { (legend_key("#000", "a batch with a failed descriptor")) }
+            @if has(&L::Iommu) { span { "▲ IOMMU map, ✕ unmap" } }
+            @if has(&L::Actions) { (legend_key(&palette::REDDISH_PURPLE.css(), "host action (name beside it; hover for its evidence)")) }
+            span { "│ verdict: when the oracle decided. Hover any mark for its details." }
         }
     }
 }
@@ -181,16 +184,20 @@ fn evidence(v: &RunView) -> Markup {
 }
 
 /// The charts and tables of one run, with `id` prefixing their element ids.
-pub fn sections(v: &RunView, id: &str) -> Result<Markup> {
-    let tl = timeline::chart(v, &format!("{id}timeline"))?;
+pub fn sections(v: &RunView, id: &str, detail: timeline::Detail) -> Result<Markup> {
+    let tl = timeline::chart(v, &format!("{id}timeline"), detail)?;
     let strip = memory::strip(v, &format!("{id}strip"))?;
     let map = memory::ram_map(v, &format!("{id}ram"))?;
     let why = v.reason.as_deref().unwrap_or("no reason given");
     Ok(html! {
         h2 { "Timeline" }
         @match tl {
-            Some(t) => { (timeline_legend())
+            Some(t) => { (timeline_legend(&timeline::lanes_of(v)))
                 @if let Some(l) = timeline::launch_summary(v) { p.note { (l) } }
+                @if detail == timeline::Detail::Compact {
+                    p.note { "Lanes longer than " (timeline::COMPACT_ITEMS) " marks are merged here (hover says how many); "
+                             code { "pinlab run --report" } " draws every event." }
+                }
                 (t)
                 @if v.dropped > 0 { p.note { (v.dropped) " events did not fit the timeline's bound and are not drawn." } } }
             None => { p.note { "No events were recorded: " (why) } }
@@ -223,7 +230,9 @@ pub fn model_table(rows: &[Replay], live: Verdict) -> Markup {
                     td class=(class) { (sym) " " (r.verdict.to_string())
                         @for f in &r.findings { " +" (f) }
                         @if r.era == crate::model::Era::MODERN.name() {
-                            @if agrees { " (= live)" } @else { " (≠ live " (live.to_string()) ")" }
+                            @if !matches!(live, Verdict::Coherent | Verdict::Diverged) {
+                                " (live: " (live.to_string()) ", nothing to compare)"
+                            } @else if agrees { " (= live)" } @else { " (≠ live " (live.to_string()) ")" }
                         }
                     }
                     td { (r.detail.as_deref().unwrap_or("")) }
@@ -256,11 +265,16 @@ pub fn page(
         (banner(v))
         nav.toc { a href="#timeline" { "timeline" } a href="#strip" { "region pages" } a href="#ram" { "guest RAM" }
                   a href="#model" { "model" } a href="#scenario" { "scenario" } }
-        (sections(v, "")?)
+        (sections(v, "", timeline::Detail::Full)?)
         h2 id="model" { "The model on every era (simulated)" }
-        @match model {
-            Ok(rows) => { (model_table(rows, v.verdict)) }
-            Err(why) => { p.note { "The model cannot replay this scenario: " (why) } }
+        @if scenario.workload.mode != crate::scenario::GuestMode::Dma {
+            p.note { "The guest ran without DMA (mode " (format!("{:?}", scenario.workload.mode).to_lowercase())
+                     "): the model replays DMA scenarios only." }
+        } @else {
+            @match model {
+                Ok(rows) => { (model_table(rows, v.verdict)) }
+                Err(why) => { p.note { "The model cannot replay this scenario: " (why) } }
+            }
         }
         h2 id="scenario" { "The scenario as run" }
         p.note { "After command-line overrides; the expectation came from the " (v.expected_from) "." }

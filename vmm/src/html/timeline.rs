@@ -44,7 +44,7 @@ impl LaneKind {
 
     fn label(&self) -> String {
         match self {
-            LaneKind::Launch => "launch".into(),
+            LaneKind::Launch => "launch steps".into(),
             LaneKind::Rounds => "guest rounds".into(),
             LaneKind::DmaToGuest => "DMA → guest".into(),
             LaneKind::DmaFromGuest => "DMA ← guest".into(),
@@ -54,6 +54,63 @@ impl LaneKind {
             LaneKind::Counter(c) => c.clone(),
         }
     }
+}
+
+/// How much a chart draws: every event (a run's page), or at most [`COMPACT_ITEMS`] marks per
+/// lane (a matrix section, so 30 of them stay one attachable file), neighbours merged into one
+/// mark whose tooltip says how many it stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detail {
+    Full,
+    Compact,
+}
+
+/// Marks per lane at most, in compact charts.
+pub const COMPACT_ITEMS: usize = 40;
+
+/// Merges a lane's bars into at most `max` marks, each spanning consecutive bars; instants
+/// (markers) are few and kept as they are.
+fn merge(items: Vec<Item>, max: usize, rounds: bool) -> Vec<Item> {
+    if items.len() <= max || items.iter().any(|i| i.marker.is_some()) {
+        return items;
+    }
+    let chunk = items.len().div_ceil(max);
+    items
+        .chunks(chunk)
+        .enumerate()
+        .map(|(g, c)| {
+            let (first, last) = (&c[0], &c[c.len() - 1]);
+            let failed = c.iter().any(|i| i.colour == palette::BLACK);
+            Item {
+                t0: c.iter().map(|i| i.t0).fold(f64::INFINITY, f64::min),
+                t1: c.iter().map(|i| i.t1).fold(f64::NEG_INFINITY, f64::max),
+                colour: if failed {
+                    palette::BLACK
+                } else if rounds {
+                    [palette::BLUE, palette::SKY_BLUE][g % 2]
+                } else {
+                    first.colour
+                },
+                marker: None,
+                text: match (&first.text, &last.text) {
+                    (Some(a), Some(b)) if c.len() > 1 => Some(format!("{a}–{b}")),
+                    (a, _) => a.clone(),
+                },
+                title: if c.len() == 1 {
+                    first.title.clone()
+                } else {
+                    let t0 = c.iter().map(|i| i.t0).fold(f64::INFINITY, f64::min);
+                    let t1 = c.iter().map(|i| i.t1).fold(f64::NEG_INFINITY, f64::max);
+                    // Short: 30 matrix sections carry these.
+                    format!(
+                        "{} merged, {t0:.3}–{t1:.3} ms{} (the run's own report draws each)",
+                        c.len(),
+                        if failed { ", a batch failed" } else { "" },
+                    )
+                },
+            }
+        })
+        .collect()
 }
 
 /// One drawn item: [start, end] in ms from t0, its sub-row, colour, tooltip and text.
@@ -127,7 +184,7 @@ pub fn launch_summary(v: &RunView) -> Option<String> {
 
 /// The lanes of a run, in drawing order; empty lanes are left out.
 pub fn lanes_of(v: &RunView) -> Vec<LaneKind> {
-    build(v, window_start(v).unwrap_or(0))
+    build(v, window_start(v).unwrap_or(0), Detail::Full)
         .into_iter()
         .map(|l| l.kind)
         .collect()
@@ -147,7 +204,7 @@ fn evidence_title(v: &RunView, idx: Option<usize>) -> String {
     t
 }
 
-fn build(v: &RunView, t0: u64) -> Vec<Lane> {
+fn build(v: &RunView, t0: u64, detail: Detail) -> Vec<Lane> {
     let mut launch = Vec::new();
     let mut rounds = Vec::new();
     let mut to_guest = Vec::new();
@@ -314,8 +371,11 @@ fn build(v: &RunView, t0: u64) -> Vec<Lane> {
     .into_iter()
     .filter(|(_, items)| !items.is_empty())
     .map(|(kind, items)| Lane {
+        items: match detail {
+            Detail::Full => items,
+            Detail::Compact => merge(items, COMPACT_ITEMS, kind == LaneKind::Rounds),
+        },
         kind,
-        items,
         steps: None,
     })
     .collect();
@@ -394,11 +454,11 @@ fn dur(d: Option<u64>) -> String {
 }
 
 /// The timeline chart of a run, or `None` when it recorded no events.
-pub fn chart(v: &RunView, id: &str) -> Result<Option<Markup>> {
+pub fn chart(v: &RunView, id: &str, detail: Detail) -> Result<Option<Markup>> {
     let Some(t0) = window_start(v) else {
         return Ok(None);
     };
-    let lanes = build(v, t0);
+    let lanes = build(v, t0, detail);
     if lanes.is_empty() {
         return Ok(None);
     }
@@ -445,8 +505,8 @@ pub fn chart(v: &RunView, id: &str) -> Result<Option<Markup>> {
             .x_label_formatter(&|x| format!("{x:.1}"))
             .max_light_lines(0)
             .bold_line_style(palette::LIGHT_GREY.plotters())
-            .label_style(chart::font(12.0))
-            .axis_desc_style(chart::font(12.0))
+            .label_style(chart::font(15.0))
+            .axis_desc_style(chart::font(15.0))
             .draw()
             .map_err(|e| fail(e.to_string()))?;
         let px_per_ms = f64::from(WIDTH - LABEL_W - 16) / t_max;
@@ -459,7 +519,7 @@ pub fn chart(v: &RunView, id: &str) -> Result<Option<Markup>> {
             root.draw(&Text::new(
                 lane.kind.label(),
                 (lx - LABEL_W as i32 + 6, ly),
-                chart::label(12.5),
+                chart::label(15.0),
             ))
             .map_err(|e| fail(e.to_string()))?;
             // A faint band so lanes read as rows.
@@ -527,7 +587,7 @@ pub fn chart(v: &RunView, id: &str) -> Result<Option<Markup>> {
                         root.draw(&Text::new(
                             text.clone(),
                             at,
-                            chart::label(11.0).color(&colour),
+                            chart::label(13.5).color(&colour),
                         ))
                         .map_err(|e| fail(e.to_string()))?;
                     }
@@ -556,7 +616,7 @@ pub fn chart(v: &RunView, id: &str) -> Result<Option<Markup>> {
                 root.draw(&Text::new(
                     format!("{lo} → {hi}"),
                     (x - 90, y),
-                    chart::label(11.0),
+                    chart::label(13.5),
                 ))
                 .map_err(|e| fail(e.to_string()))?;
             }
@@ -576,7 +636,7 @@ pub fn chart(v: &RunView, id: &str) -> Result<Option<Markup>> {
             root.draw(&Text::new(
                 format!("verdict: {verdict}"),
                 (x - 4, y - 2),
-                chart::font(11.0).pos(plotters::style::text_anchor::Pos::new(
+                chart::font(13.5).pos(plotters::style::text_anchor::Pos::new(
                     plotters::style::text_anchor::HPos::Right,
                     plotters::style::text_anchor::VPos::Top,
                 )),
@@ -658,7 +718,7 @@ mod tests {
             lanes_of(&v),
             vec![LaneKind::Rounds, LaneKind::DmaToGuest, LaneKind::Actions]
         );
-        let lanes = build(&v, 1_000_000);
+        let lanes = build(&v, 1_000_000, Detail::Full);
         let r = &lanes[0].items;
         assert_eq!(r.len(), 2, "two rounds");
         assert_eq!(
@@ -667,7 +727,7 @@ mod tests {
             "round 1 spans start → done 1"
         );
         assert_eq!((r[1].t0, r[1].t1), (1.0, 2.0));
-        let html = chart(&v, "t").unwrap().unwrap().into_string();
+        let html = chart(&v, "t", Detail::Full).unwrap().unwrap().into_string();
         assert_eq!(html.matches("class=\"lane\"").count(), 3);
         assert!(html.contains("data-name=\"dma-to-guest\""));
         assert!(html.contains("<title>host action dontneed"));
@@ -698,13 +758,61 @@ mod tests {
                 LaneKind::Counter("thp_split_pmd".into())
             ]
         );
-        let html = chart(&v, "t").unwrap().unwrap().into_string();
+        let html = chart(&v, "t", Detail::Full).unwrap().unwrap().into_string();
         assert!(html.contains("data-name=\"kernel:huge_memory\""));
         assert!(html.contains("thp_split_pmd = 1 at 1.000 ms"));
     }
 
     #[test]
+    fn compact_charts_merge_long_lanes_and_say_so() {
+        let mut events = vec![ev(
+            0,
+            None,
+            Mark::Phase {
+                phase: Phase::RoundsStart,
+            },
+        )];
+        for round in 1..=100u32 {
+            let at = u64::from(round) * 1_000_000;
+            events.push(ev(
+                at - 500_000,
+                Some(100_000),
+                Mark::DmaBatch {
+                    direction: Direction::FromGuest,
+                    descriptors: 1,
+                    bytes: 4096,
+                    failed: u32::from(round == 50),
+                },
+            ));
+            events.push(ev(
+                at,
+                None,
+                Mark::Phase {
+                    phase: Phase::RoundDone { round },
+                },
+            ));
+        }
+        let v = view_with(events);
+        let full = build(&v, 0, Detail::Full);
+        let compact = build(&v, 0, Detail::Compact);
+        assert_eq!(full[0].items.len(), 100);
+        let rounds = &compact[0].items;
+        assert!(rounds.len() <= COMPACT_ITEMS, "{}", rounds.len());
+        assert_eq!(rounds[0].text.as_deref(), Some("1–3"));
+        assert_eq!(
+            (rounds[0].t0, rounds.last().unwrap().t1),
+            (0.0, 100.0),
+            "same span"
+        );
+        assert!(rounds[0].title.starts_with("3 merged, 0.000–3.000 ms"));
+        // The failed batch keeps its colour in the mark that absorbed it.
+        assert!(compact[1].items.iter().any(|i| i.colour == palette::BLACK));
+    }
+
+    #[test]
     fn no_events_no_chart() {
-        assert!(chart(&view_with(vec![]), "t").unwrap().is_none());
+        assert!(chart(&view_with(vec![]), "t", Detail::Full)
+            .unwrap()
+            .is_none());
     }
 }

@@ -319,6 +319,10 @@ pub fn flatten(v: &serde_json::Value) -> Vec<(String, String)> {
     }
     fn leaf(v: &serde_json::Value) -> String {
         match v {
+            // Addresses and PFNs read better in hex.
+            serde_json::Value::Number(n) if n.as_u64().is_some_and(|n| n >= 1 << 32) => {
+                format!("{:#x}", n.as_u64().unwrap_or(0))
+            }
             serde_json::Value::String(s) => s.clone(),
             serde_json::Value::Null => "—".into(),
             other => other.to_string(),
@@ -667,7 +671,7 @@ mod tests {
 
     #[test]
     fn flatten_names_every_leaf_by_its_path() {
-        let v = serde_json::json!({"a": 1, "b": {"c": "x", "d": [1, 2]}, "e": [{"f": null}]});
+        let v = serde_json::json!({"a": 1, "b": {"c": "x", "d": [1, 2]}, "e": [{"f": null}], "g": 140207598858240u64});
         let f = flatten(&v);
         assert_eq!(
             f,
@@ -676,6 +680,7 @@ mod tests {
                 ("b.c".into(), "x".into()),
                 ("b.d".into(), "1, 2".into()),
                 ("e.0.f".into(), "—".into()),
+                ("g".into(), "0x7f84a01ff000".into()),
             ]
         );
     }
