@@ -10,6 +10,7 @@ pub mod devices;
 pub mod diff;
 pub mod evidence;
 pub mod host;
+pub mod html;
 pub mod identity;
 pub mod kselftest;
 pub mod layout;

@@ -18,7 +18,7 @@ use procfs::process::PageInfo;
 use procfs::PhysicalPageFlags;
 use serde::{Serialize, Serializer};
 
-use crate::addr::{Hva, Pfn, PAGE_SIZE};
+use crate::addr::{Hva, Pfn, HUGE_PAGE_SIZE, PAGE_SIZE};
 
 /// Errors of the PFN evidence readers.
 #[derive(Debug, thiserror::Error)]
@@ -436,15 +436,34 @@ pub fn snapshot(hva: Hva, len: u64) -> Result<Snapshot> {
 /// Fraction of the pages of `hva..hva+len` whose PFN is present and flagged THP by kpageflags.
 /// Measured, never inferred from the THP mode or from madvise.
 pub fn thp_coverage(hva: Hva, len: u64) -> Result<f64> {
+    let blocks = thp_blocks(hva, len)?;
+    let (_, pages) = page_span(hva, len)?;
+    Ok(coverage_of_blocks(&blocks, pages))
+}
+
+/// The fraction of `pages` that the per-block counts of [`thp_blocks`] say are THP-backed.
+pub fn coverage_of_blocks(blocks: &[u16], pages: u64) -> f64 {
+    if pages == 0 {
+        return 0.0;
+    }
+    blocks.iter().map(|&b| u64::from(b)).sum::<u64>() as f64 / pages as f64
+}
+
+/// Pages whose PFN is present and flagged THP, per 2 MiB block of `hva..hva+len` (0 ..= 512
+/// each; the last block counts only the pages inside the range). What [`thp_coverage`] sums;
+/// the reports draw guest RAM from it, block by block.
+pub fn thp_blocks(hva: Hva, len: u64) -> Result<Vec<u16>> {
     if len == 0 {
         return Err(Error::EmptyRange { hva });
     }
-    // What `snapshot(hva, len)?.thp_coverage()` computes (same errors), without building a
-    // `PageMapping` per page: the raw pagemap entries, then the kpageflags of the present PFNs.
+    // The raw pagemap entries (no `PageMapping` per page), then the kpageflags of the present
+    // PFNs, each counted in its block.
     let (first, count) = page_span(hva, len)?;
     let entries = pagemap_entries(hva, first, count)?;
+    let per_block = HUGE_PAGE_SIZE / PAGE_SIZE;
     let mut present = Vec::with_capacity(entries.len());
-    for (e, idx) in entries.iter().zip(first..) {
+    let mut block_of = Vec::with_capacity(entries.len());
+    for (i, (e, idx)) in entries.iter().zip(first..).enumerate() {
         if e & PM_PRESENT != 0 && e & PM_SWAP == 0 {
             match e & PM_PFN_MASK {
                 0 => {
@@ -452,12 +471,19 @@ pub fn thp_coverage(hva: Hva, len: u64) -> Result<f64> {
                         hva: Hva(idx * PAGE_SIZE),
                     })
                 }
-                pfn => present.push(Pfn(pfn)),
+                pfn => {
+                    present.push(Pfn(pfn));
+                    block_of.push(i as u64 / per_block);
+                }
             }
         }
     }
-    let thp = kpageflags(&present)?.iter().filter(|f| f.thp()).count();
-    Ok(thp as f64 / count as f64)
+    let mut blocks = vec![0u16; count.div_ceil(per_block) as usize];
+    for (f, b) in kpageflags(&present)?.iter().zip(block_of) {
+        // At most 512 pages per block: a u16 cannot overflow.
+        blocks[b as usize] += u16::from(f.thp());
+    }
+    Ok(blocks)
 }
 
 /// Indices of the pages whose PFN differs between two recordings (a page that became or stopped
@@ -575,6 +601,17 @@ mod tests {
             r.fill(|i| i as u8);
             let cov = thp_coverage(r.hva, r.len).unwrap();
             assert!(ok(cov), "{desc}: coverage {cov}: {bug} ({})", thp_setup());
+            // Per block: one count per 2 MiB, each a coverage of its own, summing to the whole.
+            let blocks = thp_blocks(r.hva, r.len).unwrap();
+            assert_eq!(blocks.len(), 2, "{desc}: {blocks:?}");
+            for &b in &blocks {
+                assert!(ok(f64::from(b) / 512.0), "{desc}: block {b}/512: {bug}");
+            }
+            assert_eq!(
+                coverage_of_blocks(&blocks, r.len / PAGE_SIZE),
+                cov,
+                "{desc}"
+            );
         }
     }
 

@@ -31,6 +31,32 @@ pub struct DmaCounters {
     pub rejects: BTreeMap<&'static str, u64>,
 }
 
+/// THP-backed 4 KiB pages in each 2 MiB block of guest RAM (0 ..= 512), measured at boot
+/// (after the prefault) and at the end: what `thp_coverage` and `thp_coverage_end` sum.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ThpBlocks {
+    pub boot: Option<Vec<u16>>,
+    pub end: Option<Vec<u16>>,
+}
+
+impl ThpBlocks {
+    /// Fraction of `ram_bytes` THP-backed at boot.
+    pub fn coverage_at_boot(&self, ram_bytes: u64) -> Option<f64> {
+        let pages = ram_bytes / crate::addr::PAGE_SIZE;
+        self.boot
+            .as_ref()
+            .map(|b| crate::pfn::coverage_of_blocks(b, pages))
+    }
+
+    /// Fraction of `ram_bytes` THP-backed at the end.
+    pub fn coverage_at_end(&self, ram_bytes: u64) -> Option<f64> {
+        let pages = ram_bytes / crate::addr::PAGE_SIZE;
+        self.end
+            .as_ref()
+            .map(|b| crate::pfn::coverage_of_blocks(b, pages))
+    }
+}
+
 /// Everything one live run found.
 #[derive(Clone, Debug, Serialize)]
 pub struct Outcome {
@@ -52,6 +78,8 @@ pub struct Outcome {
     pub thp_coverage: Option<f64>,
     /// The same at the end of the run (after any perturbation).
     pub thp_coverage_end: Option<f64>,
+    /// The same, per 2 MiB block of guest RAM.
+    pub thp_blocks: ThpBlocks,
     pub device_write_lost_pages: u32,
     pub device_read_stale_pages: u32,
     pub pinned_pfns_changed_pages: usize,
@@ -104,6 +132,7 @@ impl Outcome {
             thp: s.vm.thp,
             thp_coverage: None,
             thp_coverage_end: None,
+            thp_blocks: ThpBlocks::default(),
             device_write_lost_pages: 0,
             device_read_stale_pages: 0,
             pinned_pfns_changed_pages: 0,

@@ -257,7 +257,7 @@ fn run_inner<H: PhaseHook>(
                     let start = Mono::now();
                     let ram = ram.read().unwrap_or_else(|p| p.into_inner());
                     ram.populate().map_err(RunError::Prefault)?;
-                    let coverage = crate::pfn::thp_coverage(ram.hva(), ram.size()).ok();
+                    let coverage = crate::pfn::thp_blocks(ram.hva(), ram.size()).ok();
                     timeline.span(
                         start,
                         "prefault",
@@ -285,7 +285,8 @@ fn run_inner<H: PhaseHook>(
         (created, prefault)
     });
     let vm = Arc::new(created.map_err(RunError::Vm)?);
-    out.thp_coverage = prefault?;
+    out.thp_blocks.boot = prefault?;
+    out.thp_coverage = out.thp_blocks.coverage_at_boot(s.vm.memory.0);
     if s.vm.memory_kind() == MemoryKind::PteMappedThp {
         pte_map_huge_pages(&vm.ram().read().unwrap_or_else(|p| p.into_inner()), &layout)?;
     }
@@ -445,7 +446,8 @@ fn run_inner<H: PhaseHook>(
             out.vfio = Some(crate::pin::vfio::evidence(a, &ram));
         }
         if s.vm.prefault {
-            out.thp_coverage_end = crate::pfn::thp_coverage(ram.hva(), ram.size()).ok();
+            out.thp_blocks.end = crate::pfn::thp_blocks(ram.hva(), ram.size()).ok();
+            out.thp_coverage_end = out.thp_blocks.coverage_at_end(ram.size());
         }
     }
     out.pinned_pfns_changed_pages = out.pins.iter().map(|p| p.pinned_pfns_changed_pages).sum();

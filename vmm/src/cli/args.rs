@@ -90,6 +90,9 @@ pub struct RunArgs {
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     pub json: bool,
+    /// Also write a self-contained HTML report of the run to this file.
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
 }
 
 fn parse_mode(s: &str) -> Result<GuestMode, String> {
@@ -155,6 +158,9 @@ pub enum Command {
         dir: Option<PathBuf>,
         #[command(flatten)]
         out: OutputArgs,
+        /// Also write a self-contained HTML report of the matrix to this file.
+        #[arg(long, value_name = "FILE.html")]
+        report: Option<PathBuf>,
     },
     /// Generate every cell of pin x action x memory kind x layout, run each live in its own VMM
     /// process, and compare each with the model's prediction for the running kernel's era.
@@ -173,6 +179,9 @@ pub enum Command {
         dir: Option<PathBuf>,
         #[command(flatten)]
         out: OutputArgs,
+        /// Also write a self-contained HTML report (the era x scenario grid) to this file.
+        #[arg(long, value_name = "FILE.html")]
+        report: Option<PathBuf>,
     },
     /// Write a kselftest package to DIR: run_kselftest.sh runs pinlab's matrix from it as is.
     Kselftest {

@@ -79,11 +79,20 @@ fn identity_lines(m: &Matrix) -> Vec<String> {
         .collect()
 }
 
-pub fn cmd_matrix(dir: Option<&Path>, out: OutputArgs) -> ExitCode {
+pub fn cmd_matrix(
+    dir: Option<&Path>,
+    out: OutputArgs,
+    report: Option<pinlab::html::ReportFile>,
+) -> ExitCode {
     let format = out.format();
     let set = match pinlab::config::load_set(dir) {
         Ok(s) => s,
         Err(e) => return usage_error(e),
+    };
+    // The report draws each row with its scenario's layout.
+    let scenarios: Vec<pinlab::scenario::Scenario> = match report {
+        Some(_) => set.iter().map(|l| l.scenario.clone()).collect(),
+        None => Vec::new(),
     };
     let stop = Arc::new(Stop::new());
     if let Err(e) = forward_signals(stop.clone()) {
@@ -120,6 +129,13 @@ pub fn cmd_matrix(dir: Option<&Path>, out: OutputArgs) -> ExitCode {
     };
     if let Err(e) = print(&m, format) {
         return usage_error(e);
+    }
+    if let Some(f) = report {
+        let path = f.path().display().to_string();
+        match pinlab::html::matrix::write(f, &m.rows, &scenarios) {
+            Ok(n) => eprintln!("pinlab: report {path} ({n} bytes)"),
+            Err(e) => eprintln!("pinlab: {e}"),
+        }
     }
     if let Some(sig) = m.interrupted {
         return ExitCode::from((128 + sig).clamp(0, 255) as u8);

@@ -52,13 +52,28 @@ pub fn dispatch(command: Command, launch: Mono) -> ExitCode {
     match command {
         Command::Run(args) => run::cmd_run(args, launch),
         Command::Bench(args) => bench::cmd_bench(args),
-        Command::Matrix { dir, out } => matrix::cmd_matrix(dir.as_deref(), out),
+        Command::Matrix { dir, out, report } => {
+            match report.as_deref().map(pinlab::html::ReportFile::create) {
+                Some(Err(e)) => usage_error(e),
+                file => matrix::cmd_matrix(dir.as_deref(), out, file.and_then(Result::ok)),
+            }
+        }
         Command::Replay {
             scenarios,
             eras,
             dir,
             out,
-        } => replay::cmd_replay(&scenarios, &eras, dir.as_deref(), out),
+            report,
+        } => match report.as_deref().map(pinlab::html::ReportFile::create) {
+            Some(Err(e)) => usage_error(e),
+            file => replay::cmd_replay(
+                &scenarios,
+                &eras,
+                dir.as_deref(),
+                out,
+                file.and_then(Result::ok),
+            ),
+        },
         Command::Kselftest { dir } => kselftest::cmd_kselftest(&dir),
         Command::Diff { a, b, out } => diff::cmd_diff(&a, &b, out),
         Command::Host { json } => cmd_host(json),

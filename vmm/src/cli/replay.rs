@@ -114,6 +114,7 @@ pub fn cmd_replay(
     eras: &[String],
     dir: Option<&Path>,
     out: OutputArgs,
+    report: Option<pinlab::html::ReportFile>,
 ) -> ExitCode {
     let format = out.format();
     let era_list = match report::parse_eras(eras) {
@@ -142,13 +143,22 @@ pub fn cmd_replay(
         }
         list.push(l.scenario);
     }
-    let want_trace = list.len() == 1 || matches!(format, Format::Json | Format::Jsonl);
+    // The page opens every cell's trace.
+    let want_trace =
+        list.len() == 1 || report.is_some() || matches!(format, Format::Json | Format::Jsonl);
     let set = match report::replay_set(&list, &era_list, want_trace) {
         Ok(s) => s,
         Err(e) => return usage_error(format!("replay: {e}")),
     };
     if let Err(e) = print(&set, format) {
         return usage_error(e);
+    }
+    if let Some(f) = report {
+        let path = f.path().display().to_string();
+        match pinlab::html::replay::write(f, &set) {
+            Ok(n) => eprintln!("pinlab: report {path} ({n} bytes)"),
+            Err(e) => return usage_error(e),
+        }
     }
     ExitCode::from(if set.ok() { 0 } else { 1 })
 }

@@ -181,6 +181,12 @@ pub fn cmd_run(args: RunArgs, launch: Mono) -> ExitCode {
         Ok(c) => c,
         Err(e) => return usage_error(e),
     };
+    // Opened now: an unwritable report path is a usage error before the VM starts.
+    let report = match args.report.as_deref().map(pinlab::html::ReportFile::create) {
+        None => None,
+        Some(Ok(f)) => Some(f),
+        Some(Err(e)) => return usage_error(e),
+    };
     if let Err(e) = pinlab::host::install_restore_handlers() {
         return usage_error(format!(
             "installing the signal handlers that restore host knobs: {e}"
@@ -196,6 +202,13 @@ pub fn cmd_run(args: RunArgs, launch: Mono) -> ExitCode {
         }
     } else {
         print!("{}", outcome.human());
+    }
+    if let Some(f) = report {
+        let path = f.path().display().to_string();
+        match pinlab::html::run::write(f, &outcome, &scenario) {
+            Ok(n) => eprintln!("pinlab: report {path} ({n} bytes)"),
+            Err(e) => eprintln!("pinlab: {e}"),
+        }
     }
     pinlab::host::defer_to_pending_signal();
     if outcome.as_expected() {
