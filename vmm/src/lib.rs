@@ -8,6 +8,7 @@ pub mod config;
 pub mod console;
 pub mod devices;
 pub mod evidence;
+pub mod fuzzing;
 pub mod host;
 pub mod identity;
 pub mod layout;
