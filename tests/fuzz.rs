@@ -249,9 +249,8 @@ fn guest_fuzz_mode_survives_and_reproduces() {
         "every random marker refused\n{show}"
     );
     // The fork ran at the guest's marker after round 1, between that marker and round 2's.
-    let at = |pred: &dyn Fn(&serde_json::Value) -> bool| {
-        events.iter().position(pred).expect("event")
-    };
+    let at =
+        |pred: &dyn Fn(&serde_json::Value) -> bool| events.iter().position(pred).expect("event");
     let done1 = at(&|e| e["kind"] == "phase" && e["phase"] == "round-done" && e["round"] == 1);
     let done2 = at(&|e| e["kind"] == "phase" && e["phase"] == "round-done" && e["round"] == 2);
     let action = at(&|e| e["kind"] == "action");

@@ -67,6 +67,8 @@ pub enum Origin {
     File(PathBuf),
     /// Embedded at build time from `configs/NAME`.
     Embedded(&'static str),
+    /// Built in memory (by `pinlab sweep`), named for its cell.
+    Generated(String),
 }
 
 impl std::fmt::Display for Origin {
@@ -74,6 +76,7 @@ impl std::fmt::Display for Origin {
         match self {
             Origin::File(p) => write!(f, "{}", p.display()),
             Origin::Embedded(n) => write!(f, "<embedded configs/{n}>"),
+            Origin::Generated(n) => write!(f, "<generated {n}>"),
         }
     }
 }

@@ -1,22 +1,25 @@
 //! pinlab: a hypervisor-backed lab for DMA pinning on Linux.
 //!
-//! See `DESIGN.md` for the architecture. This file is the module list.
+//! See `docs/architecture.md` for the architecture. This file is the module list.
 
 pub mod addr;
 pub mod bench;
 pub mod config;
 pub mod console;
 pub mod devices;
+pub mod diff;
 pub mod evidence;
 pub mod fuzzing;
 pub mod host;
 pub mod identity;
+pub mod kselftest;
 pub mod layout;
 pub mod matrix;
 pub mod memory;
 pub mod mmap;
 pub mod model;
 pub mod oracle;
+pub mod pause;
 pub mod perturb;
 pub mod pfn;
 pub mod phase;
@@ -25,6 +28,8 @@ pub mod report;
 pub mod results;
 pub mod runner;
 pub mod scenario;
+pub mod shadow;
+pub mod sweep;
 pub mod timeline;
 pub mod units;
 pub mod vcpu;

@@ -25,6 +25,16 @@ use crate::scenario::Verdict;
 pub enum Error {
     #[error(transparent)]
     Config(#[from] crate::config::Error),
+    #[error("writing the generated scenario {path}: {source}")]
+    WriteScenario {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("serializing the generated scenario {name}: {source}")]
+    SerializeScenario {
+        name: String,
+        source: toml::ser::Error,
+    },
     #[error("spawning {exe}: {source}")]
     Spawn { exe: String, source: std::io::Error },
 }
@@ -142,15 +152,60 @@ fn wait_with_deadline(child: &mut Child, deadline: Duration, stop: &Stop) -> Opt
     why
 }
 
+/// A generated scenario written for its child: a file of this process's own, created new
+/// (never an existing one) and removed when dropped.
+struct TempScenario(std::path::PathBuf);
+
+impl TempScenario {
+    fn write(l: &Loaded) -> Result<Self, Error> {
+        use std::io::Write;
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let text = toml::to_string(&l.scenario).map_err(|source| Error::SerializeScenario {
+            name: l.scenario.name.clone(),
+            source,
+        })?;
+        let path = std::env::temp_dir().join(format!(
+            "pinlab-generated-{}-{}.toml",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let err = |source| Error::WriteScenario {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(err)?;
+        let file = TempScenario(path.clone());
+        f.write_all(text.as_bytes()).map_err(err)?;
+        Ok(file)
+    }
+}
+
+impl Drop for TempScenario {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Runs one scenario in a child; (its JSON result, why there is none).
 fn run_one(
     exe: &std::path::Path,
     l: &Loaded,
     stop: &Stop,
 ) -> Result<(Option<serde_json::Value>, String), Error> {
+    let mut _generated = None;
     let arg = match &l.origin {
         Origin::File(p) => p.clone().into_os_string(),
         Origin::Embedded(name) => (*name).into(),
+        Origin::Generated(_) => {
+            let t = TempScenario::write(l)?;
+            let p = t.0.clone().into_os_string();
+            _generated = Some(t);
+            p
+        }
     };
     let mut child = Command::new(exe)
         .arg("run")

@@ -194,12 +194,44 @@ pub struct Facts<'a> {
     /// Why the run did not reach the guest's report, if it did not.
     pub failure: Option<String>,
     pub pins: &'a [PinEvidence],
+    /// Where the guest's region page 0 is: the guest's per-page bitmaps count from here.
+    pub region_gpa: crate::addr::Gpa,
     /// The control group holds no pin: its "pinned" PFNs are only where the pages were at map
     /// time, and the device follows the mapping when they move.
     pub control_group: bool,
     /// The pin cannot move data (VFIO with no driver for the device): every descriptor answers
     /// `unsupported`, and the verdict rests on the PFN evidence alone.
     pub pfn_evidence_only: bool,
+}
+
+/// Diverged pages (lost device writes or stale device reads) that no PFN change explains.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Unexplained {
+    count: usize,
+    first: Option<usize>,
+}
+
+fn unexplained_pages(
+    r: &abi::Report,
+    pins: &[PinEvidence],
+    region: crate::addr::Gpa,
+) -> Unexplained {
+    let pages = (r.region_pages as usize).min(abi::MAX_REGION_PAGES);
+    let mut out = Unexplained::default();
+    for page in 0..pages {
+        let (w, bit) = (page / 64, 1u64 << (page % 64));
+        if (r.write_lost_bitmap[w] | r.read_stale_bitmap[w]) & bit == 0 {
+            continue;
+        }
+        let gpa = region
+            .checked_add(page as u64 * crate::addr::PAGE_SIZE)
+            .unwrap_or(region);
+        if !pins.iter().any(|p| p.changed_at(gpa)) {
+            out.count += 1;
+            out.first.get_or_insert(page);
+        }
+    }
+    out
 }
 
 /// The verdict and its one-line reason.
@@ -327,18 +359,37 @@ pub fn judge(f: &Facts<'_>) -> (Verdict, Option<String>) {
                 r.read_stale_pages, r.first_read_stale[0], r.first_read_stale[1]
             ));
         }
-        let disagree = if changed == 0 && unreadable.is_none() {
-            "; data and PFN evidence disagree: the data diverged but every pinned PFN is still mapped"
-        } else {
-            ""
-        };
-        return (
-            Verdict::Diverged,
-            Some(format!(
-                "{}; {pfn_note}{disagree}{unsupported}",
-                dirs.join("; ")
-            )),
-        );
+        // A divergence is a statement about the kernel only when PFN evidence explains it:
+        // every page whose data diverged must be a page whose pinned PFN is no longer mapped.
+        let summary = format!("{}; {pfn_note}{unsupported}", dirs.join("; "));
+        if let Some(why) = &unreadable {
+            return (
+                Verdict::Error,
+                Some(format!(
+                    "{summary}; the lab is suspect: the data diverged but the PFN evidence that could explain it is unavailable ({why})"
+                )),
+            );
+        }
+        let unexplained = unexplained_pages(r, f.pins, f.region_gpa);
+        if unexplained.count > 0 && !f.control_group {
+            return (
+                Verdict::Error,
+                Some(format!(
+                    "{summary}; the lab is suspect, not the kernel: data and PFN evidence disagree on {} of the diverged pages (first: region page {}), whose pinned PFN is still the mapped one",
+                    unexplained.count,
+                    unexplained.first.unwrap_or(0)
+                )),
+            );
+        }
+        if f.control_group {
+            return (
+                Verdict::Error,
+                Some(format!(
+                    "{summary}; the lab is suspect: the control group has no pin, so its device follows the mapping and cannot diverge"
+                )),
+            );
+        }
+        return (Verdict::Diverged, Some(summary));
     }
     if changed > 0 {
         // Coherent data over remapped pages can happen (the pin moved with the data, or the
@@ -462,6 +513,12 @@ mod tests {
                     mapped: Some(Pfn(6)),
                 })
                 .collect(),
+            changed_left_out: changed.saturating_sub(1),
+            changed_runs: if changed > 0 {
+                vec![[0, changed]]
+            } else {
+                Vec::new()
+            },
             unreadable: unreadable.map(str::to_string),
         }]
     }
@@ -474,6 +531,7 @@ mod tests {
             guest: Some(r),
             failure: None,
             pins,
+            region_gpa: Gpa(0x40_0000),
             control_group: false,
             pfn_evidence_only: false,
         }
@@ -666,6 +724,82 @@ mod tests {
         }
     }
 
+    /// A DMA run whose guest saw `lost` pages lose device writes (pages 0..lost of the region
+    /// at the pins' GPA), judged against pins with `changed` pages 0..changed moved.
+    fn judge_dma(lost: u32, changed: usize, control_group: bool) -> (Verdict, String) {
+        let mut r = report(0, lost, 0);
+        r.region_pages = 512;
+        for page in 0..lost as usize {
+            r.write_lost_bitmap[page / 64] |= 1 << (page % 64);
+        }
+        let p = pins(changed, None);
+        let (v, reason) = judge(&Facts {
+            mode: GuestMode::Dma,
+            rounds_wanted: 8,
+            fuzz_ops: 0,
+            guest: Some(&r),
+            failure: None,
+            pins: &p,
+            region_gpa: Gpa(0x40_0000),
+            control_group,
+            pfn_evidence_only: false,
+        });
+        (v, reason.unwrap_or_default())
+    }
+
+    /// `diverged` is a statement about the kernel only when PFN evidence explains the data.
+    /// Each row: (what, lost pages, changed pages, control group, verdict). A bug would call
+    /// the lab's own corruption (data diverged over pinned PFNs still mapped) a kernel
+    /// divergence.
+    #[test]
+    fn divergence_needs_pfn_evidence_for_every_diverged_page() {
+        let rows = [
+            (
+                "explained: every lost page moved",
+                512,
+                512,
+                false,
+                Verdict::Diverged,
+            ),
+            (
+                "explained: more moved than lost",
+                10,
+                512,
+                false,
+                Verdict::Diverged,
+            ),
+            (
+                "nothing moved: the lab is suspect",
+                512,
+                0,
+                false,
+                Verdict::Error,
+            ),
+            ("half unexplained", 512, 256, false, Verdict::Error),
+            ("control group cannot diverge", 4, 4, true, Verdict::Error),
+            (
+                "coherent data over moved pages",
+                0,
+                512,
+                false,
+                Verdict::Coherent,
+            ),
+            ("coherent", 0, 0, false, Verdict::Coherent),
+        ];
+        for (what, lost, changed, control, want) in rows {
+            let (v, reason) = judge_dma(lost, changed, control);
+            assert_eq!(v, want, "{what}: {reason}");
+            if want == Verdict::Error {
+                assert!(reason.contains("suspect"), "{what}: {reason}");
+            }
+        }
+        let (_, reason) = judge_dma(512, 256, false);
+        assert!(
+            reason.contains("256 of the diverged pages (first: region page 256)"),
+            "{reason}"
+        );
+    }
+
     /// A pin that moves no data (vfio): each row is (what, changed pages, unreadable, lost,
     /// stale, verdict). The verdict follows the PFNs alone and always says so; a guest data
     /// check on such a pin is the lab's fault. A bug would call a discarded VFIO range coherent
@@ -711,6 +845,7 @@ mod tests {
                 guest: Some(&r),
                 failure: None,
                 pins: &p,
+                region_gpa: Gpa(0x40_0000),
                 control_group: false,
                 pfn_evidence_only: true,
             });

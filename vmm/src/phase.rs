@@ -125,6 +125,8 @@ pub struct RunEnv<'a> {
     pub scenario: &'a Arc<Scenario>,
     pub layout: &'a Layout,
     pub timeline: &'a Arc<Timeline>,
+    /// The vCPU, for actions off the vCPU thread that must pause it (see `VcpuHandle::pause`).
+    pub vcpu: &'a crate::vcpu::VcpuHandle,
 }
 
 /// Called at every accepted guest phase on the vCPU thread, with the guest stopped.
@@ -136,6 +138,11 @@ pub trait PhaseHook: Send {
     /// Ends whatever is still running (storms, fork children, handlers) and hands over the
     /// evidence, with the first error met while ending.
     fn finish(&mut self) -> (Vec<ActionEvidence>, Option<Self::Error>);
+
+    /// How a storm went, if the hook ran one.
+    fn storm(&self) -> Option<crate::evidence::StormRun> {
+        None
+    }
 }
 
 /// The phase hook of an unperturbed run.

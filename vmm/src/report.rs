@@ -69,6 +69,9 @@ pub struct Outcome {
     pub timeline: crate::timeline::Recorded,
     /// The kernel, its settings and the pinlab this was measured with.
     pub identity: crate::identity::Identity,
+    /// How the storm went, when the actions ran as one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storm: Option<crate::evidence::StormRun>,
     /// With `pin = "vfio"`: all of guest RAM's PFNs at MAP_DMA time against now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vfio: Option<crate::pin::vfio::Evidence>,
@@ -113,6 +116,7 @@ impl Outcome {
             timeline: Default::default(),
             identity: crate::identity::Identity::of_this_host(),
             vfio: None,
+            storm: None,
         }
     }
 
@@ -140,10 +144,20 @@ impl Outcome {
             out.push_str(&format!("  perturbations: {}\n", names.join(", ")));
         }
         for e in &self.evidence {
-            out.push_str(&format!("  {}: {}\n", e.action, e.summary));
+            let when = match e.storm_iteration {
+                Some(i) => format!("storm iteration {i}"),
+                None => format!("after round {}", e.after_round),
+            };
+            out.push_str(&format!("  {} ({when}): {}\n", e.action, e.details));
             if let Some(f) = &e.finish {
-                out.push_str(&format!("    then: {}\n", f.0));
+                out.push_str(&format!("    then: {f}\n"));
             }
+        }
+        if let Some(st) = &self.storm {
+            out.push_str(&format!(
+                "  storm: ran {} of {} iterations ({}; {} paused the vCPU)\n",
+                st.ran, st.planned, st.ended, st.paused_vcpu
+            ));
         }
         if let Some(v) = &self.vfio {
             out.push_str(&format!("  vfio: {}\n", v.summary));

@@ -19,7 +19,7 @@ use crate::memory::GuestRam;
 use crate::oracle::{self, Facts, GuestSummary};
 use crate::phase::{PhaseHook, PhaseOrder, RunEnv};
 use crate::report::Outcome;
-use crate::scenario::{Directions, GuestMode, PinKind, Scenario, Verdict};
+use crate::scenario::{Directions, GuestMode, MemoryKind, PinKind, Scenario, Verdict};
 use crate::timeline::{LaunchStep, Mono, Timeline, What};
 use crate::vcpu::{self, Exit};
 use crate::vm::Vm;
@@ -38,7 +38,7 @@ pub enum RunError {
     #[error("taking the system lock: {0}")]
     SystemLock(#[source] crate::host::errors::LockError),
     #[error("creating the [host] swapfile: {0}")]
-    Swapfile(#[source] crate::host::errors::SwapError),
+    Swapfile(#[source] Box<crate::host::errors::SwapfileError>),
     #[error("guest RAM: {0}")]
     GuestRam(#[source] crate::memory::Error),
     #[error("prefaulting guest RAM: {0}")]
@@ -55,6 +55,18 @@ pub enum RunError {
     Spawn(&'static str, #[source] std::io::Error),
     #[error("the {0} thread panicked")]
     Panicked(&'static str),
+    #[error("memory_kind = pte-mapped-thp: mprotect of the page at {hva:#x}: {source}")]
+    PteMapMprotect {
+        hva: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("memory_kind = pte-mapped-thp: observing the huge page at {hva:#x}: {reason}")]
+    PteMapObserve { hva: u64, reason: String },
+    #[error("memory_kind = pte-mapped-thp: the huge page at {hva:#x} is still PMD-mapped after the mprotect round trip; refusing to run it as THP")]
+    PteMapStillPmd { hva: u64 },
+    #[error("memory_kind = pte-mapped-thp: the huge page at {hva:#x} has {thp_pages} of 512 pages in a THP (the prefault did not get a THP, or the split lost it); refusing to run it as small pages")]
+    PteMapNotThp { hva: u64, thp_pages: u64 },
     #[error("attaching the VFIO device: {0}")]
     Vfio(#[source] crate::pin::vfio::Error),
 }
@@ -129,7 +141,9 @@ pub fn run<H: PhaseHook>(s: &Scenario, launch: Mono, hook: &mut H) -> Outcome {
         },
     );
     if let Some(why) = missing_capability(s).or_else(|| crate::perturb::preflight(s)) {
-        return Outcome::skipped(s, why);
+        let mut out = Outcome::skipped(s, why);
+        out.timeline = (&*timeline).into();
+        return out;
     }
     let mut out = Outcome::empty(s);
     if let Err(e) = run_inner(s, launch, hook, &timeline, &mut out) {
@@ -146,6 +160,53 @@ pub fn run<H: PhaseHook>(s: &Scenario, launch: Mono, hook: &mut H) -> Outcome {
     out
 }
 
+/// `memory_kind = "pte-mapped-thp"`: splits the PMD of every huge page the region touches while
+/// keeping its compound page (PROT_READ then PROT_READ|PROT_WRITE on its first 4 KiB page: the
+/// kernel must map that page by PTE), before anything pins it; then checks each is no longer
+/// PMD-mapped (PAGEMAP_SCAN) and still all THP (kpageflags). Either check failing is an error:
+/// the run never goes on silently as THP or as small pages.
+fn pte_map_huge_pages(ram: &GuestRam, layout: &Layout) -> Result<(), RunError> {
+    use crate::addr::{HUGE_PAGE_SIZE, PAGE_SIZE};
+    let huge = layout.huge_pages;
+    let base = ram
+        .translate(huge.start, huge.len)
+        .map_err(|e| RunError::PteMapObserve {
+            hva: huge.start.raw(),
+            reason: e.to_string(),
+        })?;
+    for i in 0..huge.len / HUGE_PAGE_SIZE {
+        let hva = crate::addr::Hva(base.raw() + i * HUGE_PAGE_SIZE);
+        for prot in [libc::PROT_READ, libc::PROT_READ | libc::PROT_WRITE] {
+            // SAFETY: one 4 KiB page of guest RAM, which `ram` keeps mapped; no vCPU runs yet
+            // and nothing has pinned it; the second call restores read-write.
+            let rc = unsafe {
+                libc::mprotect(hva.as_ptr() as *mut libc::c_void, PAGE_SIZE as usize, prot)
+            };
+            if rc != 0 {
+                return Err(RunError::PteMapMprotect {
+                    hva: hva.raw(),
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+        }
+        let observe = |reason: String| RunError::PteMapObserve {
+            hva: hva.raw(),
+            reason,
+        };
+        if crate::perturb::pmd_mapped(hva).map_err(|e| observe(format!("PAGEMAP_SCAN: {e}")))? {
+            return Err(RunError::PteMapStillPmd { hva: hva.raw() });
+        }
+        let snap = crate::pfn::snapshot(hva, HUGE_PAGE_SIZE).map_err(|e| observe(e.to_string()))?;
+        if snap.summary.thp != HUGE_PAGE_SIZE / PAGE_SIZE {
+            return Err(RunError::PteMapNotThp {
+                hva: hva.raw(),
+                thp_pages: snap.summary.thp,
+            });
+        }
+    }
+    Ok(())
+}
+
 fn run_inner<H: PhaseHook>(
     s: &Scenario,
     launch: Mono,
@@ -159,14 +220,14 @@ fn run_inner<H: PhaseHook>(
     let touches_system =
         s.host.swap.is_some() || s.perturb.actions.iter().any(|a| a.touches_system_knobs());
     let _system_lock = if touches_system {
-        Some(crate::host::SystemLock::acquire().map_err(RunError::SystemLock)?)
+        Some(crate::host::SystemLock::acquire_for(&s.name).map_err(RunError::SystemLock)?)
     } else {
         None
     };
     let _swap = match s.host.swap {
         Some(size) => Some(
             crate::host::Swapfile::create(std::path::Path::new("/var/tmp"), size.0)
-                .map_err(RunError::Swapfile)?,
+                .map_err(|e| RunError::Swapfile(Box::new(e)))?,
         ),
         None => None,
     };
@@ -222,6 +283,9 @@ fn run_inner<H: PhaseHook>(
     });
     let vm = Arc::new(created.map_err(RunError::Vm)?);
     out.thp_coverage = prefault?;
+    if s.vm.memory_kind() == MemoryKind::PteMappedThp {
+        pte_map_huge_pages(&vm.ram().read().unwrap_or_else(|p| p.into_inner()), &layout)?;
+    }
     // SAFETY: guest RAM outlives the attachment on every path: `vfio` is declared after `vm`
     // (which owns guest RAM) and before `devices` (whose VFIO pins hold the attachment too), so
     // both drop before guest RAM; and the VMM touches guest RAM only through vm-memory's
@@ -264,22 +328,25 @@ fn run_inner<H: PhaseHook>(
     let first_round_done: Mutex<Option<Mono>> = Mutex::new(None);
     let mut order = PhaseOrder::new(s.workload.rounds);
 
+    // The vCPU's handle: the device loop kicks it, a storm pauses it.
+    let env_handle = vcpu::VcpuHandle::new();
     let (exit, console, end, stopped) = std::thread::scope(|scope| -> Result<_, RunError> {
         let vcpu_devices = devices.clone();
         let vcpu_stop = stop.clone();
         let done_signal = doorbells.done_signal().map_err(RunError::Devices)?;
+        let vcpu_handle = env_handle.clone();
+        let vcpu_kick = vcpu_handle.clone();
         let env = RunEnv {
             devices: &devices,
             vm: &vm,
             scenario: &scenario,
             layout: &layout,
             timeline,
+            vcpu: &env_handle,
         };
         let first_round = &first_round_done;
         let order = &mut order;
         let hook = &mut *hook;
-        let vcpu_handle = vcpu::VcpuHandle::new();
-        let vcpu_kick = vcpu_handle.clone();
         let vcpu_thread = std::thread::Builder::new()
             .name("pinlab-vcpu".into())
             .spawn_scoped(scope, move || {
@@ -355,6 +422,7 @@ fn run_inner<H: PhaseHook>(
         .map(|t| ms_between(launch, t));
     let (evidence, finish_error) = hook.finish();
     out.evidence = evidence;
+    out.storm = hook.storm();
 
     // Gather: counters, PFN evidence, guest report.
     let stats = &devices.stats;
@@ -417,6 +485,7 @@ fn run_inner<H: PhaseHook>(
         pins: &out.pins,
         control_group: s.device.pin == PinKind::Mapping,
         pfn_evidence_only: s.device.pin == PinKind::Vfio,
+        region_gpa: layout.region.start,
     });
     out.verdict = verdict;
     out.reason = reason;

@@ -166,6 +166,9 @@ pub enum Action {
     Collapse,
     /// KSM merge of identical content.
     Ksm,
+    /// Finding F1 (issue 16): a helper process standing for another VM holds copies of the
+    /// region's pages and control pages; KSM runs with the mms entering in `perturb.ksm_order`.
+    KsmShadow,
     /// /proc/sys/vm/compact_memory.
     Compact,
     /// MADV_PAGEOUT (needs swap).
@@ -184,7 +187,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 16] = [
+    pub const ALL: [Action; 17] = [
         Action::ForkParentWrite,
         Action::ForkChildWrite,
         Action::ForkChildExit,
@@ -194,6 +197,7 @@ impl Action {
         Action::Kirill,
         Action::Collapse,
         Action::Ksm,
+        Action::KsmShadow,
         Action::Compact,
         Action::Pageout,
         Action::Mremap,
@@ -214,6 +218,7 @@ impl Action {
             Action::Kirill => "kirill",
             Action::Collapse => "collapse",
             Action::Ksm => "ksm",
+            Action::KsmShadow => "ksm-shadow",
             Action::Compact => "compact",
             Action::Pageout => "pageout",
             Action::Mremap => "mremap",
@@ -239,6 +244,9 @@ impl Action {
             }
             Action::Collapse => "THP enabled for madvise; a split first (it splits if needed)",
             Action::Ksm => "KSM (/sys/kernel/mm/ksm); a decoy huge page after the region (vm.memory)",
+            Action::KsmShadow => {
+                "KSM; root (the helper's PFNs); a region of at most 64MiB; run once, not in a storm"
+            }
             Action::Compact => "/proc/sys/vm/compact_memory (root)",
             Action::Pageout => "swap: an active swap area or [host] swap / --swap SIZE",
             Action::Mremap | Action::MremapDontunmap => {
@@ -268,6 +276,9 @@ impl Action {
             Action::Ksm => {
                 "region vs decoy pages merged (PFNs, KSM bit), KSM counters over the interval"
             }
+            Action::KsmShadow => {
+                "helper copies vs control pages merged (KSM bit), region PFNs kept, KSM counters, the finding"
+            }
             Action::Compact => "pgmigrate_success / compact_* deltas, region PFNs moved",
             Action::Pageout => "pswpout delta, region vs decoy pages swapped",
             Action::Mremap | Action::MremapDontunmap => "old and new host address, PFNs kept",
@@ -277,11 +288,39 @@ impl Action {
         }
     }
 
+    /// Whether, off the vCPU thread (a storm), the action would race the running guest: it
+    /// writes guest RAM (KSM's content fill), changes the memslot (mremap) or changes the
+    /// protection of guest RAM under it (an mprotect round trip splits a PMD). Such actions run
+    /// with the vCPU paused, as a VMM pauses vCPUs around a memory-map change.
+    pub fn races_guest(self) -> bool {
+        matches!(
+            self,
+            Action::Ksm
+                | Action::Mremap
+                | Action::MremapDontunmap
+                | Action::MprotectRoundtrip
+                | Action::Kirill
+                | Action::Collapse
+                | Action::SplitFolio
+        )
+    }
+
+    /// Whether the action destroys the region's data as the guest sees it (KSM's content fill,
+    /// a discard): harmless between rounds, where the guest writes every page afresh, but in a
+    /// storm it must put the guest's data back (see perturb's `storm_action`).
+    pub fn destroys_guest_data(self) -> bool {
+        matches!(self, Action::Ksm | Action::Dontneed)
+    }
+
     /// Whether the action changes a system-wide knob (runs are serialized across processes).
     pub fn touches_system_knobs(self) -> bool {
         matches!(
             self,
-            Action::Ksm | Action::Compact | Action::Pageout | Action::SplitFolio
+            Action::Ksm
+                | Action::KsmShadow
+                | Action::Compact
+                | Action::Pageout
+                | Action::SplitFolio
         )
     }
 }
@@ -305,6 +344,80 @@ impl FromStr for Action {
     }
 }
 
+/// How guest RAM under the DMA region is backed when the device pins it: the memory axis of the
+/// kernel's `tools/testing/selftests/mm/cow.c`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum MemoryKind {
+    /// THP mapped by one PMD (`vm.thp = true`).
+    Thp,
+    /// 4 KiB pages (`vm.thp = false`).
+    Small,
+    /// THP whose PMD was split before pinning: the compound page is kept, mapped by 512 PTEs.
+    PteMappedThp,
+}
+
+impl MemoryKind {
+    pub const ALL: [MemoryKind; 3] = [MemoryKind::Thp, MemoryKind::Small, MemoryKind::PteMappedThp];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MemoryKind::Thp => "thp",
+            MemoryKind::Small => "small",
+            MemoryKind::PteMappedThp => "pte-mapped-thp",
+        }
+    }
+
+    /// Whether guest RAM gets MADV_HUGEPAGE.
+    pub fn thp(self) -> bool {
+        self != MemoryKind::Small
+    }
+}
+
+impl fmt::Display for MemoryKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which process enters KSM first in `ksm-shadow` (`[perturb] ksm_order`). Processes that
+/// become mergeable while ksmd is stopped are scanned in that order, and within one scan the
+/// first copy of a content reached becomes the unstable tree's node for it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KsmOrder {
+    /// The VMM (the pinned region) first, the helper after it.
+    #[default]
+    PinnedFirst,
+    /// The helper first, the VMM after it.
+    ShadowFirst,
+}
+
+impl KsmOrder {
+    pub fn name(self) -> &'static str {
+        match self {
+            KsmOrder::PinnedFirst => "pinned-first",
+            KsmOrder::ShadowFirst => "shadow-first",
+        }
+    }
+}
+
+impl fmt::Display for KsmOrder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for MemoryKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        MemoryKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("unknown memory kind `{s}` (thp, small, pte-mapped-thp)"))
+    }
+}
+
 /// `[vm]`: the guest's shape.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -320,6 +433,10 @@ pub struct VmSpec {
     /// Fault all of guest RAM in before boot (MADV_POPULATE_WRITE), as a VMM that preallocates
     /// or a VFIO type1 map of all RAM would; THP coverage is measured over all of it.
     pub prefault: bool,
+    /// How the region's RAM is backed when pinned; unset: `thp` decides (THP or small pages).
+    /// Must agree with `thp` (`small` needs `thp = false`, the others `thp = true`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_kind: Option<MemoryKind>,
 }
 
 impl Default for VmSpec {
@@ -330,7 +447,19 @@ impl Default for VmSpec {
             dontfork: false,
             watchdog: Duration::from_secs(10),
             prefault: true,
+            memory_kind: None,
         }
+    }
+}
+
+impl VmSpec {
+    /// The memory kind this VM has: `memory_kind`, or what `thp` means without it.
+    pub fn memory_kind(&self) -> MemoryKind {
+        self.memory_kind.unwrap_or(if self.thp {
+            MemoryKind::Thp
+        } else {
+            MemoryKind::Small
+        })
     }
 }
 
@@ -408,6 +537,8 @@ pub struct PerturbSpec {
     pub storm: u32,
     /// Interval between storm repetitions.
     pub interval: Duration,
+    /// `ksm-shadow`: which process becomes mergeable first.
+    pub ksm_order: KsmOrder,
 }
 
 impl Default for PerturbSpec {
@@ -417,6 +548,7 @@ impl Default for PerturbSpec {
             after_round: 1,
             storm: 0,
             interval: Duration::from_millis(5),
+            ksm_order: KsmOrder::PinnedFirst,
         }
     }
 }
@@ -474,6 +606,9 @@ fn yes() -> bool {
     true
 }
 
+/// Largest region `ksm-shadow` copies into its helper (which holds several copies of it).
+pub const KSM_SHADOW_MAX_REGION: u64 = 64 << 20;
+
 /// Smallest guest RAM: page tables, the guest image, its stack and one DMA huge page.
 pub const MIN_MEMORY: u64 = 8 << 20;
 /// Largest guest RAM: the guest identity-maps the first 4 GiB and descriptors carry 32-bit GPAs.
@@ -492,6 +627,24 @@ impl Scenario {
         }
         if !mem.is_multiple_of(HUGE_PAGE_SIZE) {
             return Err(invalid("vm.memory", "must be a multiple of 2MiB"));
+        }
+        if let Some(kind) = self.vm.memory_kind {
+            if kind.thp() != self.vm.thp {
+                return Err(invalid(
+                    "vm.memory_kind",
+                    format!(
+                        "`{kind}` needs thp = {}, but thp = {}",
+                        kind.thp(),
+                        self.vm.thp
+                    ),
+                ));
+            }
+            if kind == MemoryKind::PteMappedThp && !self.vm.prefault {
+                return Err(invalid(
+                    "vm.memory_kind",
+                    "`pte-mapped-thp` splits the PMDs of prefaulted huge pages: needs prefault = true",
+                ));
+            }
         }
         if self.vm.watchdog.is_zero() {
             return Err(invalid("vm.watchdog", "must be greater than zero"));
@@ -546,6 +699,7 @@ impl Scenario {
         if p.storm > 0 && p.interval.is_zero() {
             return Err(invalid("perturb.interval", "must be greater than zero"));
         }
+        self.validate_ksm_shadow()?;
         if self.device.pin == PinKind::Vmsplice && w.directions == Directions::ToGuest {
             return Err(invalid(
                 "workload.directions",
@@ -576,6 +730,59 @@ impl Scenario {
             return Err(invalid(
                 "expect.live",
                 "a live scenario with perturbations must say what it expects",
+            ));
+        }
+        // The model's one check of `expect.model` (era keys, values), for `run` and `replay`.
+        if let Err(e) = crate::model::expect::check(&self.expect.model) {
+            let key = format!("expect.model.\"{}\"", e.key);
+            return Err(invalid(&key, e.source.to_string()));
+        }
+        Ok(())
+    }
+
+    /// What `ksm-shadow` needs of the rest of the scenario: it runs once, at a phase (it waits
+    /// for many KSM scans), over a region the helper can copy; with `shadow-first` this process
+    /// must enter KSM after the helper, so no `ksm` action may run before it (an mm stays on
+    /// KSM's list once it has entered).
+    fn validate_ksm_shadow(&self) -> Result<(), Invalid> {
+        let p = &self.perturb;
+        let at = p.actions.iter().position(|&a| a == Action::KsmShadow);
+        let Some(at) = at else {
+            if p.ksm_order != KsmOrder::default() {
+                return Err(invalid(
+                    "perturb.ksm_order",
+                    "only ksm-shadow reads it, and the actions have none",
+                ));
+            }
+            return Ok(());
+        };
+        if p.actions
+            .iter()
+            .filter(|&&a| a == Action::KsmShadow)
+            .count()
+            > 1
+        {
+            return Err(invalid("perturb.actions", "ksm-shadow may run only once"));
+        }
+        if p.storm > 0 {
+            return Err(invalid(
+                "perturb.storm",
+                "ksm-shadow waits for many KSM scans: run it at a phase (storm = 0)",
+            ));
+        }
+        if self.workload.region.0 > KSM_SHADOW_MAX_REGION {
+            return Err(invalid(
+                "workload.region",
+                format!(
+                    "ksm-shadow copies the region into a helper process: at most {}",
+                    ByteSize(KSM_SHADOW_MAX_REGION)
+                ),
+            ));
+        }
+        if p.ksm_order == KsmOrder::ShadowFirst && p.actions[..at].contains(&Action::Ksm) {
+            return Err(invalid(
+                "perturb.ksm_order",
+                "shadow-first needs this process to enter KSM after the helper, but a ksm action runs before ksm-shadow",
             ));
         }
         Ok(())
@@ -623,6 +830,29 @@ mod tests {
         assert_eq!(d.workload.fuzz_ops(), 0);
     }
 
+    /// Both orders parse from their names, and ksm-shadow after ksm is fine in pinned-first
+    /// order (this process is on KSM's list first either way).
+    #[test]
+    fn ksm_order_parses_and_validates() {
+        for (text, order) in [
+            ("pinned-first", KsmOrder::PinnedFirst),
+            ("shadow-first", KsmOrder::ShadowFirst),
+        ] {
+            let s: Scenario = toml::from_str(&format!(
+                "[perturb]\nactions = [\"ksm-shadow\"]\nksm_order = \"{text}\"\n[expect]\nlive = \"coherent\"\n"
+            ))
+            .unwrap();
+            assert_eq!(s.perturb.ksm_order, order);
+            assert_eq!(order.to_string(), text);
+            s.validate().unwrap();
+        }
+        let mut s = base();
+        s.perturb.actions = vec![Action::Ksm, Action::KsmShadow];
+        s.expect.live = Some(Verdict::Coherent);
+        s.validate().unwrap();
+        assert!(toml::from_str::<Scenario>("[perturb]\nksm_order = \"last\"\n").is_err());
+    }
+
     #[test]
     fn names_round_trip() {
         for a in Action::ALL {
@@ -630,6 +860,18 @@ mod tests {
             let json = serde_json::to_string(&a).unwrap();
             assert_eq!(json, format!("\"{}\"", a.name()));
         }
+        for k in MemoryKind::ALL {
+            assert_eq!(k.name().parse::<MemoryKind>().unwrap(), k);
+            assert_eq!(
+                serde_json::to_string(&k).unwrap(),
+                format!("\"{}\"", k.name())
+            );
+        }
+        let s: Scenario = toml::from_str("[vm]\nmemory_kind = \"pte-mapped-thp\"\n").unwrap();
+        assert_eq!(s.vm.memory_kind(), MemoryKind::PteMappedThp);
+        s.validate().unwrap();
+        let s: Scenario = toml::from_str("[vm]\nthp = false\n").unwrap();
+        assert_eq!(s.vm.memory_kind(), MemoryKind::Small);
         for k in PinKind::ALL.into_iter().chain([PinKind::Vfio]) {
             assert_eq!(k.name().parse::<PinKind>().unwrap(), k);
             let json = serde_json::to_string(&k).unwrap();
@@ -725,6 +967,27 @@ mod tests {
                 "workload.ops",
             ),
             (
+                "small pages with THP on",
+                |s| s.vm.memory_kind = Some(MemoryKind::Small),
+                "vm.memory_kind",
+            ),
+            (
+                "PTE-mapped THP without THP",
+                |s| {
+                    s.vm.thp = false;
+                    s.vm.memory_kind = Some(MemoryKind::PteMappedThp);
+                },
+                "vm.memory_kind",
+            ),
+            (
+                "PTE-mapped THP without prefault",
+                |s| {
+                    s.vm.prefault = false;
+                    s.vm.memory_kind = Some(MemoryKind::PteMappedThp);
+                },
+                "vm.memory_kind",
+            ),
+            (
                 "action after the last round",
                 |s| {
                     s.perturb.actions = vec![Action::Dontneed];
@@ -771,6 +1034,47 @@ mod tests {
                 "perturbed live scenario without expectation",
                 |s| s.perturb.actions = vec![Action::Compact],
                 "expect.live",
+            ),
+            (
+                "ksm_order without ksm-shadow",
+                |s| s.perturb.ksm_order = KsmOrder::ShadowFirst,
+                "perturb.ksm_order",
+            ),
+            (
+                "ksm-shadow twice",
+                |s| {
+                    s.perturb.actions = vec![Action::KsmShadow, Action::KsmShadow];
+                    s.expect.live = Some(Verdict::Coherent);
+                },
+                "perturb.actions",
+            ),
+            (
+                "ksm-shadow in a storm",
+                |s| {
+                    s.perturb.actions = vec![Action::KsmShadow];
+                    s.perturb.storm = 3;
+                    s.expect.live = Some(Verdict::Coherent);
+                },
+                "perturb.storm",
+            ),
+            (
+                "ksm-shadow over a region the helper will not copy",
+                |s| {
+                    s.vm.memory = ByteSize::mib(256);
+                    s.workload.region = ByteSize::mib(128);
+                    s.perturb.actions = vec![Action::KsmShadow];
+                    s.expect.live = Some(Verdict::Coherent);
+                },
+                "workload.region",
+            ),
+            (
+                "shadow-first after this process entered KSM",
+                |s| {
+                    s.perturb.actions = vec![Action::Ksm, Action::KsmShadow];
+                    s.perturb.ksm_order = KsmOrder::ShadowFirst;
+                    s.expect.live = Some(Verdict::Coherent);
+                },
+                "perturb.ksm_order",
             ),
         ];
         for (what, edit, key) in rows {

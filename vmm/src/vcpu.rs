@@ -429,6 +429,12 @@ pub fn run<E>(vcpu: &mut VcpuFd, ctx: &mut Context<'_, E>) -> Exit<E> {
         if ctx.stop.load(Ordering::Acquire) {
             return Exit::Stopped;
         }
+        // A host action that must not race the guest holds it here (see `VcpuHandle::pause`);
+        // a kick that parked it may have left `immediate_exit` set.
+        if ctx.handle.gate.park_while_requested() {
+            running.clear_immediate_exit();
+            continue;
+        }
         let exit = decode(vcpu);
         let action = {
             let ram = ctx.devices.ram.read().unwrap_or_else(|p| p.into_inner());
@@ -456,6 +462,8 @@ pub fn run<E>(vcpu: &mut VcpuFd, ctx: &mut Context<'_, E>) -> Exit<E> {
 #[derive(Clone, Debug, Default)]
 pub struct VcpuHandle {
     running: Arc<Mutex<Option<Running>>>,
+    /// Where the vCPU parks while a host action needs it stopped.
+    gate: Arc<crate::pause::PauseGate>,
 }
 
 /// The registered vCPU: its thread and its `kvm_run.immediate_exit` byte.
@@ -492,6 +500,16 @@ impl VcpuHandle {
         unsafe { libc::pthread_kill(r.thread, kick_signal()) };
     }
 
+    /// Stops the vCPU before its next KVM_RUN until the guard is dropped (kicking it out of a
+    /// KVM_RUN in progress); `cancel` gives up the wait. For host actions that write guest RAM
+    /// or change memslots while the guest would otherwise run.
+    pub fn pause(
+        &self,
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> Result<crate::pause::Paused, crate::pause::Error> {
+        self.gate.pause(&|| self.kick(), cancel)
+    }
+
     /// Registers the calling thread and `vcpu` until the result is dropped.
     fn register(&self, vcpu: &mut VcpuFd) -> Registration {
         let immediate_exit = std::ptr::addr_of_mut!(vcpu.get_kvm_run().immediate_exit);
@@ -524,6 +542,7 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        self.handle.gate.gone();
         *self
             .handle
             .running

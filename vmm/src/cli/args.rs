@@ -160,19 +160,65 @@ pub enum Command {
         #[command(flatten)]
         out: OutputArgs,
     },
+    /// Generate every cell of pin x action x memory kind x layout, run each live in its own VMM
+    /// process, and compare each with the model's prediction for the running kernel's era.
+    Sweep(SweepArgs),
     /// Replay scenarios under each kernel era's rules (the model executor: simulated).
     Replay {
-        /// Scenario files (default: every scenario in configs/).
+        /// Scenario files or embedded scenario names (default: every scenario of --dir, or the
+        /// embedded set).
         scenarios: Vec<PathBuf>,
-        /// Kernel era (repeatable). Default: all.
+        /// Kernel era (repeatable): its name (e.g. `6.1+`) or any kernel version it covers
+        /// (`4.4`, `6.18`). Default: all.
         #[arg(long = "era")]
         eras: Vec<String>,
-        /// Scenario directory when no file is given.
-        #[arg(long, default_value = "configs")]
-        dir: PathBuf,
+        /// Scenario directory when no scenario is given (default: the embedded set).
         #[arg(long)]
-        json: bool,
+        dir: Option<PathBuf>,
+        #[command(flatten)]
+        out: OutputArgs,
     },
+    /// Write a kselftest package to DIR: run_kselftest.sh runs pinlab's matrix from it as is.
+    Kselftest {
+        /// The directory to write (created if missing).
+        dir: PathBuf,
+    },
+    /// Compare two results (runs, matrices or sweeps): verdict changes, regressions first,
+    /// and the evidence that changed. Exit 1 on a regression.
+    Diff {
+        /// The baseline result (JSON of `run --json`, `matrix --format json`, `sweep`).
+        a: PathBuf,
+        /// The result compared against it.
+        b: PathBuf,
+        /// Output format: human, json or ktap.
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// ksm-shadow's helper process (re-executed by the VMM, not for users): stdin is a memfd of
+    /// PAGES pages; it holds COPIES copies of each and as many control pages, mergeable.
+    #[command(name = "__ksm-shadow", hide = true)]
+    KsmShadowHelper {
+        #[arg(long)]
+        pages: u64,
+        #[arg(long)]
+        copies: u64,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct SweepArgs {
+    /// Run N cells, evenly spaced over the full sweep (deterministic; every axis is met).
+    #[arg(long, value_name = "N")]
+    pub cells: Option<usize>,
+    /// Compare with this model era (its name or a kernel version) instead of the running
+    /// kernel's.
+    #[arg(long)]
+    pub era: Option<String>,
+    /// List the cells (and why any cannot be built) without running them.
+    #[arg(long)]
+    pub list: bool,
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
 #[derive(clap::Args)]

@@ -15,7 +15,7 @@ use super::usage_error;
 
 /// Blocks SIGINT and SIGTERM in this thread (and every thread it starts later) and starts a
 /// thread that receives them and stops the matrix. Must run before any other thread exists.
-fn forward_signals(stop: Arc<Stop>) -> std::io::Result<()> {
+pub(super) fn forward_signals(stop: Arc<Stop>) -> std::io::Result<()> {
     // SAFETY: an empty sigset is valid storage for sigemptyset/sigaddset.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is valid; the calls only write it, and pthread_sigmask changes this

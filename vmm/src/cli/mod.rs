@@ -2,12 +2,16 @@
 //!
 //! `main.rs` only parses (`args`); this module composes scenarios from files and overrides,
 //! picks expectations, calls the library, prints, and maps results to exit codes: 0 met, 1 not
-//! met, 2 usage or config error. It is the one place where errors become text.
+//! met, 2 usage or config error, 4 nothing could run (kselftest's KSFT_SKIP). It is the one place where errors become text.
 
 pub mod args;
 mod bench;
+mod diff;
+mod kselftest;
 mod matrix;
+mod replay;
 mod run;
+mod sweep;
 
 use std::process::ExitCode;
 
@@ -53,11 +57,20 @@ pub fn dispatch(command: Command, launch: Mono) -> ExitCode {
             scenarios,
             eras,
             dir,
-            json,
-        } => match pinlab::model::replay_command(&scenarios, &eras, json, &dir) {
-            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
-            Err(e) => usage_error(format!("{e:#}")),
-        },
+            out,
+        } => replay::cmd_replay(&scenarios, &eras, dir.as_deref(), out),
+        Command::Kselftest { dir } => kselftest::cmd_kselftest(&dir),
+        Command::Diff { a, b, out } => diff::cmd_diff(&a, &b, out),
         Command::Host { json } => cmd_host(json),
+        Command::Sweep(args) => sweep::cmd_sweep(args),
+        Command::KsmShadowHelper { pages, copies } => {
+            match pinlab::shadow::helper_main(pages, copies) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("pinlab {}: {e}", pinlab::shadow::SUBCOMMAND);
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }

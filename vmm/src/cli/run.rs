@@ -75,10 +75,20 @@ fn era_of_this_kernel(requested: Option<&str>) -> Result<(Era, String), CliError
             .map_err(|why| CliError::Usage(format!("--era: {why}")))?;
         return Ok((era, format!("model {era} (--era)")));
     }
-    Ok((
-        Era::MODERN,
-        format!("model {} (the running kernel's era)", Era::MODERN),
-    ))
+    let release = pinlab::identity::Identity::of_this_host().kernel_release;
+    match release.as_deref().and_then(Era::for_kernel_release) {
+        Some(era) => Ok((
+            era,
+            format!(
+                "model {era} (the era of the running kernel {})",
+                release.as_deref().unwrap_or("?")
+            ),
+        )),
+        None => Err(CliError::Usage(format!(
+            "no model era covers the running kernel {}: pass --era or --expect",
+            release.as_deref().unwrap_or("(uname failed)")
+        ))),
+    }
 }
 
 /// Whether `composed` differs from `written` in a way the author's expectation does not cover.
@@ -176,7 +186,6 @@ pub fn cmd_run(args: RunArgs, launch: Mono) -> ExitCode {
             "installing the signal handlers that restore host knobs: {e}"
         ));
     }
-    let _ = pinlab::host::recover_stale_journals();
     let mut hook = pinlab::perturb::Schedule::new(&scenario);
     let mut outcome = pinlab::runner::run(&scenario, launch, &mut hook);
     outcome.expected_from = expected_from;

@@ -98,8 +98,12 @@ pub struct PinEvidence {
     pub len: u64,
     pub pages: usize,
     pub pinned_pfns_changed_pages: usize,
-    /// The first few changed pages, for the report.
+    /// The first few changed pages, in detail, for the report.
     pub changed: Vec<PfnChange>,
+    /// Changed pages not detailed in `changed` (they are all in `changed_runs`).
+    pub changed_left_out: usize,
+    /// Every changed page, as runs `[first page, count]` of pages of this mapping.
+    pub changed_runs: Vec<[usize; 2]>,
     /// Why the comparison could not be made (e.g. pagemap unreadable), if it could not.
     pub unreadable: Option<String>,
 }
@@ -119,6 +123,8 @@ impl Mapping {
             pages: (self.len / PAGE_SIZE) as usize,
             pinned_pfns_changed_pages: 0,
             changed: Vec::new(),
+            changed_left_out: 0,
+            changed_runs: Vec::new(),
             unreadable: self.pfn_error.clone(),
         };
         if ev.unreadable.is_some() {
@@ -140,9 +146,16 @@ impl Mapping {
         };
         let diff = crate::pfn::diff_pfns(&self.pinned_pfns, &mapped);
         ev.pinned_pfns_changed_pages = diff.len();
+        ev.changed_left_out = diff.len().saturating_sub(DETAILED_CHANGES);
+        for &i in &diff {
+            match ev.changed_runs.last_mut() {
+                Some([first, n]) if *first + *n == i => *n += 1,
+                _ => ev.changed_runs.push([i, 1]),
+            }
+        }
         ev.changed = diff
             .iter()
-            .take(8)
+            .take(DETAILED_CHANGES)
             .map(|&i| PfnChange {
                 page: i,
                 gpa: Gpa(self.gpa.raw() + i as u64 * PAGE_SIZE),
@@ -151,6 +164,23 @@ impl Mapping {
             })
             .collect();
         ev
+    }
+}
+
+/// How many changed pages `PinEvidence::changed` details.
+const DETAILED_CHANGES: usize = 8;
+
+impl PinEvidence {
+    /// Whether the page at `gpa` is inside this mapping and its pinned PFN is no longer the
+    /// mapped one (or it is no longer mapped).
+    pub fn changed_at(&self, gpa: Gpa) -> bool {
+        let Some(off) = gpa.checked_offset_from(self.gpa).filter(|&o| o < self.len) else {
+            return false;
+        };
+        let page = (off / PAGE_SIZE) as usize;
+        self.changed_runs
+            .iter()
+            .any(|&[first, n]| page >= first && page - first < n)
     }
 }
 

@@ -111,6 +111,10 @@ fn pins(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<PinEvidence>> {
                     })
                 })
                 .collect::<arbitrary::Result<_>>()?,
+            changed_left_out: u.arbitrary()?,
+            changed_runs: (0..u.int_in_range(0..=3)?)
+                .map(|_| Ok([u.int_in_range(0..=1024)?, u.arbitrary()?]))
+                .collect::<arbitrary::Result<_>>()?,
             unreadable: if u.ratio(1, 4)? {
                 Some(u.arbitrary::<String>()?)
             } else {
@@ -246,6 +250,7 @@ pub fn report(data: &[u8]) {
             guest: if u.ratio(7, 8)? { Some(&*r) } else { None },
             failure,
             pins: &pins,
+            region_gpa: Gpa(u64_near(u, &[0x20_0000, u64::MAX])?),
             control_group: u.arbitrary()?,
             pfn_evidence_only: u.arbitrary()?,
         };

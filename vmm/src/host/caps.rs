@@ -9,7 +9,7 @@
 //!
 //! KVM flavour: `/sys/module/kvm_pvm` present means KVM-PVM (a software, paravirtualized KVM: it
 //! runs where there is no VT-x/SVM, e.g. inside a cloud VM, and emulates guest CPL0 code; see
-//! host-notes.md); else `kvm_intel` means VT-x and `kvm_amd` SVM; with no vendor module (built in)
+//! docs/architecture.md, host facts); else `kvm_intel` means VT-x and `kvm_amd` SVM; with no vendor module (built in)
 //! the `vmx`/`svm` flags of `/proc/cpuinfo` decide; else unknown. The module check wins over the
 //! flags because a nested or PVM host may show a flag it does not use, and PVM cannot be loaded
 //! alongside a hardware vendor module.
@@ -744,7 +744,7 @@ mod tests {
 
     #[test]
     fn probe_agrees_with_this_host() {
-        // Facts of the lab machine (host-notes.md); each is checked only where its evidence exists.
+        // Facts of the lab machine (docs/architecture.md, host facts); each is checked only where its evidence exists.
         let caps = Caps::probe();
         if Path::new("/sys/module/kvm_pvm").exists() {
             assert_eq!(caps.kvm_flavor, KvmFlavor::Pvm);

@@ -1,11 +1,12 @@
 //! The on-disk journal of knob originals and active swapfiles: `/run/pinlab/knobs-<pid>.json`.
 //!
-//! It owns the journal format, its atomic write (temporary file, fsync, rename) and recovery.
-//! `registry.rs` keeps the journal equal to its own lists while anything is registered and removes
-//! it when nothing is. A process killed with SIGKILL (or that lost power to its handlers) leaves
-//! its journal behind; [`recover_stale_journals`] restores those knobs (newest record first, so a
-//! knob set twice ends at its first original) and swaps off and unlinks those swapfiles. Call it at
-//! startup of every command that touches knobs, holding the `SystemLock`.
+//! It owns the run directory, the journal format, its atomic write (temporary file, fsync, rename)
+//! and recovery. It sits on the primitives (`knobs.rs`, `swap.rs`) and knows nothing of the
+//! in-process registry or the guards: `registry.rs` keeps the journal equal to its own lists while
+//! anything is registered and removes it when nothing is. A process killed with SIGKILL (or that
+//! lost power to its handlers) leaves its journal behind; [`recover_stale_journals`] restores those
+//! knobs (newest record first, so a knob set twice ends at its first original) and swaps off and
+//! unlinks those swapfiles. It runs under the `SystemLock`: acquiring the lock calls it first.
 //!
 //! A journal is stale when its PID is dead, or alive with another start time (the PID was
 //! reused). The current process's own journal is never recovered. Children are not journaled: a
@@ -18,7 +19,29 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{knobs, swap, RUN_DIR};
+use super::{knobs, swap};
+
+/// Where pinlab keeps its lock and journals.
+pub const RUN_DIR: &str = "/run/pinlab";
+
+/// The directory this process journals into and recovers from: [`RUN_DIR`], or in this crate's
+/// unit tests the one a test process chose with [`set_run_dir_for_test`].
+pub(crate) fn run_dir() -> PathBuf {
+    #[cfg(test)]
+    if let Some(dir) = TEST_RUN_DIR.get() {
+        return dir.clone();
+    }
+    PathBuf::from(RUN_DIR)
+}
+
+#[cfg(test)]
+static TEST_RUN_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// For child processes of unit tests: journal into `dir` instead of [`RUN_DIR`] (first call wins).
+#[cfg(test)]
+pub(crate) fn set_run_dir_for_test(dir: &Path) {
+    let _ = TEST_RUN_DIR.set(dir.to_path_buf());
+}
 
 /// Errors of this module; each names the operation that failed and the file.
 #[derive(Debug, thiserror::Error)]
@@ -47,12 +70,12 @@ pub enum Error {
     #[error("restoring a knob from journal {journal}: {source}")]
     RestoreKnob {
         journal: PathBuf,
-        source: Box<knobs::Error>,
+        source: knobs::Error,
     },
     #[error("removing a swapfile from journal {journal}: {source}")]
     RemoveSwapfile {
         journal: PathBuf,
-        source: Box<swap::Error>,
+        source: swap::Error,
     },
 }
 
@@ -90,16 +113,74 @@ impl Journal {
     }
 }
 
-/// What [`recover_stale_journals`] did for one dead process.
+/// What [`recover_stale_journals`] did with one dead process's journal (or its temporary file).
 #[derive(Debug)]
 pub struct Recovered {
+    /// The journal, or the temporary file when only that was left.
     pub journal: PathBuf,
     pub pid: u32,
     /// (knob, value written back)
     pub restored: Vec<(PathBuf, String)>,
+    /// Knobs that no longer exist (ENOENT): nothing to restore.
+    pub missing: Vec<PathBuf>,
     pub swapfiles_removed: Vec<PathBuf>,
-    /// Failures; when not empty the journal is kept for another try.
+    /// Failures; when not empty the journal is kept for another try (an unparsable one for a
+    /// human to look at).
     pub errors: Vec<Error>,
+}
+
+impl Recovered {
+    fn empty(journal: PathBuf, pid: u32) -> Recovered {
+        Recovered {
+            journal,
+            pid,
+            restored: Vec::new(),
+            missing: Vec::new(),
+            swapfiles_removed: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Display for Recovered {
+    /// One line: what was undone for which dead run, and what failed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} of dead run pid {}:",
+            if self.errors.is_empty() {
+                "recovered"
+            } else {
+                "could not fully recover"
+            },
+            self.journal.display(),
+            self.pid
+        )?;
+        let restored: Vec<String> = self
+            .restored
+            .iter()
+            .map(|(p, v)| format!("{}={v}", p.display()))
+            .collect();
+        let mut parts = Vec::new();
+        if !restored.is_empty() {
+            parts.push(format!("restored {}", restored.join(", ")));
+        }
+        for p in &self.missing {
+            parts.push(format!("{} no longer exists", p.display()));
+        }
+        for p in &self.swapfiles_removed {
+            parts.push(format!("removed swapfile {}", p.display()));
+        }
+        for e in &self.errors {
+            parts.push(e.to_string());
+        }
+        if !self.errors.is_empty() {
+            parts.push("journal kept".into());
+        } else if parts.is_empty() {
+            parts.push("nothing left to undo; removed".into());
+        }
+        write!(f, " {}", parts.join("; "))
+    }
 }
 
 /// The journal file of `pid` in `dir`.
@@ -123,35 +204,52 @@ pub(crate) fn write(dir: &Path, journal: &Journal) -> Result<()> {
         source,
     })?;
     let path = journal_path(dir, journal.pid);
-    let tmp = dir.join(format!(".knobs-{}.json.tmp", journal.pid));
+    let tmp = tmp_path(dir, journal.pid);
     let werr = |source| Error::Write {
         path: tmp.clone(),
         source,
     };
     let body = serde_json::to_vec_pretty(journal).map_err(|e| werr(io::Error::other(e)))?;
-    let mut f = OpenOptions::new()
+    let written = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(&tmp)
-        .map_err(werr)?;
-    f.write_all(&body).map_err(werr)?;
-    f.sync_all().map_err(werr)?;
-    fs::rename(&tmp, &path).map_err(|source| Error::Rename {
-        from: tmp.clone(),
-        to: path.clone(),
-        source,
+        .and_then(|mut f| {
+            f.write_all(&body)?;
+            f.sync_all()
+        });
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(werr(e));
+    }
+    fs::rename(&tmp, &path).map_err(|source| {
+        let _ = fs::remove_file(&tmp);
+        Error::Rename {
+            from: tmp.clone(),
+            to: path.clone(),
+            source,
+        }
     })
 }
 
-/// Removes `dir/knobs-<pid>.json` if present.
-pub(crate) fn remove(dir: &Path, pid: u32) -> Result<()> {
-    let path = journal_path(dir, pid);
+/// The temporary file a journal of `pid` is written to before the rename.
+pub fn tmp_path(dir: &Path, pid: u32) -> PathBuf {
+    dir.join(format!(".knobs-{pid}.json.tmp"))
+}
+
+fn remove_if_present(path: PathBuf) -> Result<()> {
     match fs::remove_file(&path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::Remove { path, source: e }),
         _ => Ok(()),
     }
+}
+
+/// Removes `dir/knobs-<pid>.json` and its temporary file if present.
+pub(crate) fn remove(dir: &Path, pid: u32) -> Result<()> {
+    remove_if_present(tmp_path(dir, pid))?;
+    remove_if_present(journal_path(dir, pid))
 }
 
 /// Reads one journal file.
@@ -170,12 +268,61 @@ fn is_stale(j: &Journal) -> bool {
     j.pid != std::process::id() && process_start_time(j.pid) != Some(j.start_time)
 }
 
-/// Restores what SIGKILLed pinlab runs left in `/run/pinlab`.
+/// Restores what SIGKILLed pinlab runs left in `/run/pinlab`. Call it holding the `SystemLock`
+/// (acquiring it does).
 pub fn recover_stale_journals() -> Result<Vec<Recovered>> {
-    recover_stale_journals_in(Path::new(RUN_DIR))
+    recover_stale_journals_in(&run_dir())
 }
 
-/// Restores what dead processes' journals in `dir` record; live processes' journals are left alone.
+/// What a file name in the run directory is: (pid, is the temporary file).
+fn parse_name(name: &str) -> Option<(u32, bool)> {
+    if let Some(pid) = name
+        .strip_prefix("knobs-")
+        .and_then(|r| r.strip_suffix(".json"))
+    {
+        return Some((pid.parse().ok()?, false));
+    }
+    let pid = name
+        .strip_prefix(".knobs-")
+        .and_then(|r| r.strip_suffix(".json.tmp"))?;
+    Some((pid.parse().ok()?, true))
+}
+
+/// Undoes one stale journal: knobs newest first, then swapfiles; removes it when all worked.
+fn recover_one(path: &Path, journal: &Journal) -> Recovered {
+    let mut rec = Recovered::empty(path.to_path_buf(), journal.pid);
+    for k in journal.knobs.iter().rev() {
+        match knobs::write_knob(&k.path, &k.original) {
+            Ok(()) => rec.restored.push((k.path.clone(), k.original.clone())),
+            Err(e) if e.is_not_found() => rec.missing.push(k.path.clone()),
+            Err(source) => rec.errors.push(Error::RestoreKnob {
+                journal: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+    for s in &journal.swapfiles {
+        match swap::deactivate_and_remove(s) {
+            Ok(()) => rec.swapfiles_removed.push(s.clone()),
+            Err(source) => rec.errors.push(Error::RemoveSwapfile {
+                journal: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+    if rec.errors.is_empty() {
+        if let Err(e) = remove_if_present(path.to_path_buf()) {
+            rec.errors.push(e);
+        }
+    }
+    rec
+}
+
+/// Restores what dead processes' journals in `dir` record, and removes their temporary journal
+/// files (a write that never reached its rename: the change it recorded was not made yet). Live
+/// processes' files are left alone. A journal that cannot be read or parsed is reported in its
+/// entry's `errors` and kept; the others are recovered all the same. Fails only when `dir`
+/// cannot be listed.
 pub fn recover_stale_journals_in(dir: &Path) -> Result<Vec<Recovered>> {
     let entries = match fs::read_dir(dir) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -184,54 +331,42 @@ pub fn recover_stale_journals_in(dir: &Path) -> Result<Vec<Recovered>> {
             source,
         })?,
     };
-    let mut out = Vec::new();
+    let mut names = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|source| Error::List {
             path: dir.to_path_buf(),
             source,
         })?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if !(name.starts_with("knobs-") && name.ends_with(".json")) {
+        if let Some((pid, tmp)) = parse_name(&entry.file_name().to_string_lossy()) {
+            names.push((tmp, entry.path(), pid));
+        }
+    }
+    // Journals before temporary files, each in name order: a stable report.
+    names.sort();
+    let mut out = Vec::new();
+    for (tmp, path, pid) in names {
+        let alive = pid == std::process::id() || process_start_time(pid).is_some();
+        if tmp {
+            if !alive {
+                let mut rec = Recovered::empty(path.clone(), pid);
+                if let Err(e) = remove_if_present(path) {
+                    rec.errors.push(e);
+                }
+                out.push(rec);
+            }
             continue;
         }
-        let path = entry.path();
-        let journal = read(&path)?;
-        if !is_stale(&journal) {
-            continue;
-        }
-        let mut rec = Recovered {
-            journal: path.clone(),
-            pid: journal.pid,
-            restored: Vec::new(),
-            swapfiles_removed: Vec::new(),
-            errors: Vec::new(),
-        };
-        for k in journal.knobs.iter().rev() {
-            match knobs::write_knob(&k.path, &k.original) {
-                Ok(()) => rec.restored.push((k.path.clone(), k.original.clone())),
-                Err(source) => rec.errors.push(Error::RestoreKnob {
-                    journal: path.clone(),
-                    source: Box::new(source),
-                }),
+        match read(&path) {
+            Ok(journal) if is_stale(&journal) => out.push(recover_one(&path, &journal)),
+            Ok(_) => {}
+            // A live process's file that does not parse is not ours to judge.
+            Err(_) if alive => {}
+            Err(e) => {
+                let mut rec = Recovered::empty(path, pid);
+                rec.errors.push(e);
+                out.push(rec);
             }
         }
-        for s in &journal.swapfiles {
-            match swap::deactivate_and_remove(s) {
-                Ok(()) => rec.swapfiles_removed.push(s.clone()),
-                Err(source) => rec.errors.push(Error::RemoveSwapfile {
-                    journal: path.clone(),
-                    source: Box::new(source),
-                }),
-            }
-        }
-        if rec.errors.is_empty() {
-            fs::remove_file(&path).map_err(|source| Error::Remove {
-                path: path.clone(),
-                source,
-            })?;
-        }
-        out.push(rec);
     }
     Ok(out)
 }
@@ -324,5 +459,45 @@ mod tests {
             assert_eq!(journal_path(dir.path(), pid).exists(), kept, "{what}");
             assert_eq!(rec.len(), usize::from(!kept), "{what}");
         }
+    }
+
+    #[test]
+    fn a_knob_that_no_longer_exists_is_reported_not_retried() {
+        // A dead run's temporary knob (a test's file, a sysfs knob of an unloaded module) is gone:
+        // a bug shows as the journal kept forever and reported as a failure on every run.
+        let dir = tempfile::tempdir().unwrap();
+        let knob = dir.path().join("knob");
+        fs::write(&knob, "set").unwrap();
+        let gone = dir.path().join("gone");
+        let j = Journal {
+            pid: dead_pid(),
+            start_time: 0,
+            knobs: vec![
+                JournalKnob {
+                    path: knob.clone(),
+                    original: "orig".into(),
+                },
+                JournalKnob {
+                    path: gone.clone(),
+                    original: "1".into(),
+                },
+            ],
+            swapfiles: vec![],
+        };
+        write(dir.path(), &j).unwrap();
+        let rec = recover_stale_journals_in(dir.path()).unwrap();
+        assert_eq!(rec.len(), 1);
+        assert_eq!(rec[0].restored, vec![(knob.clone(), "orig".to_string())]);
+        assert_eq!(rec[0].missing, vec![gone.clone()]);
+        assert!(rec[0].errors.is_empty(), "{:?}", rec[0].errors);
+        assert!(!journal_path(dir.path(), j.pid).exists());
+        let line = rec[0].to_string();
+        assert!(line.starts_with("recovered "), "{line}");
+        assert!(
+            line.contains("=orig") && line.contains("no longer exists"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'), "one line: {line}");
+        assert!(!gone.exists(), "recovery must not create a knob");
     }
 }

@@ -1,24 +1,20 @@
-//! `KnobGuard`: one system-wide knob (a sysfs or procfs file) set to a value for as long as the
-//! guard lives, and restored to what it was when the guard drops.
+//! Reading and writing one system-wide knob file (sysfs or procfs): the primitive under every
+//! knob change the lab makes.
 //!
-//! It owns reading and writing knob files and the guard's lifetime. The original value is recorded
-//! in the process-global registry (`registry.rs`) and, through it, in the on-disk journal
-//! (`journal.rs`) *before* the new value is written, so the original survives a panic, a
-//! SIGINT/SIGTERM (`signals.rs`) and, through `recover_stale_journals`, even a SIGKILL.
+//! It owns the value convention and the single-`write(2)` rule. It knows nothing of who records
+//! or restores a knob: the journal (`journal.rs`) and the guards (`knob_guard.rs`, through
+//! `registry.rs`) are built on top of it, and it must not call them.
 //!
-//! Values: a knob that reads as a choice list (`always [madvise] never`) is recorded as the
-//! bracketed choice (`madvise`), which is what must be written back; any other knob is recorded
-//! trimmed. Write-only triggers (`/proc/sys/vm/compact_memory`, `drop_caches`) have nothing to
+//! Values: a knob that reads as a choice list (`always [madvise] never`) stands for the bracketed
+//! choice (`madvise`), which is what must be written back; any other knob stands for its trimmed
+//! contents. Write-only triggers (`/proc/sys/vm/compact_memory`, `drop_caches`) have nothing to
 //! restore: use [`trigger`] for them, never a guard.
 //!
-//! It does not take the `SystemLock`: callers that change shared knobs must hold it (see
-//! `lock.rs`). It knows no particular knob; `ksm.rs` knows KSM's.
+//! It does not take the `SystemLock`: callers that change shared knobs must hold it (`lock.rs`).
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-
-use super::registry;
 
 /// Errors of this module; each names the operation that failed and the knob.
 #[derive(Debug, thiserror::Error)]
@@ -37,17 +33,18 @@ pub enum Error {
         value: String,
         written: usize,
     },
-    #[error("knob {path} read back {actual:?} after writing {expected:?}")]
-    Verify {
-        path: PathBuf,
-        expected: String,
-        actual: String,
-    },
-    #[error("recording the original of knob {path}: {source}")]
-    Journal {
-        path: PathBuf,
-        source: super::journal::Error,
-    },
+}
+
+impl Error {
+    /// Whether the knob itself does not exist (ENOENT on open).
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            Error::Read { source, .. } | Error::Write { source, .. } => {
+                source.kind() == io::ErrorKind::NotFound
+            }
+            Error::ShortWrite { .. } => false,
+        }
+    }
 }
 
 /// Result of this module.
@@ -105,76 +102,6 @@ pub fn trigger(path: &Path, value: &str) -> Result<()> {
     write_knob(path, value)
 }
 
-/// A knob held at a value; dropping it writes the original back.
-#[derive(Debug)]
-pub struct KnobGuard {
-    id: u64,
-    path: PathBuf,
-    original: String,
-    value: String,
-}
-
-impl KnobGuard {
-    /// Records the knob's current value, then writes `value` and reads it back to check it took.
-    pub fn set(path: impl AsRef<Path>, value: &str) -> Result<KnobGuard> {
-        let path = path.as_ref();
-        let original = read_knob(path)?;
-        let id = registry::register_knob(path, &original).map_err(|source| Error::Journal {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let guard = KnobGuard {
-            id,
-            path: path.to_path_buf(),
-            original,
-            value: value.to_string(),
-        };
-        // From here on, dropping `guard` on an error writes the original back, which also
-        // covers a write that failed half way.
-        write_knob(path, value)?;
-        let actual = read_knob(path)?;
-        if actual != normalize(value) {
-            return Err(Error::Verify {
-                path: path.to_path_buf(),
-                expected: value.to_string(),
-                actual,
-            });
-        }
-        Ok(guard)
-    }
-
-    /// The knob.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The value the knob had before the guard, to be written back.
-    pub fn original(&self) -> &str {
-        &self.original
-    }
-
-    /// The value the guard wrote.
-    pub fn value(&self) -> &str {
-        &self.value
-    }
-
-    /// Restores the original now and reports whether that worked (drop only logs).
-    pub fn restore(self) -> Result<()> {
-        let res = registry::restore_knob(self.id);
-        std::mem::forget(self);
-        res.unwrap_or(Ok(()))
-    }
-}
-
-impl Drop for KnobGuard {
-    fn drop(&mut self) {
-        // `None`: the signal path or the panic hook restored it already.
-        if let Some(Err(e)) = registry::restore_knob(self.id) {
-            tracing::warn!("restoring knob on drop: {e}");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,62 +125,18 @@ mod tests {
     }
 
     #[test]
-    fn guard_restores_on_drop_and_on_explicit_restore() {
+    fn write_replaces_the_whole_contents_and_missing_is_not_found() {
         let dir = tempfile::tempdir().unwrap();
         let knob = dir.path().join("knob");
         fs::write(&knob, "always [madvise] never\n").unwrap();
-        {
-            let g = KnobGuard::set(&knob, "always").unwrap();
-            assert_eq!(g.original(), "madvise");
-            assert_eq!(read_knob(&knob).unwrap(), "always");
-        }
-        assert_eq!(fs::read_to_string(&knob).unwrap(), "madvise");
-
-        let g = KnobGuard::set(&knob, "never").unwrap();
-        g.restore().unwrap();
-        assert_eq!(read_knob(&knob).unwrap(), "madvise");
-    }
-
-    #[test]
-    fn nested_guards_on_one_knob_restore_the_first_original() {
-        let dir = tempfile::tempdir().unwrap();
-        let knob = dir.path().join("knob");
-        fs::write(&knob, "100\n").unwrap();
-        let outer = KnobGuard::set(&knob, "200").unwrap();
-        let inner = KnobGuard::set(&knob, "300").unwrap();
-        assert_eq!(inner.original(), "200");
-        drop(inner);
-        assert_eq!(read_knob(&knob).unwrap(), "200");
-        drop(outer);
-        assert_eq!(read_knob(&knob).unwrap(), "100");
-    }
-
-    #[test]
-    fn missing_knob_is_a_read_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let knob = dir.path().join("absent");
-        match KnobGuard::set(&knob, "1") {
-            Err(Error::Read { path, .. }) => assert_eq!(path, knob),
-            other => panic!("expected Read error, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn rejected_value_is_restored() {
-        // procfs refuses a non-number: the write fails and the guard writes the original back.
-        // Read-only knobs are fine to try: the write fails before anything changes.
-        let knob = Path::new("/proc/sys/kernel/io_uring_disabled");
-        if !knob.exists() {
-            return;
-        }
-        let _lock = super::super::lock::SystemLock::acquire().unwrap();
-        let before = read_knob(knob).unwrap();
-        match KnobGuard::set(knob, "not-a-number") {
-            Err(Error::Write { source, .. }) => {
-                assert_eq!(source.raw_os_error(), Some(libc::EINVAL))
-            }
-            other => panic!("expected Write error, got {other:?}"),
-        }
-        assert_eq!(read_knob(knob).unwrap(), before);
+        write_knob(&knob, "7").unwrap();
+        assert_eq!(fs::read_to_string(&knob).unwrap(), "7");
+        assert_eq!(read_knob(&knob).unwrap(), "7");
+        let absent = dir.path().join("absent");
+        let read = read_knob(&absent).unwrap_err();
+        let write = write_knob(&absent, "1").unwrap_err();
+        assert!(matches!(&read, Error::Read { path, .. } if path == &absent));
+        assert!(read.is_not_found() && write.is_not_found());
+        assert!(!absent.exists(), "a write must not create a knob");
     }
 }

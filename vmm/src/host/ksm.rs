@@ -20,7 +20,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::knobs::{self, KnobGuard};
+use super::knob_guard::{self, KnobGuard};
+use super::knobs;
 
 /// Where KSM's knobs and counters live.
 pub const KSM_DIR: &str = "/sys/kernel/mm/ksm";
@@ -31,7 +32,9 @@ pub enum Error {
     #[error("KSM is not available: {path} does not exist")]
     Missing { path: PathBuf },
     #[error("setting KSM knob: {0}")]
-    Knob(#[from] knobs::Error),
+    Set(#[from] knob_guard::Error),
+    #[error("reading KSM: {0}")]
+    Read(#[from] knobs::Error),
     #[error("parsing KSM counter {path}: {value:?} is not a number")]
     Parse { path: PathBuf, value: String },
     #[error("waiting for {wanted} KSM full scans: only {reached} after {waited:?}")]
@@ -172,7 +175,7 @@ impl Ksm {
         while let Some(g) = self.guards.pop() {
             if let Err(e) = g.restore() {
                 if first.is_ok() {
-                    first = Err(Error::Knob(e));
+                    first = Err(Error::Set(e));
                 }
             }
         }

@@ -1,13 +1,28 @@
 //! The process-global registry of what this process must undo before it dies: knob originals,
-//! children it started, swapfiles it activated.
+//! children it started, swapfiles it created; and the one lock under which this process changes
+//! host state.
 //!
-//! Owners (`KnobGuard`, `Swapfile`, the code that spawns a child) register here; their `Drop`
-//! undoes and unregisters. The registry exists for the paths on which `Drop` does not run: the
-//! panic hook and the SIGINT/SIGTERM thread (`signals.rs`) call [`restore_all_knobs`],
-//! [`kill_children`] and [`remove_swapfiles`]. Every change to the knob or swapfile lists is
-//! mirrored to the journal `/run/pinlab/knobs-<pid>.json` (`journal.rs`), written while anything is
-//! registered and removed when nothing is, for the path on which nothing in the process runs
-//! (SIGKILL).
+//! It sits on the journal (`journal.rs`) and the primitives (`knobs.rs`, `swap.rs`), and below the
+//! owners: `KnobGuard` (`knob_guard.rs`), `Swapfile` (`swapfile.rs`) and the code that spawns a
+//! child change host state through it; their `Drop` undoes through it. Every change to the knob or
+//! swapfile lists is mirrored to the journal `/run/pinlab/knobs-<pid>.json` (`journal.rs`), written
+//! while anything is registered and removed when nothing is, for the path on which nothing in the
+//! process runs (SIGKILL).
+//!
+//! Changing host state and restoring it are mutually exclusive: a knob is read, journaled and
+//! written ([`set_knob`]), a swapfile journaled and created ([`begin_swapfile`]), activated
+//! ([`activate_swapfile`]) or removed, all while the registry lock is held, and every change is
+//! journaled before it is made. The SIGINT/SIGTERM thread restores through
+//! [`restore_all_and_hold`], which takes the same lock (so it waits for a change in progress to
+//! finish and then undoes it), and never releases it: the process `_exit`s holding it, so no
+//! other thread starts a change after the restore. A restore of a swapfile attempts `swapoff`
+//! whether or not `/proc/swaps` lists it yet. The zero-fill between a swapfile's creation and its
+//! activation runs without the lock: a restore meanwhile unlinks the file under the writer, whose
+//! `swapon` then never comes.
+//!
+//! A child is registered after its fork returns: one forked just before a restore takes the lock
+//! stays unregistered (its parent thread blocks in [`register_child`]) and is not killed here;
+//! the fork children of `perturb` exit by themselves when the `_exit` closes their release pipe.
 //!
 //! Each knob record is restored exactly once: it is written back and removed under the registry
 //! lock, whoever (guard drop, panic hook, signal thread) gets there first. Records on one path are
@@ -21,7 +36,35 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
-use super::{journal, knobs, swap, RUN_DIR};
+use super::{journal, knobs, swap};
+
+/// Errors of this module; each names the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading the original: {0}")]
+    ReadKnob(#[source] knobs::Error),
+    #[error("journaling the original of knob {path}: {source}")]
+    JournalKnob {
+        path: PathBuf,
+        source: journal::Error,
+    },
+    #[error("setting the knob: {0}")]
+    WriteKnob(#[source] knobs::Error),
+    #[error("journaling swapfile {path}: {source}")]
+    JournalSwapfile {
+        path: PathBuf,
+        source: journal::Error,
+    },
+    #[error("creating the swapfile: {0}")]
+    CreateSwapfile(#[source] swap::Error),
+    #[error("activating the swapfile: {0}")]
+    Swapon(#[source] swap::Error),
+    #[error("removing the swapfile: {0}")]
+    RemoveSwapfile(#[source] swap::Error),
+}
+
+/// Result of this module.
+pub type Result<T> = std::result::Result<T, Error>;
 
 /// One knob's original value, held while a guard on it lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,8 +112,8 @@ fn state_within(timeout: Duration) -> Option<MutexGuard<'static, State>> {
     }
 }
 
-fn sync_journal(s: &State) -> Result<(), journal::Error> {
-    let dir = Path::new(RUN_DIR);
+fn sync_journal(s: &State) -> std::result::Result<(), journal::Error> {
+    let dir = &journal::run_dir();
     if s.knobs.is_empty() && s.swapfiles.is_empty() {
         return journal::remove(dir, std::process::id());
     }
@@ -87,21 +130,35 @@ fn sync_journal(s: &State) -> Result<(), journal::Error> {
     journal::write(dir, &j)
 }
 
-/// Records `original` for the knob at `path`; returns the record's id.
-pub(crate) fn register_knob(path: &Path, original: &str) -> Result<u64, journal::Error> {
+/// Under the registry lock: reads the knob at `path`, journals its original, writes `value`.
+/// Returns the record's id and the original. On a failed write the original is written back
+/// (a write may fail half way) and the record dropped.
+pub(crate) fn set_knob(path: &Path, value: &str) -> Result<(u64, String)> {
     let mut s = state();
+    let original = knobs::read_knob(path).map_err(Error::ReadKnob)?;
     let id = s.next_id;
     s.next_id += 1;
     s.knobs.push(KnobRecord {
         id,
         path: path.to_path_buf(),
-        original: original.to_string(),
+        original: original.clone(),
     });
-    if let Err(e) = sync_journal(&s) {
+    if let Err(source) = sync_journal(&s) {
         s.knobs.pop();
-        return Err(e);
+        return Err(Error::JournalKnob {
+            path: path.to_path_buf(),
+            source,
+        });
     }
-    Ok(id)
+    if let Err(e) = knobs::write_knob(path, value) {
+        if let Some(idx) = s.knobs.iter().position(|k| k.id == id) {
+            if let Err(e) = restore_locked(&mut s, idx) {
+                tracing::warn!("restoring knob after a failed write: {e}");
+            }
+        }
+        return Err(Error::WriteKnob(e));
+    }
+    Ok((id, original))
 }
 
 fn restore_locked(s: &mut State, idx: usize) -> knobs::Result<()> {
@@ -142,13 +199,9 @@ fn restore_all_locked(s: &mut State) -> Vec<knobs::Error> {
     errors
 }
 
-/// Restores every registered knob, newest first; returns the failures.
-pub(crate) fn restore_all_knobs() -> Vec<knobs::Error> {
-    restore_all_locked(&mut state())
-}
-
-/// For the panic hook: as [`restore_all_knobs`], unless the lock cannot be had within `timeout`
-/// (the panicking thread holds it), in which case it returns `None` and leaves it to `Drop`.
+/// For the panic hook: restores every registered knob, newest first, and returns the failures;
+/// `None` when the lock cannot be had within `timeout` (the panicking thread holds it, or the
+/// signal thread is restoring), leaving it to `Drop` or to that thread.
 pub(crate) fn restore_all_knobs_within(timeout: Duration) -> Option<Vec<knobs::Error>> {
     state_within(timeout).map(|mut s| restore_all_locked(&mut s))
 }
@@ -167,8 +220,8 @@ pub fn unregister_child(pid: i32) {
 }
 
 /// Kills (SIGKILL) and reaps every registered child; returns the PIDs it reaped.
-pub(crate) fn kill_children() -> Vec<i32> {
-    let children = std::mem::take(&mut state().children);
+fn kill_children_locked(s: &mut State) -> Vec<i32> {
+    let children = std::mem::take(&mut s.children);
     for &pid in &children {
         // SAFETY: kill(2) with a PID we registered as our own child; no memory is passed.
         unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -183,29 +236,46 @@ pub(crate) fn kill_children() -> Vec<i32> {
     children
 }
 
-/// Registers an active (or about to be activated) swapfile.
-pub(crate) fn register_swapfile(path: &Path) -> Result<(), journal::Error> {
+/// Under the registry lock: journals the swapfile `path`, then creates it (empty, mode 0600), so
+/// that no moment exists when a file of ours is on disk and unrecorded.
+pub(crate) fn begin_swapfile(path: &Path) -> Result<std::fs::File> {
     let mut s = state();
     s.swapfiles.push(path.to_path_buf());
-    if let Err(e) = sync_journal(&s) {
+    if let Err(source) = sync_journal(&s) {
         s.swapfiles.pop();
-        return Err(e);
+        return Err(Error::JournalSwapfile {
+            path: path.to_path_buf(),
+            source,
+        });
     }
-    Ok(())
+    swap::create_file(path).map_err(|e| {
+        s.swapfiles.pop();
+        if let Err(e) = sync_journal(&s) {
+            tracing::warn!("updating knob journal: {e}");
+        }
+        Error::CreateSwapfile(e)
+    })
 }
 
-/// Forgets a swapfile its owner removed.
-pub(crate) fn unregister_swapfile(path: &Path) {
+/// Under the registry lock: `swapon` of a registered swapfile.
+pub(crate) fn activate_swapfile(path: &Path) -> Result<()> {
+    let _s = state();
+    swap::swapon(path).map_err(Error::Swapon)
+}
+
+/// Under the registry lock: swaps off and unlinks a registered swapfile, then forgets it. On
+/// failure it stays registered, for the signal path and journal recovery to try again.
+pub(crate) fn remove_swapfile(path: &Path) -> Result<()> {
     let mut s = state();
+    swap::deactivate_and_remove(path).map_err(Error::RemoveSwapfile)?;
     s.swapfiles.retain(|p| p != path);
     if let Err(e) = sync_journal(&s) {
         tracing::warn!("updating knob journal: {e}");
     }
+    Ok(())
 }
 
-/// Swaps off and unlinks every registered swapfile; returns the failures.
-pub(crate) fn remove_swapfiles() -> Vec<swap::Error> {
-    let mut s = state();
+fn remove_swapfiles_locked(s: &mut State) -> Vec<swap::Error> {
     let mut errors = Vec::new();
     let mut kept = Vec::new();
     for path in std::mem::take(&mut s.swapfiles) {
@@ -215,10 +285,36 @@ pub(crate) fn remove_swapfiles() -> Vec<swap::Error> {
         }
     }
     s.swapfiles = kept;
+    errors
+}
+
+/// What [`restore_all_and_hold`] did.
+#[derive(Debug)]
+pub(crate) struct Restored {
+    pub reaped: Vec<i32>,
+    pub knob_errors: Vec<knobs::Error>,
+    pub swap_errors: Vec<swap::Error>,
+}
+
+/// For the SIGINT/SIGTERM path: takes the registry lock (waiting for a change in progress to
+/// finish), kills and reaps registered children, restores every knob, removes every swapfile,
+/// and removes the journal and any temporary journal when all of that worked (else the journal
+/// keeps what is left, for recovery). The lock is never released: the caller is about to
+/// `_exit`, and no other thread may change host state after this.
+pub(crate) fn restore_all_and_hold() -> Restored {
+    let mut s = state();
+    let reaped = kill_children_locked(&mut s);
+    let knob_errors = restore_all_locked(&mut s);
+    let swap_errors = remove_swapfiles_locked(&mut s);
     if let Err(e) = sync_journal(&s) {
         tracing::warn!("updating knob journal: {e}");
     }
-    errors
+    std::mem::forget(s);
+    Restored {
+        reaped,
+        knob_errors,
+        swap_errors,
+    }
 }
 
 #[cfg(test)]
@@ -249,12 +345,7 @@ mod tests {
             let knob = setup_knob(dir.path(), "k", "orig");
             let ids: Vec<u64> = ["a", "b", "c"]
                 .iter()
-                .map(|v| {
-                    let orig = knobs::read_knob(&knob).unwrap();
-                    let id = register_knob(&knob, &orig).unwrap();
-                    knobs::write_knob(&knob, v).unwrap();
-                    id
-                })
+                .map(|v| set_knob(&knob, v).unwrap().0)
                 .collect();
             for i in order {
                 restore_knob(ids[i]).unwrap().unwrap();

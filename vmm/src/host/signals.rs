@@ -6,15 +6,17 @@
 //! Signals: the handler is the self-pipe trick. It saves errno, `write(2)`s the signal number as
 //! one byte to a non-blocking pipe and returns: async-signal-safe, no allocation, no lock. A
 //! dedicated thread blocks reading that pipe and, on a byte, runs [`restore_and_exit`] as ordinary
-//! code: kill and reap registered children, restore every registered knob, swap off and unlink
-//! registered swapfiles, remove the journal, then `_exit(128 + signal)` (130 for SIGINT, 143 for
+//! code: wait for any host change in progress, kill and reap registered children, restore every
+//! registered knob, swap off and unlink registered swapfiles, remove the journal, then
+//! `_exit(128 + signal)` still holding the registry lock, so no other thread changes host state
+//! meanwhile or after (130 for SIGINT, 143 for
 //! SIGTERM). Why not signalfd/sigwait: those need the signals blocked in *every* thread, including
 //! threads started before us that we do not control (the test harness's main thread, a library's
 //! worker); a process-directed signal picks any thread that does not block it, and with the default
 //! disposition that kills the process with nothing restored. A handler works whichever thread the
 //! kernel picks. The pipe is created, and the thread spawned, before the handlers are installed.
 //! If the VMM later blocks these signals in all its threads and reads them from its own signalfd
-//! (the device thread's event loop, see DESIGN.md), the handler never fires and that loop calls
+//! (the device thread's event loop, see docs/architecture.md), the handler never fires and that loop calls
 //! [`restore_and_exit`] itself: the two designs compose. Install early, before other threads, so
 //! that no thread has already inherited an unwanted mask.
 //!
@@ -30,7 +32,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{journal, registry, RUN_DIR};
+use super::registry;
 
 /// Errors of this module; each names the operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -90,25 +92,22 @@ pub fn exit_status_for(signal: i32) -> i32 {
 }
 
 /// Kills and reaps registered children, restores every registered knob, removes registered
-/// swapfiles and the journal, then `_exit`s with `128 + signal`. Ordinary code: call it from a
-/// thread, never from a signal handler.
+/// swapfiles and the journal, then `_exit`s with `128 + signal`. A host change another thread has
+/// in progress finishes first and is undone with the rest; none starts after (see `registry.rs`).
+/// Ordinary code: call it from a thread, never from a signal handler.
 pub fn restore_and_exit(signal: i32) -> ! {
-    let reaped = registry::kill_children();
-    let knob_errors = registry::restore_all_knobs();
-    let swap_errors = registry::remove_swapfiles();
-    for e in &knob_errors {
+    // Waits for another thread's host change in progress, undoes everything, and keeps the
+    // registry lock until `_exit`, so no thread changes host state after this.
+    let restored = registry::restore_all_and_hold();
+    for e in &restored.knob_errors {
         eprintln!("pinlab: restoring a knob after signal {signal}: {e}");
     }
-    for e in &swap_errors {
+    for e in &restored.swap_errors {
         eprintln!("pinlab: removing a swapfile after signal {signal}: {e}");
-    }
-    if knob_errors.is_empty() && swap_errors.is_empty() {
-        // Already gone when everything was unregistered; make sure.
-        let _ = journal::remove(std::path::Path::new(RUN_DIR), std::process::id());
     }
     eprintln!(
         "pinlab: signal {signal}: reaped {} children, restored host state, exiting",
-        reaped.len()
+        restored.reaped.len()
     );
     // SAFETY: _exit ends the process without running atexit handlers or destructors, which is
     // what we want with other threads possibly mid-operation.
@@ -194,16 +193,19 @@ pub fn install_restore_handlers() -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::knobs::{read_knob, KnobGuard};
+    use super::super::journal::{self, RUN_DIR};
+    use super::super::knob_guard::KnobGuard;
+    use super::super::knobs::read_knob;
     use super::super::lock::SystemLock;
     use super::*;
-    use std::io::{BufRead, BufReader};
+    use std::io::{BufRead, BufReader, Write};
     use std::path::Path;
     use std::process::{Command, Stdio};
     use std::time::Instant;
 
     /// Selects the child mode of [`signal_child_entry`]: "signal" waits to be signalled, "panic"
-    /// panics with its guards forgotten.
+    /// waits for a line on stdin (the parent has read the knobs), then panics with its guards
+    /// forgotten.
     const CHILD_ENV: &str = "PINLAB_SIGNAL_TEST_CHILD";
     const KSM: &str = "/sys/kernel/mm/ksm";
     /// (knob, value the child sets)
@@ -234,6 +236,10 @@ mod tests {
         registry::register_child(grandchild.id() as i32);
         println!("ready {}", grandchild.id());
         if mode == "panic" {
+            // Wait until the parent has read the knobs as set: panicking at once would race the
+            // parent's reads with the panic hook's restore (seen: run already back to 0).
+            let mut go = String::new();
+            let _ = std::io::stdin().read_line(&mut go);
             // Only the panic hook can restore now: the guards will never drop.
             std::mem::forget(guards);
             let mut grandchild = grandchild;
@@ -269,10 +275,12 @@ mod tests {
                 "--test-threads=1",
             ])
             .env(CHILD_ENV, mode)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
         let child_pid = child.id();
+        let mut go = child.stdin.take().unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let grandchild_pid = loop {
             match lines.next() {
@@ -293,6 +301,9 @@ mod tests {
             .iter()
             .map(|(k, _)| read_knob(&ksm_knob(k)).unwrap())
             .collect();
+        // Lets a "panic" child go on; a "signal" child does not read it.
+        let _ = go.write_all(b"go\n");
+        drop(go);
         if signal != 0 {
             // SAFETY: kill(2) on the child we spawned and have not reaped.
             assert_eq!(unsafe { libc::kill(child_pid as i32, signal) }, 0);

@@ -1,13 +1,14 @@
-//! `Swapfile`: a swapfile this process creates, activates, and on drop swaps off and unlinks.
+//! Swap areas: `/proc/swaps`, the swap header, writing a swap area into a file, and the
+//! `swapon(2)`/`swapoff(2)` calls. The primitives under the `Swapfile` owner (`swapfile.rs`) and
+//! journal recovery (`journal.rs`).
 //!
-//! It owns the file, its swap header, and the `swapon(2)`/`swapoff(2)` calls; it registers the
-//! file with `registry.rs` (so SIGINT/SIGTERM and journal recovery remove it too) *before*
-//! `swapon`, so there is no moment when an active swapfile of ours is unrecorded. It does not
-//! decide what gets swapped out (`MADV_PAGEOUT` belongs to `perturb`).
+//! It knows nothing of who records or removes a swapfile, and must not call the journal or the
+//! registry. It does not decide what gets swapped out (`MADV_PAGEOUT` belongs to `perturb`).
 //!
-//! The file is written full of zeros rather than `fallocate`d: swapon refuses files with holes, and
-//! some filesystems refuse preallocated (unwritten) extents for swap; written blocks work on every
-//! filesystem that supports swapfiles at all (not tmpfs, not overlayfs upper dirs on some kernels).
+//! The area is written full of zeros rather than `fallocate`d: swapon refuses files with holes,
+//! and some filesystems refuse preallocated (unwritten) extents for swap; written blocks work on
+//! every filesystem that supports swapfiles at all (not tmpfs, not overlayfs upper dirs on some
+//! kernels).
 //!
 //! The header is written here instead of running `mkswap`: it is one page with a fixed layout (the
 //! kernel's `union swap_header`, `include/linux/swap.h`): the `info` struct at byte 1024
@@ -16,14 +17,11 @@
 //! lab's requirements and keeps the header's meaning next to the code; the test compares it with
 //! `mkswap`'s when that program is present.
 
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
-
-use super::registry;
 
 /// Byte offset of `swap_header.info` in the header page.
 const INFO_OFFSET: usize = 1024;
@@ -33,20 +31,15 @@ const MAGIC: &[u8; 10] = b"SWAPSPACE2";
 /// pages besides the header); we ask for more than the minimum anyway.
 pub const MIN_PAGES: u64 = 16;
 
-/// Errors of this module; each names the operation that failed and the file.
+/// Errors of this module; each names the call that failed and the file.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("swapfile of {size} bytes is smaller than {min} pages")]
-    TooSmall { size: u64, min: u64 },
     #[error("creating swapfile {path}: {source}")]
     Create { path: PathBuf, source: io::Error },
     #[error("writing swapfile {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
-    #[error("recording swapfile {path}: {source}")]
-    Journal {
-        path: PathBuf,
-        source: super::journal::Error,
-    },
+    #[error("statvfs({path}): {source}")]
+    Statvfs { path: PathBuf, source: io::Error },
     #[error("swapon({path}): {source}")]
     Swapon { path: PathBuf, source: io::Error },
     #[error("swapoff({path}): {source}")]
@@ -93,7 +86,7 @@ pub fn parse_proc_swaps(text: &str) -> Vec<SwapEntry> {
 
 /// Active swap areas, from `/proc/swaps`.
 pub fn active_swaps() -> Result<Vec<SwapEntry>> {
-    let f = fs::File::open("/proc/swaps").map_err(Error::ProcSwaps)?;
+    let f = File::open("/proc/swaps").map_err(Error::ProcSwaps)?;
     let mut text = String::new();
     for line in io::BufReader::new(f).lines() {
         text.push_str(&line.map_err(Error::ProcSwaps)?);
@@ -124,27 +117,108 @@ pub fn swap_header(page_size: usize, pages: u64) -> Vec<u8> {
     page
 }
 
+/// Bytes an unprivileged writer could still allocate on the filesystem holding `dir`
+/// (`f_bavail * f_frsize`).
+pub fn available_bytes(dir: &Path) -> Result<u64> {
+    let serr = |source| Error::Statvfs {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| serr(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    // SAFETY: a zeroed statvfs is a valid out-buffer; the kernel fills it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs with a NUL-terminated path that lives across the call and a pointer to the
+    // local struct.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(serr(io::Error::last_os_error()));
+    }
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Creates the empty file `path` (it must not exist), mode 0600, close-on-exec.
+pub fn create_file(path: &Path) -> Result<File> {
+    let cerr = |source| Error::Create {
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(cerr)?;
+    // The umask may have cleared bits but never adds any; make 0600 explicit anyway.
+    if let Err(e) = f.set_permissions(fs::Permissions::from_mode(0o600)) {
+        let _ = fs::remove_file(path);
+        return Err(cerr(e));
+    }
+    Ok(f)
+}
+
+/// Writes a swap area of `pages` pages (header first, then zeros) into `file` at `path`, and
+/// fsyncs it.
+pub fn write_area(file: &mut File, path: &Path, pages: u64) -> Result<()> {
+    let werr = |source| Error::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let ps = page_size();
+    file.write_all(&swap_header(ps as usize, pages))
+        .map_err(werr)?;
+    let chunk = vec![0u8; 1 << 20];
+    let mut left = (pages - 1) * ps;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        file.write_all(&chunk[..n]).map_err(werr)?;
+        left -= n as u64;
+    }
+    file.sync_all().map_err(werr)
+}
+
 fn cstring(path: &Path) -> std::ffi::CString {
     // Paths we build never contain NUL; a journal path with one cannot match a swap area.
     std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap_or_default()
 }
 
-fn is_active(path: &Path) -> Result<bool> {
-    Ok(active_swaps()?.iter().any(|s| s.path == path))
+/// `swapon(path, 0)`: kernel-chosen priority, no discard.
+pub fn swapon(path: &Path) -> Result<()> {
+    let c = cstring(path);
+    // SAFETY: swapon with a NUL-terminated path that lives across the call; flags 0.
+    if unsafe { libc::swapon(c.as_ptr(), 0) } != 0 {
+        return Err(Error::Swapon {
+            path: path.to_path_buf(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
 }
 
-/// Swaps off `path` if it is an active swap area, then unlinks it if it exists. Used by the drop,
-/// the signal path and journal recovery.
-pub(crate) fn deactivate_and_remove(path: &Path) -> Result<()> {
-    if is_active(path)? {
-        let c = cstring(path);
-        // SAFETY: swapoff with a NUL-terminated path that lives across the call.
-        if unsafe { libc::swapoff(c.as_ptr()) } != 0 {
-            return Err(Error::Swapoff {
-                path: path.to_path_buf(),
-                source: io::Error::last_os_error(),
-            });
-        }
+/// `swapoff(path)`.
+pub fn swapoff(path: &Path) -> Result<()> {
+    let c = cstring(path);
+    // SAFETY: swapoff with a NUL-terminated path that lives across the call.
+    if unsafe { libc::swapoff(c.as_ptr()) } != 0 {
+        return Err(Error::Swapoff {
+            path: path.to_path_buf(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// Swaps off `path`, then unlinks it if it exists. `swapoff` is attempted whether or not
+/// `/proc/swaps` lists the file: a restore may run right after a `swapon` returned, and
+/// `/proc/swaps` is not the kernel's own record. EINVAL (not a swap area) and ENOENT (no such
+/// file) mean there is nothing to swap off. The file is unlinked only once it is not a swap area:
+/// a swap area whose file is unlinked can no longer be named to `swapoff`.
+pub fn deactivate_and_remove(path: &Path) -> Result<()> {
+    match swapoff(path) {
+        Ok(()) => {}
+        Err(Error::Swapoff { source, .. })
+            if matches!(source.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) => {}
+        Err(e) => return Err(e),
     }
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::Unlink {
@@ -155,125 +229,8 @@ pub(crate) fn deactivate_and_remove(path: &Path) -> Result<()> {
     }
 }
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// An active swapfile; dropping it swaps it off and unlinks it.
-#[derive(Debug)]
-pub struct Swapfile {
-    path: PathBuf,
-    size: u64,
-}
-
-impl Swapfile {
-    /// Creates `dir/pinlab-swap-<pid>-<n>` of `size` bytes (rounded down to pages), mode 0600,
-    /// writes the swap header and activates it. Needs CAP_SYS_ADMIN and a filesystem that
-    /// supports swapfiles.
-    pub fn create(dir: &Path, size: u64) -> Result<Swapfile> {
-        let ps = page_size();
-        let pages = size / ps;
-        if pages < MIN_PAGES {
-            return Err(Error::TooSmall {
-                size,
-                min: MIN_PAGES,
-            });
-        }
-        let path = dir.join(format!(
-            "pinlab-swap-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let cerr = |source| Error::Create {
-            path: path.clone(),
-            source,
-        };
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(cerr)?;
-        // From here on the file exists: remove it on every error.
-        let fail = |e: Error| {
-            let _ = fs::remove_file(&path);
-            e
-        };
-        let werr = |source| Error::Write {
-            path: path.clone(),
-            source,
-        };
-        // The umask may have cleared bits but never adds any; make 0600 explicit anyway.
-        f.set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(|e| fail(werr(e)))?;
-        f.write_all(&swap_header(ps as usize, pages))
-            .map_err(|e| fail(werr(e)))?;
-        let chunk = vec![0u8; 1 << 20];
-        let mut left = (pages - 1) * ps;
-        while left > 0 {
-            let n = left.min(chunk.len() as u64) as usize;
-            f.write_all(&chunk[..n]).map_err(|e| fail(werr(e)))?;
-            left -= n as u64;
-        }
-        f.sync_all().map_err(|e| fail(werr(e)))?;
-        drop(f);
-
-        registry::register_swapfile(&path).map_err(|source| {
-            fail(Error::Journal {
-                path: path.clone(),
-                source,
-            })
-        })?;
-        let c = cstring(&path);
-        // SAFETY: swapon with a NUL-terminated path that lives across the call; flags 0 (kernel
-        // chosen priority, no discard).
-        if unsafe { libc::swapon(c.as_ptr(), 0) } != 0 {
-            let source = io::Error::last_os_error();
-            registry::unregister_swapfile(&path);
-            return Err(fail(Error::Swapon {
-                path: path.clone(),
-                source,
-            }));
-        }
-        Ok(Swapfile {
-            path,
-            size: pages * ps,
-        })
-    }
-
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Its size in bytes, header page included.
-    pub fn size_bytes(&self) -> u64 {
-        self.size
-    }
-
-    /// Swaps off and unlinks now, reporting failures (drop only logs them).
-    pub fn remove(self) -> Result<()> {
-        let res = deactivate_and_remove(&self.path);
-        if res.is_ok() {
-            registry::unregister_swapfile(&self.path);
-        }
-        std::mem::forget(self);
-        res
-    }
-}
-
-impl Drop for Swapfile {
-    fn drop(&mut self) {
-        match deactivate_and_remove(&self.path) {
-            Ok(()) => registry::unregister_swapfile(&self.path),
-            // Left registered: the signal path and journal recovery try again.
-            Err(e) => tracing::warn!("removing swapfile on drop: {e}"),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::lock::SystemLock;
     use super::*;
 
     #[test]
@@ -340,38 +297,43 @@ mod tests {
     }
 
     #[test]
-    fn too_small_is_refused_before_creating_anything() {
+    fn write_area_writes_header_and_zeros_and_create_refuses_existing() {
         let dir = tempfile::tempdir().unwrap();
-        match Swapfile::create(dir.path(), 4096) {
-            Err(Error::TooSmall { size: 4096, .. }) => {}
-            other => panic!("expected TooSmall, got {other:?}"),
-        }
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        let path = dir.path().join("s");
+        let mut f = create_file(&path).unwrap();
+        assert_eq!(f.metadata().unwrap().permissions().mode() & 0o777, 0o600);
+        write_area(&mut f, &path, MIN_PAGES).unwrap();
+        let body = fs::read(&path).unwrap();
+        let ps = page_size() as usize;
+        assert_eq!(body.len(), MIN_PAGES as usize * ps);
+        assert_eq!(&body[..ps], &swap_header(ps, MIN_PAGES)[..]);
+        assert!(body[ps..].iter().all(|&b| b == 0));
+        assert!(matches!(create_file(&path), Err(Error::Create { .. })));
     }
 
     #[test]
-    fn create_activates_and_drop_removes() {
-        if !Path::new("/proc/swaps").exists() {
-            eprintln!("skipped: kernel without swap");
-            return;
+    fn deactivate_and_remove_of_a_plain_and_a_missing_file() {
+        // Neither is a swap area: swapoff says EINVAL / ENOENT, which is not an error here; a
+        // bug shows as an error, or as the plain file left in place.
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        fs::write(&plain, b"not swap").unwrap();
+        deactivate_and_remove(&plain).unwrap();
+        assert!(!plain.exists());
+        deactivate_and_remove(&dir.path().join("absent")).unwrap();
+    }
+
+    #[test]
+    fn available_bytes_of_a_real_and_a_missing_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(available_bytes(dir.path()).unwrap() > 0);
+        let missing = dir.path().join("absent");
+        match available_bytes(&missing) {
+            Err(Error::Statvfs { path, source }) => {
+                assert_eq!(path, missing);
+                assert_eq!(source.raw_os_error(), Some(libc::ENOENT));
+            }
+            other => panic!("expected Statvfs, got {other:?}"),
         }
-        let _lock = SystemLock::acquire().unwrap();
-        // /var/tmp: a disk filesystem (tmpfs cannot hold a swapfile).
-        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-        let sw = Swapfile::create(dir.path(), 16 << 20).unwrap();
-        let path = sw.path().to_path_buf();
-        let meta = fs::metadata(&path).unwrap();
-        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-        let entry = active_swaps()
-            .unwrap()
-            .into_iter()
-            .find(|s| s.path == path)
-            .expect("swapfile in /proc/swaps");
-        // The kernel reports the usable size: all pages but the header, in KiB.
-        assert_eq!(entry.size_kib, (sw.size_bytes() - page_size()) / 1024);
-        assert_eq!(entry.kind, "file");
-        drop(sw);
-        assert!(!active_swaps().unwrap().iter().any(|s| s.path == path));
-        assert!(!path.exists());
     }
 }

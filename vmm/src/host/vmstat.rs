@@ -2,7 +2,7 @@
 //!
 //! It owns parsing `/proc/vmstat` and reading KSM's counters (through `ksm.rs`). These counters are
 //! evidence: a failed THP split emits no trace event here, but `thp_split_page_failed` counts it
-//! (see host-notes.md). They are system-wide: other processes move them too, so a delta bounds
+//! (docs/architecture.md, host facts). They are system-wide: other processes move them too, so a delta bounds
 //! what we caused from above, never proves it alone.
 //!
 //! [`delta`] is restricted to [`WATCHED`] and the KSM names in [`KSM_COUNTERS`] (keyed

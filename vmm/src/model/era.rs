@@ -1,66 +1,129 @@
-//! Kernel eras as sets of rule functions. A SIMULATION: each rule is the decision a kernel of that
-//! era makes (reuse or copy on a write fault, copy at fork, unshare on pin, may unmap, may merge,
-//! may split...), written as a small function over the model's [`State`], with the kernel file and
-//! function it stands for cited next to it. An era is a [`Rules`] table of such functions; the
-//! operations in `ops` call them and never test the era themselves.
+//! The kernel eras the model replays: their names, the version range each covers, and the lookup
+//! from a running kernel's release string to its era. Each era's rules are in `rules`; this
+//! module owns only which eras exist, in what order, and how they are named.
 //!
-//! Sources. Modern rules (5.19 = what 6.18 does) were read in the current torvalds/linux tree
-//! (mm/memory.c, mm/ksm.c, mm/mprotect.c, mm/rmap.c, mm/gup.c, mm/huge_memory.c). Old rules are
-//! "per kernel-eras.md / seed NNN" where the seed quotes the code (seed 000 quotes KOSAKI's
-//! reuse_swap_page and try_to_unmap_one hunks, seed 002 quotes 4.5's do_huge_pmd_wp_page,
-//! reuse_swap_page and do_wp_page, seed 004 quotes write_protect_page and
-//! __collapse_huge_page_isolate), or from the 5.x change_pte_range text found by the search tool.
+//! An era covers [its first version, the next era's first version): the eras' names say so
+//! (`3.7-4.4`, `5.18`, `6.1+`). Two eras are unmerged patches on top of a release (KOSAKI's on
+//! 2.6.29, Andrea's first on 4.5): they have no range, and no release maps to them. A name is
+//! an era's own name or any kernel version it covers (`4.4` is `3.7-4.4`), so the names of
+//! earlier pinlab versions (`2.6.29`, `4.4`, `4.6`, `5.9`, `5.19`) still work.
 
 use std::fmt;
 use std::str::FromStr;
 
-use super::state::{Folio, State, PIN_BIAS};
+use super::rules::{self, Feature, Rules};
+use super::version::KernelVersion;
 
-/// A kernel era, by the names configs use.
+/// A kernel era, oldest first (a patch right after the release it applies to).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Era {
     V2_6_29,
     V2_6_29Kosaki,
-    V4_4,
+    V2_6_32,
+    V2_6_34,
+    V2_6_38,
+    V3_2,
+    V3_7,
     V4_5,
     V4_5AndreaV1,
     V4_6,
+    V5_7,
     V5_8,
     V5_9,
+    V5_18,
     V5_19,
+    V6_1,
+}
+
+/// A name that is neither an era's nor a version an era covers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown era `{name}` (one of: {}; or a kernel version from 2.6.29 on, such as 6.18)", Era::names().join(", "))]
+pub struct UnknownEra {
+    pub name: String,
 }
 
 impl Era {
-    pub const ALL: [Era; 9] = [
+    pub const ALL: [Era; 16] = [
         Era::V2_6_29,
         Era::V2_6_29Kosaki,
-        Era::V4_4,
+        Era::V2_6_32,
+        Era::V2_6_34,
+        Era::V2_6_38,
+        Era::V3_2,
+        Era::V3_7,
         Era::V4_5,
         Era::V4_5AndreaV1,
         Era::V4_6,
+        Era::V5_7,
         Era::V5_8,
         Era::V5_9,
+        Era::V5_18,
         Era::V5_19,
+        Era::V6_1,
     ];
-    /// The modern era: its verdicts must equal the live kernel's.
-    pub const MODERN: Era = Era::V5_19;
+    /// The modern era: what the running 6.18 does; its verdicts must equal the live kernel's.
+    pub const MODERN: Era = Era::V6_1;
 
+    /// The era's name, which states its range (`3.7-4.4`, `6.1+`; a patch: `4.5+andrea-v1`).
     pub fn name(self) -> &'static str {
         self.rules().name
     }
 
+    /// Every era's name, oldest first.
+    pub fn names() -> Vec<&'static str> {
+        Era::ALL.iter().map(|e| e.name()).collect()
+    }
+
+    /// Whether the era has `f` (see [`Feature`]).
+    pub fn has(self, f: Feature) -> bool {
+        self.rules().features.has(f)
+    }
+
     pub fn rules(self) -> &'static Rules {
         match self {
-            Era::V2_6_29 => &R2_6_29,
-            Era::V2_6_29Kosaki => &R2_6_29_KOSAKI,
-            Era::V4_4 => &R4_4,
-            Era::V4_5 => &R4_5,
-            Era::V4_5AndreaV1 => &R4_5_ANDREA_V1,
-            Era::V4_6 => &R4_6,
-            Era::V5_8 => &R5_8,
-            Era::V5_9 => &R5_9,
-            Era::V5_19 => &R5_19,
+            Era::V2_6_29 => &rules::R2_6_29,
+            Era::V2_6_29Kosaki => &rules::R2_6_29_KOSAKI,
+            Era::V2_6_32 => &rules::R2_6_32,
+            Era::V2_6_34 => &rules::R2_6_34,
+            Era::V2_6_38 => &rules::R2_6_38,
+            Era::V3_2 => &rules::R3_2,
+            Era::V3_7 => &rules::R3_7,
+            Era::V4_5 => &rules::R4_5,
+            Era::V4_5AndreaV1 => &rules::R4_5_ANDREA_V1,
+            Era::V4_6 => &rules::R4_6,
+            Era::V5_7 => &rules::R5_7,
+            Era::V5_8 => &rules::R5_8,
+            Era::V5_9 => &rules::R5_9,
+            Era::V5_18 => &rules::R5_18,
+            Era::V5_19 => &rules::R5_19,
+            Era::V6_1 => &rules::R6_1,
         }
+    }
+
+    /// The versions the era covers: [first, end), `end` `None` for the newest era. `None` for
+    /// an unmerged patch.
+    pub fn range(self) -> Option<(KernelVersion, Option<KernelVersion>)> {
+        let first = self.rules().since?;
+        let end = Era::ALL
+            .iter()
+            .filter_map(|e| e.rules().since)
+            .find(|v| *v > first);
+        Some((first, end))
+    }
+
+    /// The era of a running kernel, from its release string as `uname -r` prints it
+    /// (`6.18.0-foo` is the modern era). `None` when the string has no `X.Y` version or the
+    /// version is older than every era. The eras follow mainline releases: a stable branch
+    /// that backported a later fix (5.15.y has 70cbc3cc78a9) maps to its mainline era.
+    pub fn for_kernel_release(release: &str) -> Option<Era> {
+        Era::for_version(KernelVersion::parse_release(release)?)
+    }
+
+    /// The ranged era that covers `v`.
+    pub fn for_version(v: KernelVersion) -> Option<Era> {
+        Era::ALL
+            .into_iter()
+            .rfind(|e| e.rules().since.is_some_and(|first| first <= v))
     }
 }
 
@@ -71,655 +134,105 @@ impl fmt::Display for Era {
 }
 
 impl FromStr for Era {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Era::ALL.into_iter().find(|e| e.name() == s).ok_or_else(|| {
-            let names: Vec<_> = Era::ALL.iter().map(|e| e.name()).collect();
-            format!("unknown era `{s}` (one of: {})", names.join(", "))
-        })
+    type Err = UnknownEra;
+    /// An era's name, or a kernel version (`4.4`, `5.15`, `6.18`) naming the era that covers it.
+    fn from_str(s: &str) -> Result<Self, UnknownEra> {
+        Era::ALL
+            .into_iter()
+            .find(|e| e.name() == s)
+            .or_else(|| KernelVersion::parse_exact(s).and_then(Era::for_version))
+            .ok_or_else(|| UnknownEra {
+                name: s.to_string(),
+            })
     }
 }
-
-/// What a kernel of the era has at all. A scenario that needs a missing feature is `n/a`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Features {
-    /// Transparent huge pages (2.6.38).
-    pub thp: bool,
-    /// PMD split leaves a PTE-mapped compound page (4.5, Kirill's refcount redesign); before, a
-    /// PMD split splits the page too.
-    pub pte_mapped_thp: bool,
-    /// anon_vma chains (2.6.34): each forked VMA gets its own anon_vma.
-    pub anon_vma_chains: bool,
-    /// KSM (2.6.32) and khugepaged (2.6.38).
-    pub ksm: bool,
-    pub khugepaged: bool,
-    /// FOLL_PIN with GUP_PIN_COUNTING_BIAS / `_pincount` (5.6/5.7).
-    pub foll_pin: bool,
-    /// userfaultfd write-protect (5.7) and MREMAP_DONTUNMAP (5.7).
-    pub uffd_wp: bool,
-    pub mremap_dontunmap: bool,
-    /// PG_anon_exclusive (5.19).
-    pub anon_exclusive: bool,
-    /// gup_fast re-reads the PTE after taking its reference (generic RCU gup_fast, 3.18; x86
-    /// since 4.13). Before, on x86, only the IRQ-off window (the flush IPI waits) protects it.
-    pub gup_fast_recheck: bool,
-}
-
-/// Reuse or copy, on a write fault to a write-protected anonymous PTE.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Wp {
-    /// Make the PTE writable. `move_anon_vma`: page_move_anon_rmap to the faulting VMA's
-    /// anon_vma (the whole compound page). `set_exclusive`: mark the page AnonExclusive.
-    Reuse {
-        move_anon_vma: bool,
-        set_exclusive: bool,
-        free_swapcache: bool,
-    },
-    Copy,
-}
-
-/// On a write fault to a write-protected huge PMD.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WpPmd {
-    Reuse {
-        set_exclusive: bool,
-    },
-    /// Copy the whole THP into a new THP.
-    CopyHuge,
-    /// Split the PMD and handle the fault at PTE level (5.18+).
-    SplitThenPte,
-}
-
-/// How try_to_unmap decides for reclaim/migration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UnmapRule {
-    /// Unmap regardless of references (2.6.29, 4.x, 5.x before AnonExclusive).
-    Always,
-    /// KOSAKI (seed 000): check `page_count == mapcount + 2` for a swapcache page, THEN unmap.
-    CountThenUnmap,
-    /// 5.19+: clear the PTE and flush, THEN `folio_try_share_anon_rmap_pte` refuses a possibly
-    /// pinned exclusive page (mm/rmap.c try_to_unmap_one).
-    ClearThenShare,
-}
-
-/// How KSM and khugepaged order the clear/flush and the count check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClearOrder {
-    /// Clear the PTE/PMD and flush the TLB, then check the count (seed 004; the kernel).
-    ClearThenCheck,
-    /// Check, then clear: the order seed 004 explains is unsafe against gup_fast.
-    CheckBeforeClear,
-}
-
-/// An era: a name, its features, and its rules.
-pub struct Rules {
-    pub name: &'static str,
-    pub features: Features,
-    /// do_wp_page on an anonymous page mapped by a PTE (possibly a subpage of a THP).
-    pub wp_pte: fn(&State, u8, u8) -> Wp,
-    /// do_huge_pmd_wp_page.
-    pub wp_pmd: fn(&State, u8) -> WpPmd,
-    /// do_swap_page on a write fault: reuse the swapcache page writable?
-    pub swapin_reuse: fn(&State, u8, u8, bool) -> bool,
-    /// copy_page_range at fork: copy this page for the child instead of sharing it?
-    pub fork_copy: fn(&State, u8, u8, u8) -> bool,
-    /// GUP must fault for write (break COW / unshare) before taking its reference?
-    /// Arguments: FOLL_PIN, FOLL_WRITE, the PTE is writable, the page is AnonExclusive.
-    pub gup_fault_first: fn(bool, bool, bool, bool) -> bool,
-    pub unmap: UnmapRule,
-    /// write_protect_page's check, after the PTE is cleared: may KSM merge this page?
-    pub may_merge: fn(&State, u8, u8) -> bool,
-    /// split_huge_page: may the folio be split?
-    pub may_split: fn(&State, u8) -> bool,
-    /// __collapse_huge_page_isolate: may this page be collapsed?
-    pub may_collapse: fn(&State, u8) -> bool,
-    /// Migration: may this folio move (refcount freeze)?
-    pub may_migrate: fn(&State, u8) -> bool,
-    /// mprotect(PROT_WRITE) / UFFDIO_WRITEPROTECT(0): may the PTE be made writable at once?
-    pub make_writable: fn(&State, u8, u8) -> bool,
-    /// page_maybe_dma_pinned.
-    pub maybe_pinned: fn(&Folio) -> bool,
-}
-
-// ---------------------------------------------------------------------------------------------
-// Write-fault rules.
-
-/// 2.6.29 mm/memory.c do_wp_page -> mm/swapfile.c reuse_swap_page: `count = page_mapcount(page);
-/// if (count <= 1 && PageSwapCache(page)) count += page_swapcount(page); return count == 1;`
-/// Extra GUP references are not looked at (per kernel-eras.md / seed 000). 2.6.29 has no
-/// page_move_anon_rmap (one anon_vma per fork family).
-fn wp_mapcount_2629(s: &State, f: u8, sub: u8) -> Wp {
-    let folio = s.folio(f);
-    if !folio.ksm && mapcount_plus_swap(s, f, sub) == 1 {
-        Wp::Reuse {
-            move_anon_vma: false,
-            set_exclusive: false,
-            free_swapcache: false,
-        }
-    } else {
-        Wp::Copy
-    }
-}
-
-fn mapcount_plus_swap(s: &State, f: u8, sub: u8) -> u16 {
-    let folio = s.folio(f);
-    let mut count = folio.trans_huge_mapcount(sub as usize);
-    if count <= 1 && folio.swapcache {
-        count += s.swapcount(f, sub);
-    }
-    count
-}
-
-/// 2.6.29 + KOSAKI's RFC (seed 000 quotes it): reuse_swap_page ends in
-/// `return count + page_count(page) == 2;` — the page is reused only when the mapping is its
-/// only user: any GUP reference forces a copy.
-fn wp_kosaki(s: &State, f: u8, sub: u8) -> Wp {
-    let folio = s.folio(f);
-    if !folio.ksm && mapcount_plus_swap(s, f, sub) == 1 && folio.extra_refs() == 0 {
-        Wp::Reuse {
-            move_anon_vma: false,
-            set_exclusive: false,
-            free_swapcache: false,
-        }
-    } else {
-        Wp::Copy
-    }
-}
-
-/// 4.4 mm/memory.c do_wp_page: `if (reuse_swap_page(old_page)) { page_move_anon_rmap(...);
-/// wp_page_reuse }`; reuse_swap_page returns 0 for PageKsm, else `page_mapcount(page) <= 1`
-/// (+swapcount). 4.4 never has PTE-mapped compound pages (old THP refcounting).
-fn wp_mapcount_44(s: &State, f: u8, sub: u8) -> Wp {
-    let folio = s.folio(f);
-    if !folio.ksm && mapcount_plus_swap(s, f, sub) <= 1 {
-        Wp::Reuse {
-            move_anon_vma: true,
-            set_exclusive: false,
-            free_swapcache: false,
-        }
-    } else {
-        Wp::Copy
-    }
-}
-
-/// 4.5 include/linux/swap.h / mm/swapfile.c reuse_swap_page (seed 002 quotes the hunk):
-/// `/* The page is part of THP and cannot be reused */ if (PageTransCompound(page)) return 0;`
-/// — a subpage of a PTE-mapped THP is always copied, pinned or not.
-fn wp_45(s: &State, f: u8, sub: u8) -> Wp {
-    if s.folio(f).large() {
-        return Wp::Copy;
-    }
-    wp_mapcount_44(s, f, sub)
-}
-
-/// 4.5 + Andrea's first patch (seed 002): `reuse_swap_page(page) (page_trans_huge_mapcount(page)
-/// == 1)`, and do_wp_page then calls page_move_anon_rmap on the (compound) page unconditionally:
-/// Kirill's counterexample moves the whole THP to the child's anon_vma.
-fn wp_andrea_v1(s: &State, f: u8, sub: u8) -> Wp {
-    let folio = s.folio(f);
-    if !folio.ksm && mapcount_plus_swap(s, f, sub) == 1 {
-        Wp::Reuse {
-            move_anon_vma: true,
-            set_exclusive: false,
-            free_swapcache: false,
-        }
-    } else {
-        Wp::Copy
-    }
-}
-
-/// 4.6 (6d0a07edd17c) mm/memory.c do_wp_page: `if (reuse_swap_page(old_page, &total_mapcount))
-/// { if (total_mapcount == 1) page_move_anon_rmap(old_page, vma); ... }` (per kernel-eras.md /
-/// seed 002). Unchanged through 5.8.
-fn wp_46(s: &State, f: u8, sub: u8) -> Wp {
-    let folio = s.folio(f);
-    if !folio.ksm && mapcount_plus_swap(s, f, sub) == 1 {
-        Wp::Reuse {
-            move_anon_vma: folio.total_mapcount() == 1,
-            set_exclusive: false,
-            free_swapcache: false,
-        }
-    } else {
-        Wp::Copy
-    }
-}
-
-/// 5.9 (09854ba94c6a) mm/memory.c do_wp_page: `if (PageKsm(page) || page_count(page) != 1) goto
-/// copy; ... if (PageKsm(page) || page_mapcount(page) != 1 || page_count(page) != 1) goto copy;`
-/// page_count of a subpage is the head's: any pin, any reference, any other mapped subpage
-/// means a copy. (Per kernel-eras.md; the 5.9 source text as quoted in the 2020 threads.)
-fn wp_59(s: &State, f: u8, sub: u8) -> Wp {
-    let folio = s.folio(f);
-    if !folio.ksm && folio.refcount == 1 && folio.subs[sub as usize].mapcount == 1 {
-        Wp::Reuse {
-            move_anon_vma: true,
-            set_exclusive: false,
-            free_swapcache: false,
-        }
-    } else {
-        Wp::Copy
-    }
-}
-
-/// 5.19+ mm/memory.c do_wp_page: `if (PageAnonExclusive(vmf->page)) goto reuse;` then
-/// wp_can_reuse_anon_folio: a large folio is not reused (6.18 adds an exclusive-large-folio case,
-/// __wp_can_reuse_large_anon_folio, not modelled: it never reuses a page with extra references,
-/// so no verdict changes); a small one only if `folio_ref_count(folio) == 1` after freeing the
-/// swapcache (`folio_ref_count(folio) > 1 + folio_test_swapcache(folio)` -> copy); a reused
-/// page is marked exclusive and moved to the faulting VMA's anon_vma.
-fn wp_519(s: &State, f: u8, sub: u8) -> Wp {
-    let folio = s.folio(f);
-    if folio.subs[sub as usize].exclusive {
-        return Wp::Reuse {
-            move_anon_vma: false,
-            set_exclusive: false,
-            free_swapcache: false,
-        };
-    }
-    if !folio.large() && !folio.ksm && folio.refcount <= 1 + folio.swapcache as u16 {
-        Wp::Reuse {
-            move_anon_vma: true,
-            set_exclusive: true,
-            free_swapcache: true,
-        }
-    } else {
-        Wp::Copy
-    }
-}
-
-/// 4.4 mm/huge_memory.c do_huge_pmd_wp_page: `if (page_mapcount(page) == 1)` reuse (old THP
-/// refcounting; per kernel-eras.md).
-fn wp_pmd_44(s: &State, f: u8) -> WpPmd {
-    if s.folio(f).cmap == 1 {
-        WpPmd::Reuse {
-            set_exclusive: false,
-        }
-    } else {
-        WpPmd::CopyHuge
-    }
-}
-
-/// 4.5 do_huge_pmd_wp_page (seed 002 quotes the removed line):
-/// `if (page_mapcount(page) == 1 && page_count(page) == 1)` — any pin forces a copy.
-fn wp_pmd_45(s: &State, f: u8) -> WpPmd {
-    let folio = s.folio(f);
-    if folio.total_mapcount() == 1 && folio.refcount == 1 {
-        WpPmd::Reuse {
-            set_exclusive: false,
-        }
-    } else {
-        WpPmd::CopyHuge
-    }
-}
-
-/// 4.5+Andrea v1 .. 5.17 do_huge_pmd_wp_page: `if (page_trans_huge_mapcount(page, NULL) == 1)`
-/// (seed 002 hunk; 5.9 kept the mapcount rule for PMDs, per kernel-eras.md).
-fn wp_pmd_mapcount(s: &State, f: u8) -> WpPmd {
-    if s.folio(f).trans_huge_mapcount(0) == 1 {
-        WpPmd::Reuse {
-            set_exclusive: false,
-        }
-    } else {
-        WpPmd::CopyHuge
-    }
-}
-
-/// 5.19+ mm/huge_memory.c do_huge_pmd_wp_page: `if (PageAnonExclusive(page)) goto reuse;` ...
-/// `if (folio_ref_count(folio) == 1) { folio_move_anon_rmap; SetPageAnonExclusive; reuse }`
-/// else `__split_huge_pmd(...); return VM_FAULT_FALLBACK;` (COW at PTE level).
-fn wp_pmd_519(s: &State, f: u8) -> WpPmd {
-    let folio = s.folio(f);
-    if folio.subs[0].exclusive {
-        WpPmd::Reuse {
-            set_exclusive: false,
-        }
-    } else if folio.refcount == 1 {
-        WpPmd::Reuse {
-            set_exclusive: true,
-        }
-    } else {
-        WpPmd::SplitThenPte
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Swap-in rules.
-
-/// do_swap_page: `if ((flags & FAULT_FLAG_WRITE) && reuse_swap_page(page))` — the mapcount rule
-/// (mm/memory.c, 2.6.29 .. 5.18; 5.9 changed do_wp_page only). Evaluated with the new mapping
-/// counted and the consumed swap entry not.
-fn swapin_mapcount(s: &State, f: u8, sub: u8, _excl: bool) -> bool {
-    mapcount_plus_swap(s, f, sub) == 1
-}
-
-/// KOSAKI's reuse_swap_page: the mapping must also be the only reference (seed 000).
-fn swapin_kosaki(s: &State, f: u8, sub: u8, excl: bool) -> bool {
-    swapin_mapcount(s, f, sub, excl) && s.folio(f).extra_refs() == 0
-}
-
-/// 5.19+ mm/memory.c do_swap_page: `exclusive = pte_swp_exclusive(vmf->orig_pte)`, else reuse
-/// only `if (folio_ref_count(folio) == 1)` after freeing the swapcache.
-fn swapin_519(s: &State, f: u8, _sub: u8, excl: bool) -> bool {
-    let folio = s.folio(f);
-    excl || (!folio.large() && folio.extra_refs() == 0 && folio.total_mapcount() <= 1)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Fork rules.
-
-/// Before 5.9 (mm/memory.c copy_one_pte): every anonymous page is COW-shared, pinned or not.
-fn fork_share(_s: &State, _proc: u8, _f: u8, _sub: u8) -> bool {
-    false
-}
-
-/// 5.9 (70e806e4e645) mm/memory.c copy_present_page: copy for the child when
-/// `atomic_read(&src_mm->has_pinned) && page_maybe_dma_pinned(page)`.
-fn fork_59(s: &State, proc: u8, f: u8, _sub: u8) -> bool {
-    s.procs[proc as usize].has_pinned && maybe_pinned_bias(s.folio(f))
-}
-
-/// 5.19+ mm/rmap.h folio_try_dup_anon_rmap -> `if (PageAnonExclusive(page) &&
-/// folio_needs_cow_for_dma(vma, folio))` copy; otherwise ClearPageAnonExclusive and share.
-/// folio_needs_cow_for_dma: `test_bit(MMF_HAS_PINNED) && folio_maybe_dma_pinned(folio)`.
-fn fork_519(s: &State, proc: u8, f: u8, sub: u8) -> bool {
-    s.folio(f).subs[sub as usize].exclusive
-        && s.procs[proc as usize].has_pinned
-        && maybe_pinned_bias(s.folio(f))
-}
-
-/// include/linux/mm.h page_maybe_dma_pinned / folio_maybe_dma_pinned: a large folio has an
-/// exact `_pincount`; a small page "may be pinned" when `refcount >= GUP_PIN_COUNTING_BIAS`, so
-/// 1024 plain references look like a pin (seed 001).
-fn maybe_pinned_bias(f: &Folio) -> bool {
-    if f.large() {
-        f.pincount > 0
-    } else {
-        f.refcount >= PIN_BIAS
-    }
-}
-
-/// Before FOLL_PIN nothing can tell.
-fn maybe_pinned_never(_f: &Folio) -> bool {
-    false
-}
-
-// ---------------------------------------------------------------------------------------------
-// GUP rules.
-
-/// 2.6.29 .. 5.7, 5.9 .. 5.18 mm/gup.c: only FOLL_WRITE faults a write-protected PTE for write.
-fn gup_write_only(_pin: bool, write: bool, pte_write: bool, _excl: bool) -> bool {
-    write && !pte_write
-}
-
-/// 5.8 (17839856fd58): "GUP on a COW mapping breaks COW at GUP time, even for reads"
-/// (`should_force_cow_break`: FOLL_WRITE is forced on is_cow_mapping), reverted in 5.9.
-fn gup_58(_pin: bool, _write: bool, pte_write: bool, _excl: bool) -> bool {
-    !pte_write
-}
-
-/// 5.19+ mm/gup.c gup_must_unshare (a7f226604170): FOLL_PIN, R/O included, on a page that is
-/// not AnonExclusive unshares first (FAULT_FLAG_UNSHARE); FOLL_GET R/O does not.
-fn gup_519(pin: bool, write: bool, pte_write: bool, excl: bool) -> bool {
-    (write && !pte_write) || (pin && !excl)
-}
-
-// ---------------------------------------------------------------------------------------------
-// KSM, split, collapse, migration.
-
-/// mm/ksm.c write_protect_page (all eras with KSM; seed 004 quotes it, the current tree has it):
-/// `if (folio_mapcount(folio) + 1 + swapped != folio_ref_count(folio))` -> restore the PTE and
-/// give up. (The `+ 1` is KSM's own reference, which the model does not take.)
-fn merge_count(s: &State, f: u8, _sub: u8) -> bool {
-    s.folio(f).extra_refs() == 0
-}
-
-/// 5.19+ write_protect_page adds `if (anon_exclusive && folio_try_share_anon_rmap_pte(folio,
-/// page))` -> give up (fails when folio_maybe_dma_pinned).
-fn merge_519(s: &State, f: u8, sub: u8) -> bool {
-    let folio = s.folio(f);
-    merge_count(s, f, sub) && !(folio.subs[sub as usize].exclusive && maybe_pinned_bias(folio))
-}
-
-/// 4.4 split_huge_page (old THP refcounting): pins on tail pages are carried over
-/// (__split_huge_page_refcount); the split always succeeds.
-fn split_always(_s: &State, _f: u8) -> bool {
-    true
-}
-
-/// 4.5+ mm/huge_memory.c split_huge_page_to_list: `if (!can_split_huge_page(head, &extra_pins))
-/// return -EBUSY;` — `total_mapcount(page) == page_count(page) - extra_pins - 1`: any pin or
-/// reference refuses (modern: can_split_folio, same rule).
-fn split_count(s: &State, f: u8) -> bool {
-    s.folio(f).extra_refs() == 0
-}
-
-/// mm/khugepaged.c __collapse_huge_page_isolate (seed 004 quotes it):
-/// `if (page_count(page) != 1 + PageSwapCache(page))` -> SCAN_PAGE_COUNT; modern
-/// is_refcount_suitable: `folio_ref_count == folio_mapcount + swapcache` (same for our pages).
-fn collapse_count(s: &State, f: u8) -> bool {
-    s.folio(f).extra_refs() == 0
-}
-
-/// mm/migrate.c folio_migrate_mapping: the refcount must be frozen at the expected value, so a
-/// page with GUP references is never migrated (all eras); modern compaction skips it earlier
-/// (isolate_migratepages_block: `(folio_ref_count(folio) - 1) > folio_mapcount(folio)`).
-fn migrate_count(s: &State, f: u8) -> bool {
-    s.folio(f).extra_refs() == 0
-}
-
-/// Before 6.0, mm/mprotect.c change_pte_range only makes a PTE writable for
-/// `dirty_accountable` (shared, write-notify) mappings; for uffd-wp resolve: "Leave the write bit
-/// to be handled by PF interrupt handler, then things like COW could be properly handled."
-/// (5.7-5.x text read via the search tool.) A private anon PTE stays write-protected.
-fn writable_never(_s: &State, _f: u8, _sub: u8) -> bool {
-    false
-}
-
-/// Modern mm/mprotect.c change_pte_range with MM_CP_TRY_CHANGE_WRITABLE ->
-/// can_change_pte_writable: a private anonymous page may be made writable only if
-/// `PageAnonExclusive(page)` (same for UFFDIO_WRITEPROTECT resolve).
-fn writable_exclusive(s: &State, f: u8, sub: u8) -> bool {
-    s.folio(f).subs[sub as usize].exclusive
-}
-
-// ---------------------------------------------------------------------------------------------
-// The eras.
-
-const OLD: Features = Features {
-    thp: false,
-    pte_mapped_thp: false,
-    anon_vma_chains: false,
-    ksm: false,
-    khugepaged: false,
-    foll_pin: false,
-    uffd_wp: false,
-    mremap_dontunmap: false,
-    anon_exclusive: false,
-    gup_fast_recheck: false,
-};
-
-const F4_4: Features = Features {
-    thp: true,
-    anon_vma_chains: true,
-    ksm: true,
-    khugepaged: true,
-    ..OLD
-};
-
-const F4_5: Features = Features {
-    pte_mapped_thp: true,
-    ..F4_4
-};
-
-const F5_8: Features = Features {
-    foll_pin: true,
-    uffd_wp: true,
-    mremap_dontunmap: true,
-    gup_fast_recheck: true,
-    ..F4_5
-};
-
-pub static R2_6_29: Rules = Rules {
-    name: "2.6.29",
-    features: OLD,
-    wp_pte: wp_mapcount_2629,
-    wp_pmd: wp_pmd_44,
-    swapin_reuse: swapin_mapcount,
-    fork_copy: fork_share,
-    gup_fault_first: gup_write_only,
-    unmap: UnmapRule::Always,
-    may_merge: merge_count,
-    may_split: split_always,
-    may_collapse: collapse_count,
-    may_migrate: migrate_count,
-    make_writable: writable_never,
-    maybe_pinned: maybe_pinned_never,
-};
-
-pub static R2_6_29_KOSAKI: Rules = Rules {
-    name: "2.6.29+kosaki",
-    wp_pte: wp_kosaki,
-    swapin_reuse: swapin_kosaki,
-    // mm/rmap.c try_to_unmap_one with KOSAKI's hunk (seed 000): `if (PageSwapCache(page) &&
-    // page_count(page) != page_mapcount(page) + 2) { ret = SWAP_FAIL; goto out_unmap; }`,
-    // checked before ptep_clear_flush.
-    unmap: UnmapRule::CountThenUnmap,
-    ..R2_6_29
-};
-
-pub static R4_4: Rules = Rules {
-    name: "4.4",
-    features: F4_4,
-    wp_pte: wp_mapcount_44,
-    ..R2_6_29
-};
-
-pub static R4_5: Rules = Rules {
-    name: "4.5",
-    features: F4_5,
-    wp_pte: wp_45,
-    wp_pmd: wp_pmd_45,
-    may_split: split_count,
-    ..R4_4
-};
-
-pub static R4_5_ANDREA_V1: Rules = Rules {
-    name: "4.5+andrea-v1",
-    wp_pte: wp_andrea_v1,
-    wp_pmd: wp_pmd_mapcount,
-    ..R4_5
-};
-
-pub static R4_6: Rules = Rules {
-    name: "4.6",
-    wp_pte: wp_46,
-    ..R4_5_ANDREA_V1
-};
-
-pub static R5_8: Rules = Rules {
-    name: "5.8",
-    features: F5_8,
-    gup_fault_first: gup_58,
-    ..R4_6
-};
-
-pub static R5_9: Rules = Rules {
-    name: "5.9",
-    wp_pte: wp_59,
-    fork_copy: fork_59,
-    gup_fault_first: gup_write_only,
-    maybe_pinned: maybe_pinned_bias,
-    ..R5_8
-};
-
-pub static R5_19: Rules = Rules {
-    name: "5.19",
-    features: Features {
-        anon_exclusive: true,
-        ..F5_8
-    },
-    wp_pte: wp_519,
-    wp_pmd: wp_pmd_519,
-    swapin_reuse: swapin_519,
-    fork_copy: fork_519,
-    gup_fault_first: gup_519,
-    unmap: UnmapRule::ClearThenShare,
-    may_merge: merge_519,
-    make_writable: writable_exclusive,
-    ..R5_9
-};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::state::{Folio, Sub};
-
-    fn one(f: Folio) -> State {
-        let mut s = State::default();
-        s.folios[0] = f;
-        s
-    }
-
-    fn small(refcount: u16, mapcount: u8, exclusive: bool) -> Folio {
-        let mut f = Folio {
-            live: true,
-            nr: 1,
-            refcount,
-            ..Folio::default()
-        };
-        f.subs[0] = Sub {
-            mapcount,
-            exclusive,
-            version: 0,
-        };
-        f
-    }
 
     #[test]
     fn names_round_trip() {
         for e in Era::ALL {
-            assert_eq!(e.name().parse::<Era>().unwrap(), e);
+            assert_eq!(e.name().parse::<Era>(), Ok(e));
         }
-        assert!("4.7".parse::<Era>().is_err());
+        assert!("4.7+kosaki".parse::<Era>().is_err());
+        assert!("2.6.28".parse::<Era>().is_err());
     }
 
-    /// Each row: era, a page mapped once with or without a pin, expected reuse. What a bug
-    /// would look like: a pinned page copied on an era that reuses (the 2016/2020 regressions),
-    /// or reused on 5.9, which copies.
+    /// Every ranged era's name states its range: it starts with its first version, its last
+    /// named version maps back to it, and the next era starts right after. A bug would be a name
+    /// that claims versions another era's rules cover.
     #[test]
-    fn write_fault_on_pinned_small_page() {
-        // (era, refcount, exclusive, reuse?)
-        let rows = [
-            (Era::V2_6_29, 2, false, true), // mapcount rule ignores the GUP ref
-            (Era::V2_6_29Kosaki, 2, false, false), // count rule: the ref forces a copy
-            (Era::V4_4, 2, false, true),
-            (Era::V4_6, 2, false, true),
-            (Era::V5_9, 1 + PIN_BIAS, false, false), // page_count != 1
-            (Era::V5_19, 1 + PIN_BIAS, true, true),  // AnonExclusive
-            (Era::V5_19, 2, false, false),           // shared + reference: copy
+    fn names_state_their_ranges() {
+        for e in Era::ALL {
+            let Some((first, end)) = e.range() else {
+                assert!(e.name().contains('+') && !e.name().ends_with('+'), "{e}");
+                continue;
+            };
+            let name = e.name();
+            assert!(name.starts_with(&first.to_string()), "{name} vs {first}");
+            match end {
+                None => assert_eq!(name, format!("{first}+")),
+                Some(end) => {
+                    let last = name.split_once('-').map_or(name, |(_, l)| l);
+                    let last = KernelVersion::parse_exact(last).unwrap();
+                    assert!(last < end, "{name}: {last} is not before {end}");
+                    assert_eq!(Era::for_version(last), Some(e), "{name}");
+                    assert_ne!(Era::for_version(end), Some(e), "{name}");
+                }
+            }
+        }
+    }
+
+    /// Each row: a release string as `uname -r` prints it, and its era. What a bug would look
+    /// like: 6.18 not mapped to the modern era, a range boundary off by one, a patch era chosen.
+    #[test]
+    fn releases_map_to_their_eras() {
+        let rows: &[(&str, Option<Era>)] = &[
+            ("6.18.0-foo", Some(Era::MODERN)),
+            ("6.1.0", Some(Era::V6_1)),
+            ("6.0.19", Some(Era::V5_19)),
+            ("5.19.0-1-amd64", Some(Era::V5_19)),
+            ("5.18.19", Some(Era::V5_18)),
+            ("5.15.0-91-generic", Some(Era::V5_9)),
+            ("5.8.0", Some(Era::V5_8)),
+            ("5.7.19", Some(Era::V5_7)),
+            ("5.4.0-150-generic", Some(Era::V4_6)),
+            ("4.5.7", Some(Era::V4_5)),
+            ("4.4.0-210-generic", Some(Era::V3_7)),
+            ("3.10.0-1160.el7.x86_64", Some(Era::V3_7)),
+            ("3.6.11", Some(Era::V3_2)),
+            ("3.1.10", Some(Era::V2_6_38)),
+            ("2.6.37.6", Some(Era::V2_6_34)),
+            ("2.6.32-754.el6.x86_64", Some(Era::V2_6_32)),
+            ("2.6.29", Some(Era::V2_6_29)),
+            ("2.6.28", None),
+            ("not-a-kernel", None),
         ];
-        for (era, rc, excl, reuse) in rows {
-            let s = one(small(rc, 1, excl));
-            let got = (era.rules().wp_pte)(&s, 0, 0);
-            assert_eq!(
-                matches!(got, Wp::Reuse { .. }),
-                reuse,
-                "{era}: refcount {rc}, exclusive {excl}: {got:?}"
-            );
+        for (release, want) in rows {
+            assert_eq!(Era::for_kernel_release(release), *want, "{release}");
         }
     }
 
-    /// 1024 plain references look pinned to a small page, not to a THP (seed 001).
+    /// The names earlier pinlab versions used, and plain versions, still name the eras that
+    /// cover them.
     #[test]
-    fn maybe_pinned_bias_is_for_small_pages() {
-        assert!(maybe_pinned_bias(&small(1 + PIN_BIAS, 1, false)));
-        let thp = Folio {
-            live: true,
-            nr: 4,
-            refcount: 1 + PIN_BIAS,
-            cmap: 1,
-            ..Folio::default()
-        };
-        assert!(!maybe_pinned_bias(&thp));
+    fn old_names_and_versions_are_accepted() {
+        let rows = [
+            ("2.6.29", Era::V2_6_29),
+            ("4.4", Era::V3_7),
+            ("4.5", Era::V4_5),
+            ("4.6", Era::V4_6),
+            ("5.8", Era::V5_8),
+            ("5.9", Era::V5_9),
+            ("5.19", Era::V5_19),
+            ("6.18", Era::MODERN),
+            ("2.6.29+kosaki", Era::V2_6_29Kosaki),
+            ("4.5+andrea-v1", Era::V4_5AndreaV1),
+        ];
+        for (name, era) in rows {
+            assert_eq!(name.parse::<Era>(), Ok(era), "{name}");
+        }
     }
 }

@@ -4,24 +4,32 @@
 //!
 //! One concept per file:
 //! - `state`: pages, page tables, VMAs, anon_vmas, holders (the machine);
-//! - `era`: each era's rule functions, with the kernel source each one stands for;
-//! - `ops`: operations and their atomic steps;
+//! - `version`: kernel versions, parsed from a release string;
+//! - `rules`: each era's rule functions and table, with the kernel source each one stands for;
+//! - `era`: which eras exist, the range each covers, the lookup from a running kernel's release;
+//! - `ops`: operations and their atomic steps, one file per kernel source file (`ops/mod.rs`
+//!   lists them);
 //! - `invariant`: what must hold, and which breaches are divergences;
 //! - `explore`: BFS over interleavings, shortest violating trace;
 //! - `spec`: the `[model]` section and the translation of live scenarios;
-//! - `report`: verdicts, the expectation grammar, the `replay` command.
+//! - `expect`: model verdicts and the `[expect] model` grammar, checked when a scenario loads;
+//! - `report`: replaying scenarios, the `replay` command and its table.
 
 pub mod era;
+pub mod expect;
 pub mod explore;
 pub mod invariant;
 pub mod ops;
 pub mod report;
+pub mod rules;
 pub mod spec;
 pub mod state;
+pub mod version;
 
-pub use era::Era;
+pub use era::{Era, UnknownEra};
+pub use expect::{Expectation, ModelVerdict};
 pub use explore::{explore, Conclusion, Outcome, Program};
 pub use invariant::Invariant;
-pub use report::{
-    model_verdict_for_live, replay, replay_command, Expectation, ModelVerdict, Replay, HEADER,
-};
+pub use report::{model_verdict_for_live, replay, replay_command, Replay, HEADER};
+pub use rules::Feature;
+pub use version::KernelVersion;

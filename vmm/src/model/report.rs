@@ -1,56 +1,27 @@
-//! Verdicts of the model executor, the expectation grammar of `[expect] model`, and the `replay`
-//! command: an era x scenario table (or JSON), traces, and an exit code. Every output says it is
-//! a SIMULATION ("model executor: replaying kernel-era rules (simulated)", `"model": true`).
+//! Replaying scenarios under the eras, and the `replay` command: an era x scenario table (or
+//! JSON), traces, and an exit code. Every output says it is a SIMULATION ("model executor:
+//! replaying kernel-era rules (simulated)", `"model": true`). The expectation grammar is
+//! `expect`'s.
 //!
-//! Expectation grammar (values of `[expect] model = { "ERA" = "..." }`):
-//! ```text
-//! expectation := verdict ( "+" finding )*
-//! verdict     := "coherent" | "diverged" | "n/a" | "invariant-broken:" INVARIANT
-//! INVARIANT   := "anon-vma-reach" | "rmap-sees-migration"
-//! finding     := "bias-false-positive"
-//! ```
-//! A verdict matches when it is equal and the set of findings is exactly the listed one
-//! (`"coherent"` therefore also says "no finding"). Data invariants (`pin-is-mapped`,
-//! `no-lost-write`) are reported as `diverged`; the trace's last step names which one broke.
 //! A live scenario (`live = true`) whose `expect.model` does not name the modern era is checked
-//! against `expect.live` for it: the model's `5.19` must agree with the live kernel.
+//! against `expect.live` for it: the model's modern era must agree with the live kernel.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use super::era::Era;
+use super::expect::{self, finding_names, Expectation, ModelVerdict};
 use super::explore::{explore, Conclusion, Outcome};
-use super::invariant::Invariant;
+use super::rules::Feature;
 use super::spec;
-use super::state::FINDING_BIAS_FALSE_POSITIVE;
 use crate::scenario::{Scenario, Verdict};
 
 /// The header every human-readable output starts with.
 pub const HEADER: &str = "model executor: replaying kernel-era rules (simulated)";
 
-/// A model verdict, as configs and JSON spell it.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum ModelVerdict {
-    Coherent,
-    Diverged,
-    InvariantBroken(Invariant),
-    NotApplicable,
-}
-
 impl ModelVerdict {
-    /// The grammar's spelling.
-    pub fn key(&self) -> String {
-        match self {
-            ModelVerdict::Coherent => "coherent".into(),
-            ModelVerdict::Diverged => "diverged".into(),
-            ModelVerdict::InvariantBroken(i) => format!("invariant-broken:{i}"),
-            ModelVerdict::NotApplicable => "n/a".into(),
-        }
-    }
-
     /// The live verdict this stands for, if any.
     pub fn live(&self) -> Option<Verdict> {
         match self {
@@ -58,69 +29,6 @@ impl ModelVerdict {
             ModelVerdict::Diverged => Some(Verdict::Diverged),
             _ => None,
         }
-    }
-}
-
-impl fmt::Display for ModelVerdict {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ModelVerdict::InvariantBroken(i) => write!(f, "invariant broken: {i}"),
-            other => f.write_str(&other.key()),
-        }
-    }
-}
-
-const FINDINGS: [(u8, &str); 1] = [(FINDING_BIAS_FALSE_POSITIVE, "bias-false-positive")];
-
-fn finding_names(bits: u8) -> Vec<String> {
-    FINDINGS
-        .iter()
-        .filter(|(b, _)| bits & b != 0)
-        .map(|(_, n)| n.to_string())
-        .collect()
-}
-
-/// A parsed expectation.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Expectation {
-    pub verdict: ModelVerdict,
-    pub findings: Vec<String>,
-}
-
-impl Expectation {
-    pub fn parse(text: &str) -> Result<Expectation, String> {
-        let mut parts = text.split('+').map(str::trim);
-        let v = parts.next().unwrap_or("");
-        let verdict = match v {
-            "coherent" => ModelVerdict::Coherent,
-            "diverged" => ModelVerdict::Diverged,
-            "n/a" => ModelVerdict::NotApplicable,
-            _ => {
-                let name = v
-                    .strip_prefix("invariant-broken:")
-                    .ok_or_else(|| format!("`{text}`: expected coherent, diverged, n/a or invariant-broken:NAME[+finding]"))?;
-                let inv = Invariant::ALL
-                    .into_iter()
-                    .find(|i| i.name() == name && !i.is_data())
-                    .ok_or_else(|| format!("`{name}` is not a structural invariant (anon-vma-reach, rmap-sees-migration; data invariants are `diverged`)"))?;
-                ModelVerdict::InvariantBroken(inv)
-            }
-        };
-        let mut findings = Vec::new();
-        for f in parts {
-            if !FINDINGS.iter().any(|(_, n)| *n == f) {
-                return Err(format!("unknown finding `{f}` (bias-false-positive)"));
-            }
-            findings.push(f.to_string());
-        }
-        findings.sort();
-        Ok(Expectation { verdict, findings })
-    }
-
-    pub fn met_by(&self, r: &Replay) -> bool {
-        let mut got = r.findings.clone();
-        got.sort();
-        r.verdict == self.verdict && got == self.findings
     }
 }
 
@@ -135,6 +43,9 @@ pub struct Replay {
     pub verdict: ModelVerdict,
     /// Why `n/a`, or which data invariant broke for `diverged`.
     pub detail: Option<String>,
+    /// For `n/a`: the feature the era lacks (the detail says it in words).
+    #[serde(skip)]
+    pub lacks: Option<Feature>,
     pub findings: Vec<String>,
     pub trace: Option<Vec<String>>,
     pub states: usize,
@@ -160,20 +71,26 @@ pub enum Error {
         era: String,
         source: super::explore::Error,
     },
-    #[error("replay {scenario}: key `expect.model.\"{era}\"`: {reason}")]
+    #[error("replay {scenario}: {source}")]
     Expect {
         scenario: String,
-        era: String,
-        reason: String,
+        source: expect::KeyError,
     },
 }
 
 fn outcome_to_replay(s: &Scenario, era: Era, o: Outcome) -> Replay {
+    let lacks = match o.conclusion {
+        Conclusion::NotApplicable(f) => Some(f),
+        _ => None,
+    };
     let (verdict, detail) = match o.conclusion {
         Conclusion::Coherent => (ModelVerdict::Coherent, None),
         Conclusion::Diverged(i) => (ModelVerdict::Diverged, Some(format!("{i} broken"))),
         Conclusion::Broken(i) => (ModelVerdict::InvariantBroken(i), None),
-        Conclusion::NotApplicable(why) => (ModelVerdict::NotApplicable, Some(why)),
+        Conclusion::NotApplicable(f) => (
+            ModelVerdict::NotApplicable,
+            Some(format!("{} has no {f}", era.name())),
+        ),
     };
     Replay {
         model: true,
@@ -181,6 +98,7 @@ fn outcome_to_replay(s: &Scenario, era: Era, o: Outcome) -> Replay {
         era: era.name().to_string(),
         verdict,
         detail,
+        lacks,
         findings: finding_names(o.findings),
         trace: o.trace,
         states: o.states,
@@ -201,23 +119,22 @@ pub fn replay(s: &Scenario, era: Era, want_trace: bool) -> Result<Replay, Error>
         source,
     })?;
     let mut r = outcome_to_replay(s, era, o);
-    let stated = s.expect.model.get(era.name()).cloned();
-    let expected =
-        stated.or_else(|| (s.live && era == Era::MODERN).then(|| s.expected_live().to_string()));
-    if let Some(text) = expected {
-        let exp = Expectation::parse(&text).map_err(|reason| Error::Expect {
-            scenario: s.name.clone(),
-            era: era.name().to_string(),
-            reason,
-        })?;
+    let table = check_expectations(s)?;
+    if let Some(stated) = table.get(era) {
+        r.met = Some(stated.expectation.met(&r.verdict, &r.findings));
+        r.expected = Some(stated.text.clone());
+    } else if s.live && era == Era::MODERN {
         // The live side has no findings: compare the verdict only for an implied expectation.
-        let met = if s.expect.model.contains_key(era.name()) {
-            exp.met_by(&r)
-        } else {
-            exp.verdict == r.verdict
-        };
+        let text = s.expected_live().to_string();
+        let exp = Expectation::parse(&text).map_err(|source| Error::Expect {
+            scenario: s.name.clone(),
+            source: expect::KeyError {
+                key: era.name().to_string(),
+                source,
+            },
+        })?;
+        r.met = Some(exp.verdict == r.verdict);
         r.expected = Some(text);
-        r.met = Some(met);
     }
     Ok(r)
 }
@@ -237,18 +154,99 @@ pub fn model_verdict_for_live(s: &Scenario, era: Era) -> Result<Replay, Error> {
     Ok(outcome_to_replay(&s, era, o))
 }
 
-/// Checks every era key of `expect.model` and every expectation string, before running.
-pub fn check_expectations(s: &Scenario) -> Result<(), Error> {
-    for (era, text) in &s.expect.model {
-        let e = |reason: String| Error::Expect {
-            scenario: s.name.clone(),
-            era: era.clone(),
-            reason,
-        };
-        era.parse::<Era>().map_err(e)?;
-        Expectation::parse(text).map_err(e)?;
+/// `expect.model`, checked by the same [`expect::check`] that `Scenario::validate` runs.
+pub fn check_expectations(s: &Scenario) -> Result<expect::ModelExpectations, Error> {
+    expect::check(&s.expect.model).map_err(|source| Error::Expect {
+        scenario: s.name.clone(),
+        source,
+    })
+}
+
+/// The eras `--era` names (each once, in order), or every era when none is named.
+pub fn parse_eras(eras: &[String]) -> Result<Vec<Era>, super::era::UnknownEra> {
+    let mut era_list = Vec::new();
+    for e in eras {
+        let era = e.parse::<Era>()?;
+        if !era_list.contains(&era) {
+            era_list.push(era);
+        }
     }
-    Ok(())
+    if era_list.is_empty() {
+        era_list = Era::ALL.to_vec();
+    }
+    Ok(era_list)
+}
+
+/// Checks what `replay` would refuse, before anything runs: the `expect.model` keys and the
+/// scenario's model program.
+pub fn validate(s: &Scenario) -> Result<(), Error> {
+    check_expectations(s)?;
+    spec::program(s).map(|_| ()).map_err(|source| Error::Spec {
+        scenario: s.name.clone(),
+        source,
+    })
+}
+
+/// A whole replay: every scenario under every era, scenario-major, as `replay` computes it.
+#[derive(Clone, Debug)]
+pub struct ReplaySet {
+    pub eras: Vec<Era>,
+    /// One per scenario x era, grouped by scenario in the order given.
+    pub results: Vec<Replay>,
+    /// One scenario only: the human output prints its traces.
+    pub single: bool,
+}
+
+impl ReplaySet {
+    /// True when every stated expectation is met.
+    pub fn ok(&self) -> bool {
+        self.results.iter().all(|r| r.met != Some(false))
+    }
+
+    /// The human output: the era x scenario table, then (one scenario only) its traces.
+    pub fn human(&self) -> String {
+        let mut out = table(&self.results, &self.eras);
+        if self.single {
+            for r in &self.results {
+                out.push_str(&trace_text(r));
+            }
+        }
+        out
+    }
+
+    /// The JSON document `--json` prints.
+    pub fn json(&self) -> serde_json::Result<String> {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            model: bool,
+            header: &'a str,
+            results: &'a [Replay],
+        }
+        serde_json::to_string_pretty(&Out {
+            model: true,
+            header: HEADER,
+            results: &self.results,
+        })
+    }
+}
+
+/// Replays `scenarios` (already validated) under `eras`; traces are kept when `want_trace`.
+pub fn replay_set(
+    scenarios: &[Scenario],
+    eras: &[Era],
+    want_trace: bool,
+) -> Result<ReplaySet, Error> {
+    let mut results = Vec::new();
+    for s in scenarios {
+        for &era in eras {
+            results.push(replay(s, era, want_trace)?);
+        }
+    }
+    Ok(ReplaySet {
+        eras: eras.to_vec(),
+        results,
+        single: scenarios.len() == 1,
+    })
 }
 
 /// `pinlab replay [SCENARIO...] [--era E]... [--json]`. Returns the exit code: 0 when every
@@ -259,19 +257,13 @@ pub fn replay_command(
     json: bool,
     default_dir: &Path,
 ) -> anyhow::Result<i32> {
-    let mut era_list = Vec::new();
-    for e in eras {
-        match e.parse::<Era>() {
-            Ok(era) => era_list.push(era),
-            Err(msg) => {
-                eprintln!("pinlab replay: --era: {msg}");
-                return Ok(2);
-            }
+    let era_list = match parse_eras(eras) {
+        Ok(e) => e,
+        Err(msg) => {
+            eprintln!("pinlab replay: --era: {msg}");
+            return Ok(2);
         }
-    }
-    if era_list.is_empty() {
-        era_list = Era::ALL.to_vec();
-    }
+    };
     let paths = if scenario_paths.is_empty() {
         match crate::config::scenario_files(default_dir) {
             Ok(p) => p,
@@ -287,12 +279,7 @@ pub fn replay_command(
     for p in &paths {
         match crate::config::load(Some(p)) {
             Ok(s) => {
-                if let Err(e) = check_expectations(&s).and_then(|_| {
-                    spec::program(&s).map(|_| ()).map_err(|source| Error::Spec {
-                        scenario: s.name.clone(),
-                        source,
-                    })
-                }) {
+                if let Err(e) = validate(&s) {
                     eprintln!("pinlab replay: {}: {e}", p.display());
                     return Ok(2);
                 }
@@ -305,37 +292,13 @@ pub fn replay_command(
         }
     }
     let want_trace = scenarios.len() == 1 || json;
-    let mut results = Vec::new();
-    for s in &scenarios {
-        for &era in &era_list {
-            results.push(replay(s, era, want_trace)?);
-        }
-    }
-    let ok = results.iter().all(|r| r.met != Some(false));
+    let set = replay_set(&scenarios, &era_list, want_trace)?;
     if json {
-        #[derive(Serialize)]
-        struct Out<'a> {
-            model: bool,
-            header: &'a str,
-            results: &'a [Replay],
-        }
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&Out {
-                model: true,
-                header: HEADER,
-                results: &results,
-            })?
-        );
+        println!("{}", set.json()?);
     } else {
-        print!("{}", table(&results, &era_list));
-        if scenarios.len() == 1 {
-            for r in &results {
-                print!("{}", trace_text(r));
-            }
-        }
+        print!("{}", set.human());
     }
-    Ok(if ok { 0 } else { 1 })
+    Ok(if set.ok() { 0 } else { 1 })
 }
 
 /// The era x scenario table; cells whose expectation is not met are marked `!`, then listed.
@@ -417,30 +380,4 @@ pub fn trace_text(r: &Replay) -> String {
         None => out.push_str("    (no trace)\n"),
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Each row: an expectation string and whether it parses. A bug would accept a typo that then
-    /// never matches, or reject the documented grammar.
-    #[test]
-    fn expectation_grammar() {
-        let rows = [
-            ("coherent", true),
-            ("diverged", true),
-            ("n/a", true),
-            ("invariant-broken:anon-vma-reach", true),
-            ("invariant-broken:rmap-sees-migration", true),
-            ("coherent+bias-false-positive", true),
-            ("invariant-broken:pin-is-mapped", false),
-            ("invariant broken: anon-vma-reach", false),
-            ("coherent+copied", false),
-            ("ok", false),
-        ];
-        for (text, ok) in rows {
-            assert_eq!(Expectation::parse(text).is_ok(), ok, "{text}");
-        }
-    }
 }

@@ -1,7 +1,7 @@
 //! From a [`Scenario`] to the explorer's [`Program`]: the `[model]` TOML section (owned here, a
 //! serde type with `deny_unknown_fields`, errors naming the key such as
 //! `model.threads[1].steps[0]`), and the translation of a live scenario (pin kind, directions,
-//! `perturb.actions`, `vm.dontfork`) that has no `[model]` section. A SIMULATION's input: what
+//! `perturb.actions`, `vm.dontfork`, `vm.memory_kind`) that has no `[model]` section. A SIMULATION's input: what
 //! the live executor does to a real guest, restated as model operations.
 //!
 //! Layout of a derived program: guest RAM is slots `0..4` (one model THP, standing for the 2 MiB
@@ -11,17 +11,19 @@
 
 use serde::Deserialize;
 
-use super::era::ClearOrder;
 use super::explore::Program;
 use super::ops::{parse_op, Op, RoundSpec, Variant};
-use crate::scenario::{Action, Directions, PinKind, Scenario};
+use super::rules::ClearOrder;
+use crate::scenario::{Action, Directions, MemoryKind, PinKind, Scenario};
 
 /// `[model]` in a scenario file.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
     /// Rule variants: `check-before-clear` (KSM/khugepaged check the count before clearing the
-    /// PTE, seed 004's unsafe order), `mremap-dst-first` / `mremap-src-first` (seed 003).
+    /// PTE, seed 004's unsafe order), `mremap-dst-first` / `mremap-src-first` (seed 003: where
+    /// copy_vma links the new VMA), `rcu-table-free` / `ipi-flush` (seed 004: the platform's TLB
+    /// flush does not / does wait for gup_fast).
     #[serde(default)]
     pub variant: Vec<String>,
     /// Steps run once, in order, before the threads.
@@ -86,7 +88,7 @@ fn round_spec(s: &Scenario, offsets: Option<&Vec<u8>>) -> RoundSpec {
 fn steps(list: &[String], key: &str) -> Result<Vec<Op>, Error> {
     list.iter()
         .enumerate()
-        .map(|(i, t)| parse_op(t).map_err(|r| error(format!("{key}[{i}]"), r)))
+        .map(|(i, t)| parse_op(t).map_err(|r| error(format!("{key}[{i}]"), r.to_string())))
         .collect()
 }
 
@@ -106,10 +108,12 @@ fn model_program(s: &Scenario, m: &ModelSpec) -> Result<Program, Error> {
             "clear-then-check" => variant.clear_order = ClearOrder::ClearThenCheck,
             "mremap-dst-first" => variant.mremap_dst_first = true,
             "mremap-src-first" => variant.mremap_dst_first = false,
+            "rcu-table-free" => variant.rcu_table_free = true,
+            "ipi-flush" => variant.rcu_table_free = false,
             other => {
                 return Err(error(
                     format!("model.variant[{i}]"),
-                    format!("unknown variant `{other}` (check-before-clear, clear-then-check, mremap-dst-first, mremap-src-first)"),
+                    format!("unknown variant `{other}` (check-before-clear, clear-then-check, mremap-dst-first, mremap-src-first, rcu-table-free, ipi-flush)"),
                 ))
             }
         }
@@ -153,6 +157,11 @@ pub fn live_program(s: &Scenario) -> Program {
         dontfork: s.vm.dontfork,
         populate: true,
     }];
+    // `vm.memory_kind = "pte-mapped-thp"`: the live runner splits the region's PMDs after the
+    // prefault and before anything pins (compound pages kept), as seed002's kirill does first.
+    if s.vm.memory_kind() == MemoryKind::PteMappedThp {
+        setup.push(Op::SplitPmd { slot: 0 });
+    }
     for slot in [0, 1] {
         match s.device.pin {
             // VFIO type1 MAP_DMA pins with FOLL_WRITE | FOLL_LONGTERM, the io_uring class.
@@ -245,7 +254,12 @@ pub fn live_program(s: &Scenario) -> Program {
                 host.push(Op::SplitPmd { slot: b });
                 host.push(Op::Collapse { slot: b });
             }
-            Action::Ksm => host.push(Op::Ksm { slot: b }),
+            // ksm-shadow, as far as the guest's data goes, is a KSM pass over the pinned region
+            // (which KSM refuses). What it is about, one pinned page blocking another process's
+            // merges through the unstable tree, is not modelled: the model has one process
+            // (and its fork child), no page contents and no unstable tree, and the finding is
+            // about sharing, not coherence (docs/findings.md F1).
+            Action::Ksm | Action::KsmShadow => host.push(Op::Ksm { slot: b }),
             Action::Compact => host.push(Op::Compact {
                 start: b,
                 end: b + 4,
@@ -340,5 +354,20 @@ mod tests {
                 assert!(!p.threads.is_empty(), "{a} {pin}");
             }
         }
+    }
+
+    /// The memory kind reaches the program: small pages map without THP, a PTE-mapped THP is
+    /// split before the first pin. A bug would model every kind as PMD-mapped THP.
+    #[test]
+    fn memory_kind_shapes_the_setup() {
+        let thp = live_program(&scenario(""));
+        assert!(matches!(thp.setup[0], Op::Mmap { thp: true, .. }));
+        assert!(matches!(thp.setup[1], Op::Gup { .. }));
+        let small = live_program(&scenario("[vm]\nthp = false\nmemory_kind = \"small\"\n"));
+        assert!(matches!(small.setup[0], Op::Mmap { thp: false, .. }));
+        let pte = live_program(&scenario("[vm]\nmemory_kind = \"pte-mapped-thp\"\n"));
+        assert!(matches!(pte.setup[0], Op::Mmap { thp: true, .. }));
+        assert_eq!(pte.setup[1], Op::SplitPmd { slot: 0 });
+        assert!(matches!(pte.setup[2], Op::Gup { .. }));
     }
 }

@@ -11,10 +11,11 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
-use super::{last_os, madvise, Ctx, Done, Error, Result};
+use super::{huge_page_of, last_os, madvise, split_pmd_by_mprotect, Ctx, Done, Error, Result};
 use crate::addr::{Hva, Pfn, HUGE_PAGE_SIZE, PAGE_SIZE};
+use crate::evidence::{
+    AtFork, Bias1024, BiasFinding, Details, Fork, Kirill, LaterHalf, PageKind, PageList,
+};
 use crate::mmap::{self, Mapping};
 use crate::scenario::{Action, PinKind};
 
@@ -307,18 +308,48 @@ fn parent_pfns(hva: Hva, len: u64) -> Vec<Option<Pfn>> {
         .unwrap_or_default()
 }
 
-fn copied(parent: &[Option<Pfn>], child: &[Option<Pfn>]) -> (usize, usize, usize) {
-    let mut copied = 0;
+/// The child's pages against the parent's: copied (different PFN), shared (same PFN), absent.
+fn at_fork(parent: &[Option<Pfn>], child: &[Option<Pfn>]) -> AtFork {
+    let mut copied = Vec::new();
     let mut shared = 0;
     let mut absent = 0;
-    for (p, c) in parent.iter().zip(child) {
+    for (i, (p, c)) in parent.iter().zip(child).enumerate() {
         match (p, c) {
             (Some(p), Some(c)) if p == c => shared += 1,
-            (Some(_), Some(_)) => copied += 1,
+            (Some(_), Some(_)) => copied.push(i),
             _ => absent += 1,
         }
     }
-    (copied, shared, absent)
+    AtFork {
+        copied_at_fork: copied.len(),
+        shared_at_fork: shared,
+        absent_in_child: absent,
+        copied_pages: PageList::new(&copied),
+    }
+}
+
+/// The later half of an action whose child outlives it: release the child, reap it, and fail
+/// unless every step of its plan succeeded.
+fn reap_later(
+    action: Action,
+    shared: Shared,
+    handshake: Handshake,
+    child: Child,
+) -> Result<LaterHalf> {
+    let _shared = shared;
+    handshake.release();
+    let pid = child.pid;
+    let status = child.wait()?;
+    if status != 0 {
+        return Err(Error::Failed {
+            action,
+            why: format!("fork child exited {status}"),
+        });
+    }
+    Ok(LaterHalf::ChildReaped {
+        child: pid,
+        child_exit: status,
+    })
 }
 
 /// fork-parent-write, fork-child-write, fork-child-exit.
@@ -351,36 +382,21 @@ pub fn fork_action(ctx: &Ctx, action: Action) -> Result<Done> {
         _ => {}
     }
     let child = Child::spawn(action, &plan, &shared)?;
-    let at_fork = |shared: &Shared| {
-        let child = shared.pfns(0, pages);
-        let (c, s, a) = copied(&parent, &child);
-        (c, s, a)
-    };
-    let note = if dontfork {
-        " (guest RAM is MADV_DONTFORK: the child has none of it)"
-    } else {
-        ""
-    };
     match action {
         Action::ForkParentWrite => {
             handshake.wait_ready(action)?;
-            let (c, s, a) = at_fork(&shared);
-            let pid = child.pid;
-            let mut done = Done::new(
-                format!("forked child {pid}{note}: at fork {c} region pages copied for the child, {s} shared COW, {a} not in the child; the child lives until after the guest's next round"),
-                json!({ "child": pid, "copied_at_fork": c, "shared_at_fork": s, "absent_in_child": a, "dontfork": dontfork }),
-            );
+            let d = Fork {
+                child: child.pid,
+                at_fork: at_fork(&parent, &shared.pfns(0, pages)),
+                dontfork,
+                child_wrote: false,
+                child_own_after_write: None,
+                child_shared_after_write: None,
+                child_exit: None,
+            };
+            let mut done = Done::new(Details::Fork(d));
             done.finish = Some(Box::new(move || {
-                let _shared = shared;
-                handshake.release();
-                let status = child.wait()?;
-                if status != 0 {
-                    return Err(Error::Failed {
-                        action,
-                        why: format!("fork child exited {status}"),
-                    });
-                }
-                Ok(crate::evidence::Details(json!({ "child_exit": status })))
+                reap_later(action, shared, handshake, child)
             }));
             Ok(done)
         }
@@ -394,18 +410,17 @@ pub fn fork_action(ctx: &Ctx, action: Action) -> Result<Done> {
                     why: format!("fork child exited {status} (step {} failed)", status - 10),
                 });
             }
-            let (c, s, a) = at_fork(&shared);
             let wrote = action == Action::ForkChildWrite && !dontfork;
-            let after_write = if wrote {
-                let (c2, s2, _) = copied(&parent, &shared.pfns(pages * 8, pages));
-                format!("; after writing its copy the child has {c2} pages of its own, {s2} still shared")
-            } else {
-                String::new()
-            };
-            Ok(Done::new(
-                format!("forked child {pid}{note}: at fork {c} region pages copied for the child, {s} shared COW, {a} not in the child{after_write}; child exited 0"),
-                json!({ "child": pid, "copied_at_fork": c, "shared_at_fork": s, "absent_in_child": a, "child_wrote": wrote, "dontfork": dontfork }),
-            ))
+            let after_write = wrote.then(|| at_fork(&parent, &shared.pfns(pages * 8, pages)));
+            Ok(Done::new(Details::Fork(Fork {
+                child: pid,
+                at_fork: at_fork(&parent, &shared.pfns(0, pages)),
+                dontfork,
+                child_wrote: wrote,
+                child_own_after_write: after_write.as_ref().map(|w| w.copied_at_fork),
+                child_shared_after_write: after_write.as_ref().map(|w| w.shared_at_fork),
+                child_exit: Some(status),
+            })))
         }
     }
 }
@@ -426,19 +441,9 @@ pub fn kirill(ctx: &Ctx) -> Result<Done> {
     }
     // PMD split, keeping every page: an mprotect round trip on the second half's first page.
     let second = Hva(huge.raw() + half);
-    for prot in [libc::PROT_READ, libc::PROT_READ | libc::PROT_WRITE] {
-        // SAFETY: guest RAM; protection restored by the second iteration.
-        if unsafe {
-            libc::mprotect(
-                second.as_ptr() as *mut libc::c_void,
-                PAGE_SIZE as usize,
-                prot,
-            )
-        } != 0
-        {
-            return Err(last_os(a, "mprotect"));
-        }
-    }
+    let huge_before = huge_page_of(a, huge)?;
+    split_pmd_by_mprotect(a, second)?;
+    let huge_at_fork = huge_page_of(a, huge)?;
     let pages = (len / PAGE_SIZE) as usize;
     let shared = Shared::new(a, pages * 8)?;
     let parent = parent_pfns(hva, len);
@@ -465,18 +470,19 @@ pub fn kirill(ctx: &Ctx) -> Result<Done> {
         libc::MADV_DONTNEED,
         "madvise(MADV_DONTNEED)",
     )?;
-    let (c, s, ab) = copied(&parent, &shared.pfns(0, pages));
-    let pid = child.pid;
-    let mut done = Done::new(
-        format!("PMD split at {second}; forked child {pid} ({c} region pages copied at fork, {s} shared, {ab} absent); child unmapped the first half {huge}+{half:#x}; parent discarded the second half"),
-        json!({ "child": pid, "copied_at_fork": c, "shared_at_fork": s, "absent_in_child": ab }),
-    );
-    done.finish = Some(Box::new(move || {
-        let _shared = shared;
-        handshake.release();
-        let status = child.wait()?;
-        Ok(crate::evidence::Details(json!({ "child_exit": status })))
-    }));
+    let d = Kirill {
+        child: child.pid,
+        split_at: second,
+        huge_before,
+        huge_at_fork,
+        at_fork: at_fork(&parent, &shared.pfns(0, pages)),
+        child_unmapped: huge,
+        child_unmapped_len: half,
+        parent_discarded: second,
+        parent_discarded_len: half,
+    };
+    let mut done = Done::new(Details::Kirill(d));
+    done.finish = Some(Box::new(move || reap_later(a, shared, handshake, child)));
     Ok(done)
 }
 
@@ -486,14 +492,12 @@ pub fn kirill(ctx: &Ctx) -> Result<Done> {
 /// folio keeps an exact pin count. A finding, not a data verdict.
 pub fn bias_1024(ctx: &Ctx) -> Result<Done> {
     let a = Action::Bias1024;
-    let (hva, len) = ctx.region();
     let page = ctx
         .hva_of(ctx.layout.region.end(), PAGE_SIZE)
         .ok_or_else(|| Error::Failed {
             action: a,
             why: "no guest page after the region: raise vm.memory".into(),
         })?;
-    let _ = (hva, len);
     // Touch it so it is present.
     // SAFETY: one byte of guest RAM beside the region, which the guest does not use.
     unsafe { std::ptr::write_volatile(page.as_ptr(), 0x42) };
@@ -529,9 +533,9 @@ pub fn bias_1024(ctx: &Ctx) -> Result<Done> {
     let flags = crate::pfn::snapshot(page, PAGE_SIZE)
         .ok()
         .and_then(|s| s.flags.first().copied().flatten());
-    let kind = match flags {
-        Some(f) if f.thp() || f.compound_head() || f.compound_tail() => "thp-subpage",
-        _ => "small",
+    let page_kind = match flags {
+        Some(f) if f.thp() || f.compound_head() || f.compound_tail() => PageKind::ThpSubpage,
+        _ => PageKind::Small,
     };
     let parent = parent_pfns(page, PAGE_SIZE);
     let shared = Shared::new(a, 8)?;
@@ -545,7 +549,7 @@ pub fn bias_1024(ctx: &Ctx) -> Result<Done> {
         &shared,
     )?;
     let status = child.wait()?;
-    let child_pfn = shared.pfns(0, 1);
+    let child_pfn = shared.pfns(0, 1)[0];
     drop(pipes);
     if status != 0 {
         return Err(Error::Failed {
@@ -553,28 +557,19 @@ pub fn bias_1024(ctx: &Ctx) -> Result<Done> {
             why: format!("fork child exited {status}"),
         });
     }
-    let copied_at_fork = match (parent.first().copied().flatten(), child_pfn[0]) {
+    let parent_pfn = parent.first().copied().flatten();
+    let copied_at_fork = match (parent_pfn, child_pfn) {
         (Some(p), Some(c)) => p != c,
         _ => false,
     };
-    let holds_pin = ctx.scenario.device.pin == PinKind::IoUring;
-    let finding = match (kind, copied_at_fork) {
-        ("small", true) => "fork copied the small page as if it were DMA-pinned: refcount >= 1024 (GUP_PIN_COUNTING_BIAS) from plain references is a false positive",
-        ("small", false) => "fork shared the small page: no false positive",
-        (_, false) => "fork shared the THP subpage: a large folio keeps an exact pin count, no false positive",
-        _ => "fork copied a THP subpage that is not pinned",
-    };
-    Ok(Done::new(
-        format!("{REFS} vmsplice references on a {kind} page at {page}; process holds a FOLL_PIN pin: {holds_pin}; {finding}"),
-        json!({
-            "references": REFS,
-            "page": page,
-            "page_kind": kind,
-            "process_holds_foll_pin": holds_pin,
-            "copied_at_fork": copied_at_fork,
-            "parent_pfn": parent.first().copied().flatten(),
-            "child_pfn": child_pfn[0],
-            "finding": finding,
-        }),
-    ))
+    Ok(Done::new(Details::Bias1024(Bias1024 {
+        references: REFS,
+        page,
+        page_kind,
+        process_holds_foll_pin: ctx.scenario.device.pin == PinKind::IoUring,
+        copied_at_fork,
+        parent_pfn,
+        child_pfn,
+        finding: BiasFinding::of(page_kind, copied_at_fork),
+    })))
 }

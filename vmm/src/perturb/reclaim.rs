@@ -7,12 +7,15 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
-use super::{madvise, moved, vmstat_now, Ctx, Done, Error, Result};
+use super::{madvise, moved, vmstat_now, Ctx, Done, Error, Judged, Result};
 use crate::addr::{Hva, HUGE_PAGE_SIZE};
+use crate::evidence::{
+    Compact, CompactCounters, Details, Interval, Ksm as KsmDetails, KsmCounters, Pageout,
+    PageoutCounters,
+};
 use crate::host::{self, Ksm};
 use crate::scenario::Action;
+use crate::timeline::Mono;
 
 fn fill(hva: Hva, len: u64, value: u64) {
     // SAFETY: guest RAM (region or decoy) owned by GuestRam; the guest is stopped at a phase
@@ -59,6 +62,7 @@ pub fn ksm(ctx: &Ctx) -> Result<Done> {
     )?;
     fill(region, len, SAME);
     fill(decoy, HUGE_PAGE_SIZE, OTHER);
+    let start = Mono::now();
     let before = vmstat_now();
     let sharing_before = Ksm::pages_sharing().unwrap_or(0);
     madvise(
@@ -105,6 +109,7 @@ pub fn ksm(ctx: &Ctx) -> Result<Done> {
     let region_ksm = merged_pages(region, len);
     let decoy_ksm = merged_pages(decoy, HUGE_PAGE_SIZE);
     let control_ksm = merged_pages(control.hva(), HUGE_PAGE_SIZE);
+    let sharing_interval = Interval::since(start);
     // Unmerge what we merged and put every KSM knob back.
     let _ = madvise(
         a,
@@ -128,25 +133,25 @@ pub fn ksm(ctx: &Ctx) -> Result<Done> {
         action: a,
         why: format!("waiting for KSM scans: {e}"),
     })?;
-    let counters = moved(&before, &["cow_ksm", "ksm_swpin_copy"]);
-    let mut done = Done::new(
-        format!(
-            "KSM ran to full scan {scans}: control pages merged {control_ksm}/512, guest-RAM decoy pages merged {decoy_ksm}/512, pinned region pages merged {region_ksm}; pages_sharing {sharing_before} -> {sharing}"
-        ),
-        json!({
-            "full_scans": scans,
-            "pages_sharing_before": sharing_before,
-            "pages_sharing": sharing,
-            "control_ksm_pages": control_ksm,
-            "decoy_ksm_pages": decoy_ksm,
-            "region_ksm_pages": region_ksm,
-            "counters": counters,
-        }),
-    );
-    if control_ksm == 0 && decoy_ksm == 0 && region_ksm == 0 {
-        done.no_effect = Some("KSM merged nothing, not even the control mapping".into());
-    }
-    Ok(done)
+    let counters = KsmCounters::from_deltas(&moved(&before, KsmCounters::NAMES));
+    let counters_interval = Interval::since(start);
+    let judged = if control_ksm == 0 && decoy_ksm == 0 && region_ksm == 0 {
+        Judged::NoEffect("KSM merged nothing, not even the control mapping")
+    } else {
+        Judged::Done
+    };
+    let d = KsmDetails {
+        full_scans: scans,
+        pages_sharing_before: sharing_before,
+        pages_sharing: sharing,
+        sharing_interval,
+        control_ksm_pages: control_ksm,
+        decoy_ksm_pages: decoy_ksm,
+        region_ksm_pages: region_ksm,
+        counters_interval,
+        counters,
+    };
+    Done::judged(a, Details::Ksm(d), judged)
 }
 
 /// Pages of a range that share their frame with another page of it (KSM merged them): the
@@ -173,31 +178,13 @@ pub fn compact(ctx: &Ctx) -> Result<Done> {
             why: format!("compact_memory: {e}"),
         }
     })?;
-    let counters = moved(
-        &before,
-        &[
-            "compact_migrate_scanned",
-            "compact_free_scanned",
-            "compact_isolated",
-            "pgmigrate_success",
-            "pgmigrate_fail",
-        ],
-    );
-    let mut done = Done::new(
-        format!(
-            "compact_memory: {}",
-            counters
-                .iter()
-                .map(|(k, v)| format!("{k} +{v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        json!({ "counters": counters }),
-    );
-    if counters.values().all(|&v| v == 0) {
-        done.no_effect = Some("no compaction counter moved".into());
-    }
-    Ok(done)
+    let counters = CompactCounters::from_deltas(&moved(&before, CompactCounters::NAMES));
+    let judged = if counters.all_zero() {
+        Judged::NoEffect("no compaction counter moved")
+    } else {
+        Judged::Done
+    };
+    Done::judged(a, Details::Compact(Compact { counters }), judged)
 }
 
 /// MADV_PAGEOUT of the region and a decoy huge page (needs swap).
@@ -218,29 +205,22 @@ pub fn pageout(ctx: &Ctx) -> Result<Done> {
         libc::MADV_PAGEOUT,
         "madvise(MADV_PAGEOUT)",
     )?;
-    let counters = moved(
-        &before,
-        &["pswpout", "thp_swpout", "thp_swpout_fallback", "pgpgout"],
-    );
+    let counters = PageoutCounters::from_deltas(&moved(&before, PageoutCounters::NAMES));
     let decoy_swapped = crate::pfn::snapshot(decoy, HUGE_PAGE_SIZE)
         .map(|s| s.summary.swapped)
         .unwrap_or(0);
     let region_swapped = crate::pfn::snapshot(region, len)
         .map(|s| s.summary.swapped)
         .unwrap_or(0);
-    let mut done = Done::new(
-        format!(
-            "MADV_PAGEOUT: decoy pages swapped {decoy_swapped}/512, region pages swapped {region_swapped}; pswpout +{}",
-            counters.get("pswpout").copied().unwrap_or(0)
-        ),
-        json!({
-            "decoy_swapped_pages": decoy_swapped,
-            "region_swapped_pages": region_swapped,
-            "counters": counters,
-        }),
-    );
-    if counters.get("pswpout").copied().unwrap_or(0) == 0 && decoy_swapped == 0 {
-        done.no_effect = Some("nothing was swapped out, not even the unpinned decoy".into());
-    }
-    Ok(done)
+    let judged = if counters.pswpout == 0 && decoy_swapped == 0 {
+        Judged::NoEffect("nothing was swapped out, not even the unpinned decoy")
+    } else {
+        Judged::Done
+    };
+    let d = Pageout {
+        decoy_swapped_pages: decoy_swapped,
+        region_swapped_pages: region_swapped,
+        counters,
+    };
+    Done::judged(a, Details::Pageout(d), judged)
 }

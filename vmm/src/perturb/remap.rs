@@ -1,9 +1,8 @@
 //! Actions that move or discard guest RAM: mremap (as a VMM would, re-pointing the KVM memslot)
 //! and MADV_DONTNEED on the DMA region itself.
 
-use serde_json::json;
-
-use super::{madvise, Ctx, Done, Error, Result};
+use super::{madvise, Ctx, Done, Error, Judged, Result};
+use crate::evidence::{Details, Dontneed, Mremap, PageList};
 use crate::scenario::Action;
 
 /// Moves all of guest RAM with mremap(2) (optionally MREMAP_DONTUNMAP), re-points the memslot,
@@ -42,18 +41,19 @@ pub fn mremap(ctx: &Ctx, dontunmap: bool) -> Result<Done> {
         .zip(&after.pfns)
         .filter(|(b, a)| b.is_some() && b == a)
         .count();
-    let mut done = Done::new(
-        format!(
-            "guest RAM moved {old} -> {new}{}; memslot re-pointed; {same}/{} region pages kept their PFN",
-            if dontunmap { " (MREMAP_DONTUNMAP)" } else { "" },
-            after.pfns.len()
-        ),
-        json!({ "old_hva": old, "new_hva": new, "region_pages_same_pfn": same }),
-    );
-    if old == new {
-        done.no_effect = Some("mremap returned the same address".into());
-    }
-    Ok(done)
+    let judged = if old == new {
+        Judged::NoEffect("mremap returned the same address")
+    } else {
+        Judged::Done
+    };
+    let d = Mremap {
+        old_hva: old,
+        new_hva: new,
+        dontunmap,
+        region_pages_same_pfn: same,
+        region_pages: after.pfns.len(),
+    };
+    Done::judged(a, Details::Mremap(d), judged)
 }
 
 /// MADV_DONTNEED on the DMA region: the pin keeps the old pages; the guest gets new ones.
@@ -64,15 +64,55 @@ pub fn dontneed(ctx: &Ctx) -> Result<Done> {
     madvise(a, hva, len, libc::MADV_DONTNEED, "madvise(MADV_DONTNEED)")?;
     let after = ctx.probe();
     let gone = after.pfns.iter().filter(|p| p.is_none()).count();
-    let changed = crate::pfn::diff_pfns(&before.pfns, &after.pfns).len();
-    let mut done = Done::new(
-        format!(
-            "MADV_DONTNEED on the region ({len:#x} bytes at {hva}): {gone} pages no longer mapped"
-        ),
-        json!({ "unmapped_pages": gone }),
-    );
-    if changed == 0 {
-        done.no_effect = Some("no region page changed".into());
+    let present_before = before.pfns.iter().filter(|p| p.is_some()).count();
+    let changed = crate::pfn::diff_pfns(&before.pfns, &after.pfns);
+    let judged = judge_dontneed(present_before, changed.len());
+    let d = Dontneed {
+        region: hva,
+        len,
+        present_before,
+        unmapped_pages: gone,
+        changed_pages: PageList::new(&changed),
+        effect: judged.effect(),
+    };
+    Done::judged(a, Details::Dontneed(d), judged)
+}
+
+/// dontneed's check: a page present before must have gone (or changed); with none present
+/// before (an earlier action discarded them, the guest has not written since) there was
+/// nothing to discard.
+fn judge_dontneed(present_before: usize, changed: usize) -> Judged {
+    match (present_before, changed) {
+        (0, _) => Judged::AlreadyDone,
+        (_, 0) => Judged::NoEffect("no region page changed"),
+        _ => Judged::Done,
     }
-    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (present before, changed) -> judgement; a bug would call a second discard "no effect".
+    #[test]
+    fn dontneed_judgement_table() {
+        let rows = [
+            (256, 256, Judged::Done, "discarded"),
+            (
+                256,
+                0,
+                Judged::NoEffect("no region page changed"),
+                "nothing went",
+            ),
+            (
+                0,
+                0,
+                Judged::AlreadyDone,
+                "already discarded by an earlier action",
+            ),
+        ];
+        for (present, changed, want, what) in rows {
+            assert_eq!(judge_dontneed(present, changed), want, "{what}");
+        }
+    }
 }

@@ -9,10 +9,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use serde_json::json;
-
-use super::{last_os, Ctx, Done, Error, Result};
+use super::{last_os, observed, Ctx, Done, Error, Judged, Result};
 use crate::addr::Hva;
+use crate::evidence::{Details, HandlerEnd, LaterHalf, UffdWp};
 use crate::scenario::Action;
 
 const UFFD_API: u64 = 0xaa;
@@ -145,12 +144,17 @@ pub fn write_protect(ctx: &Ctx) -> Result<Done> {
                 why: format!("spawning the fault handler: {e}"),
             })?
     };
-    let finish = Box::new(move || -> Result<crate::evidence::Details> {
+    let protected_pages = observed(a, "PAGEMAP_SCAN", super::observe::uffd_wp_pages(hva, len))?;
+    let later = ctx.clone();
+    let finish = Box::new(move || -> Result<LaterHalf> {
         stop.store(true, Ordering::Release);
         let handled = handler.join().map_err(|_| Error::Failed {
             action: a,
             why: "the fault handler panicked".into(),
         })?;
+        // What the protection looks like now, before it is removed: pages nobody wrote since.
+        let (now, _) = later.region();
+        let still_protected = super::observe::uffd_wp_pages(now, len).unwrap_or(0);
         // Unprotect and unregister (the range may have moved; errors here are only logged).
         let _ = writeprotect(fd.as_raw_fd(), hva, len, false);
         let mut range = UffdioRange {
@@ -159,27 +163,48 @@ pub fn write_protect(ctx: &Ctx) -> Result<Done> {
         };
         let _ = ioctl(fd.as_raw_fd(), UFFDIO_UNREGISTER, &mut range);
         let n = faults.load(Ordering::Relaxed);
-        if n == 0 {
+        if let Judged::NoEffect(why) = judge_handler(n, still_protected) {
             return Err(Error::NoEffect {
                 action: a,
-                why: "no write fault on the protected region reached the handler".into(),
+                why: why.into(),
             });
         }
-        Ok(crate::evidence::Details(
-            json!({ "write_faults_handled": n, "handler": handled }),
-        ))
+        Ok(LaterHalf::UffdHandler {
+            write_faults_handled: n,
+            still_protected_pages: still_protected,
+            handler: handled,
+        })
     });
-    let mut done = Done::new(
-        format!("userfaultfd write-protected the region ({len:#x} bytes at {hva}); a handler unprotects on fault"),
-        json!({ "region": hva, "len": len }),
-    );
+    let judged = if protected_pages == 0 {
+        Judged::NoEffect("UFFDIO_WRITEPROTECT returned 0 but no region page carries uffd-wp")
+    } else {
+        Judged::Done
+    };
+    let d = UffdWp {
+        region: hva,
+        len,
+        protected_pages,
+    };
+    let mut done = Done::judged(a, Details::UffdWp(d), judged)?;
     done.finish = Some(finish);
     Ok(done)
 }
 
+/// The later half's check: a write fault reached the handler, or the protection still holds
+/// (nothing wrote the region while it was protected: a storm stops the handler right after
+/// protecting). Protection gone without a fault means writes bypassed the handler.
+fn judge_handler(faults: u64, still_protected: u64) -> Judged {
+    match (faults, still_protected) {
+        (0, 0) => Judged::NoEffect(
+            "no write fault reached the handler, and no region page is still write-protected",
+        ),
+        _ => Judged::Done,
+    }
+}
+
 /// Polls the uffd; on each write-protect fault removes the protection of the faulting page and
 /// wakes the faulting thread.
-fn handle_faults(fd: &OwnedFd, faults: &AtomicU64, stop: &AtomicBool) -> String {
+fn handle_faults(fd: &OwnedFd, faults: &AtomicU64, stop: &AtomicBool) -> HandlerEnd {
     let raw = fd.as_raw_fd();
     while !stop.load(Ordering::Acquire) {
         let mut pfd = libc::pollfd {
@@ -207,12 +232,43 @@ fn handle_faults(fd: &OwnedFd, faults: &AtomicU64, stop: &AtomicBool) -> String 
         if msg.event == UFFD_EVENT_PAGEFAULT && msg.flags & UFFD_PAGEFAULT_FLAG_WP != 0 {
             let page = Hva(msg.address & !(crate::addr::PAGE_SIZE - 1));
             if let Err(e) = writeprotect(raw, page, crate::addr::PAGE_SIZE, false) {
-                return format!("unprotecting {page} failed: {e}");
+                return HandlerEnd::UnprotectFailed {
+                    page,
+                    errno: e.raw_os_error().unwrap_or(0),
+                };
             }
             faults.fetch_add(1, Ordering::Relaxed);
         }
     }
-    "stopped".into()
+    HandlerEnd::Stopped
 }
 
 const _: () = assert!(std::mem::size_of::<UffdMsg>() == 32);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (faults handled, pages still protected) -> judgement; a bug that lost faults while the
+    /// protection vanished must fail, a storm that stopped before any write must not.
+    #[test]
+    fn handler_judgement_table() {
+        let lost = Judged::NoEffect(
+            "no write fault reached the handler, and no region page is still write-protected",
+        );
+        let rows = [
+            (512, 0, Judged::Done, "every page written and resolved"),
+            (3, 509, Judged::Done, "some written"),
+            (
+                0,
+                512,
+                Judged::Done,
+                "stopped before any write: the protection held",
+            ),
+            (0, 0, lost, "protection gone, no fault seen"),
+        ];
+        for (faults, still, want, what) in rows {
+            assert_eq!(judge_handler(faults, still), want, "{what}");
+        }
+    }
+}
