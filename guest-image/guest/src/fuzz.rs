@@ -121,7 +121,8 @@ unsafe fn header(mem: *mut QueueMem, offset: usize) -> &'static AtomicU32 {
     unsafe { AtomicU32::from_ptr((mem as *mut u8).add(offset) as *mut u32) }
 }
 
-/// One-byte, two-byte and four-byte port I/O in both directions.
+/// One-byte, two-byte and four-byte port I/O (`size` 0, 1, 2) in both directions. The access
+/// must end at or below port 0xffff (see `Fuzz::port`).
 fn port_io(port: u16, size: u64, write: bool, value: u32) -> u32 {
     // SAFETY: the port is none of the record ports (the caller draws from the others); a write
     // to any other port is ignored by the VMM or rings a doorbell over the guest's own queues,
@@ -742,7 +743,15 @@ impl Fuzz<'_> {
                 break p;
             }
         };
-        let (size, write) = (self.rng.below(3), self.rng.one_in(2));
+        // A 2- or 4-byte access must end at port 0xffff: past it the CPU checks the TSS
+        // bitmap's terminating all-ones byte and raises #GP (the guest has no IDT: a triple
+        // fault). Found by seed 3: `in ax, dx` at port 0xffff.
+        let size = self.rng.below(3).min(match 0x1_0000 - port as u32 {
+            1 => 0,
+            2 | 3 => 1,
+            _ => 2,
+        } as u64);
+        let write = self.rng.one_in(2);
         let v = port_io(port, size, write, self.rng.next() as u32);
         if !write {
             self.answered(v as u64);
