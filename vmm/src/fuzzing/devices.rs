@@ -23,12 +23,12 @@ use crate::memory::GuestRam;
 use crate::scenario::PinKind;
 use crate::timeline::Timeline;
 
-const RAM: u64 = 256 << 10;
+const RAM: u64 = 128 << 10;
 const P: u64 = abi::PAGE_SIZE;
 const STEPS: usize = 24;
 /// Where a well-behaved guest puts things.
 const SETUP_GPA: u64 = 0xe000;
-const QUEUES: [u64; 2] = [0x1_0000, 0x2_0000];
+const QUEUES: [u64; 2] = [0x1_0000, 0x1_8000];
 
 /// A queue the devices were given, as the "guest" knows it.
 #[derive(Clone, Copy, Debug)]
