@@ -3,8 +3,10 @@
 //! The guest is untrusted: a guest that prints in a loop must not grow the VMM. `Console` keeps
 //! the first lines up to `MAX_LINES` and `MAX_BYTES`; from the first line that does not fit, it
 //! only counts (`Dropped`), and the count goes into the run's outcome. Records that could not be
-//! read (outside guest RAM) are counted too. This module only stores; the vCPU loop decodes the
-//! records (`vcpu::handle_exit`) and decides what is a line.
+//! read (outside guest RAM) are counted too. Control characters are stored escaped (`\u{1b}`),
+//! so a guest cannot drive the terminal that shows its lines (found by the fuzzing guest, whose
+//! random console records printed escape sequences). This module only stores; the vCPU loop
+//! decodes the records (`vcpu::handle_exit`) and decides what is a line.
 
 use serde::Serialize;
 
@@ -31,6 +33,22 @@ impl Dropped {
     }
 }
 
+/// `line` with every control character but tab escaped (`\u{1b}`): safe to print.
+fn printable(line: String) -> String {
+    if !line.chars().any(|c| c.is_control() && c != '\t') {
+        return line;
+    }
+    line.chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// The kept lines and the counts of the rest.
 #[derive(Clone, Debug, Default)]
 pub struct Console {
@@ -49,6 +67,7 @@ impl Console {
     /// always a prefix of what the guest printed); otherwise counts it. Returns whether it was
     /// kept.
     pub fn push(&mut self, line: String) -> bool {
+        let line = printable(line);
         let fits = !self.full
             && self.lines.len() < MAX_LINES
             && self.bytes.saturating_add(line.len()) <= MAX_BYTES;
@@ -90,6 +109,16 @@ impl Console {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A bug: a guest line that clears the screen or moves the cursor of whoever reads the
+    /// report (ESC, CR, C1 controls printed raw).
+    #[test]
+    fn control_characters_are_escaped() {
+        let mut c = Console::new();
+        assert!(c.push("a\u{1b}[2J\rb\tc\u{9b}".to_string()));
+        assert!(c.push("plain line".to_string()));
+        assert_eq!(c.lines(), ["a\\u{1b}[2J\\u{d}b\tc\\u{9b}", "plain line"]);
+    }
 
     /// A flood: the lines bound holds, the rest is counted line by line and byte by byte.
     #[test]

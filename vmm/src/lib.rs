@@ -9,6 +9,7 @@ pub mod console;
 pub mod devices;
 pub mod diff;
 pub mod evidence;
+pub mod fuzzing;
 pub mod host;
 pub mod html;
 pub mod identity;

@@ -1,4 +1,5 @@
-//! Guest RAM: one anonymous private mapping, 2 MiB aligned, THP-advised or not, owned here.
+//! Guest RAM: one anonymous private mapping, 2 MiB aligned, THP-advised or not, owned here, with
+//! an inaccessible guard mapping right below and right above it.
 //!
 //! `GuestRam` owns the mapping (a `mmap::Mapping`, unmapped on Drop) and exposes it to the rest
 //! of the VMM through vm-memory (`GuestMemoryMmap`, built over the raw mapping, which vm-memory
@@ -7,6 +8,13 @@
 //! (`mremap`) is done here too, so the owner always knows where its memory is; re-pointing the
 //! KVM memslot is the VM's business, and the VM keeps this RAM alive for as long as KVM may
 //! reach it (`vm::Vm` holds it and drops it after its fds).
+//!
+//! The guards (`GUARD_SIZE` of `PROT_NONE` on each side, reserved for as long as the RAM is
+//! where it is, and made afresh around an mremap's destination) turn any VMM access that
+//! misses a bounds check into a SIGSEGV at once, instead of a silent read or write of whatever
+//! this process mapped next to guest RAM: the fuzzing guest relies on that to show that no
+//! hostile request reached outside guest RAM. They cost address space only (no memory, no
+//! commit charge: they are neither readable nor writable).
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
@@ -15,8 +23,12 @@ use crate::mmap::{self, Mapping};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("guest RAM of {size:#x} bytes with its guards does not fit the address space")]
+    Size { size: u64 },
+    #[error("reserving {span:#x} bytes for guest RAM and its guards failed: {source}")]
+    Reserve { span: u64, source: std::io::Error },
     #[error("mapping {size:#x} bytes of guest RAM failed: {source}")]
-    Mmap { size: u64, source: mmap::Error },
+    Mmap { size: u64, source: std::io::Error },
     #[error("madvise({advice}) on guest RAM failed: {source}")]
     Madvise {
         advice: &'static str,
@@ -36,11 +48,42 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// The guest's RAM, from GPA 0, and the host mapping behind it.
 ///
-/// Field order is drop order: vm-memory's view (`mem`) points into `map` and goes first.
+/// Field order is drop order: vm-memory's view (`mem`) points into `map` and goes first; the
+/// guards go after the RAM they surround.
 pub struct GuestRam {
     mem: GuestMemoryMmap,
     map: Mapping,
+    guards: Guards,
     thp: bool,
+}
+
+/// Bytes of `PROT_NONE` mapped right below and right above guest RAM. An access at RAM's start
+/// minus up to this much, or at its end plus up to this much, faults: above, that covers every
+/// GPA a guest can name in a 32-bit port record and every GPA below `abi::IDENTITY_MAP_SIZE`.
+pub const GUARD_SIZE: u64 = pinlab_abi::IDENTITY_MAP_SIZE;
+
+/// An inaccessible (`PROT_NONE`) range of this process: any access to it faults. Unmapped on
+/// Drop. It holds only an address and a length, never a pointer into memory anyone may use.
+#[derive(Debug)]
+struct Guard {
+    hva: Hva,
+    len: usize,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // SAFETY: `[hva, hva+len)` is a PROT_NONE range this value owns (made by `map_ram`,
+        // which hands each guard exactly its part of the reservation); nothing can be stored
+        // in it, so no reference into it exists.
+        unsafe { libc::munmap(self.hva.as_ptr().cast(), self.len) };
+    }
+}
+
+/// The guards below and above one placement of guest RAM.
+#[derive(Debug)]
+struct Guards {
+    below: Guard,
+    above: Guard,
 }
 
 /// The flags guest RAM is mapped with beyond `MAP_PRIVATE | MAP_ANONYMOUS` (vm-memory is told
@@ -61,10 +104,84 @@ fn madvise(hva: Hva, len: u64, advice: i32, name: &'static str) -> Result<()> {
     Ok(())
 }
 
-/// A 2 MiB aligned private anonymous mapping of `size` bytes (guest RAM or its mremap target).
-fn map_ram(size: u64) -> Result<Mapping> {
-    Mapping::anonymous_aligned(size, HUGE_PAGE_SIZE, EXTRA_FLAGS)
-        .map_err(|source| Error::Mmap { size, source })
+/// A 2 MiB aligned private anonymous mapping of `size` bytes (guest RAM or its mremap target)
+/// with a `GUARD_SIZE` guard on each side.
+///
+/// One `PROT_NONE` reservation of the whole span comes first; RAM is then mapped over its middle
+/// with `MAP_FIXED` (which replaces that part of the reservation in one step, so no other
+/// mapping of this process can slip in between RAM and a guard), and what lies beyond the
+/// guards is unmapped.
+fn map_ram(size: u64) -> Result<(Mapping, Guards)> {
+    let span = GUARD_SIZE
+        .checked_mul(2)
+        .and_then(|g| g.checked_add(HUGE_PAGE_SIZE))
+        .and_then(|g| g.checked_add(size))
+        .filter(|&s| size > 0 && s <= isize::MAX as u64)
+        .ok_or(Error::Size { size })?;
+    // SAFETY: a new mapping at an address of the kernel's choosing (no MAP_FIXED): no existing
+    // memory of this process is affected. PROT_NONE and MAP_NORESERVE: it is address space only.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            span as usize,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(Error::Reserve {
+            span,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    let base = base as u64;
+    let start = (base + GUARD_SIZE).next_multiple_of(HUGE_PAGE_SIZE);
+    let end = start + size;
+    // SAFETY: `[start, end)` lies inside the reservation just made, which only this function
+    // knows of: MAP_FIXED replaces that part of it, nothing else.
+    let ram = unsafe {
+        libc::mmap(
+            start as *mut libc::c_void,
+            size as usize,
+            mmap::PROT,
+            FLAGS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    if ram == libc::MAP_FAILED {
+        let source = std::io::Error::last_os_error();
+        // SAFETY: the whole reservation, still only ours; nothing refers into it.
+        unsafe { libc::munmap(base as *mut libc::c_void, span as usize) };
+        return Err(Error::Mmap { size, source });
+    }
+    let (head, tail) = (start - GUARD_SIZE - base, base + span - (end + GUARD_SIZE));
+    // SAFETY: the head and the tail are the parts of the reservation outside both guards; only
+    // this function knows of them.
+    unsafe {
+        if head > 0 {
+            libc::munmap(base as *mut libc::c_void, head as usize);
+        }
+        if tail > 0 {
+            libc::munmap((end + GUARD_SIZE) as *mut libc::c_void, tail as usize);
+        }
+    }
+    let guards = Guards {
+        below: Guard {
+            hva: Hva(start - GUARD_SIZE),
+            len: GUARD_SIZE as usize,
+        },
+        above: Guard {
+            hva: Hva(end),
+            len: GUARD_SIZE as usize,
+        },
+    };
+    // SAFETY: `[start, end)` was mapped just above with `mmap::PROT` as one mapping, and nothing
+    // else owns it.
+    let map = unsafe { Mapping::from_raw(Hva(start), size as usize) };
+    Ok((map, guards))
 }
 
 /// vm-memory's view of `map` at GPA 0.
@@ -88,9 +205,14 @@ impl GuestRam {
     /// a possible THP, with `MADV_HUGEPAGE` when `thp` (else `MADV_NOHUGEPAGE`, so `--thp off`
     /// holds even where THP is `always`) and `MADV_DONTFORK` when `dontfork`.
     pub fn new(size: u64, thp: bool, dontfork: bool) -> Result<Self> {
-        let map = map_ram(size)?;
+        let (map, guards) = map_ram(size)?;
         let mem = vm_memory_over(&map)?;
-        let ram = GuestRam { mem, map, thp };
+        let ram = GuestRam {
+            mem,
+            map,
+            guards,
+            thp,
+        };
         let hva = ram.hva();
         if thp {
             madvise(hva, size, libc::MADV_HUGEPAGE, "MADV_HUGEPAGE")?;
@@ -128,6 +250,16 @@ impl GuestRam {
 
     pub fn thp(&self) -> bool {
         self.thp
+    }
+
+    /// The guard ranges right below and right above RAM (`GUARD_SIZE` each), where any access
+    /// faults.
+    pub fn guards(&self) -> [(Hva, u64); 2] {
+        let g = &self.guards;
+        [
+            (g.below.hva, g.below.len as u64),
+            (g.above.hva, g.above.len as u64),
+        ]
     }
 
     pub fn memory(&self) -> &GuestMemoryMmap {
@@ -195,9 +327,9 @@ impl GuestRam {
     /// holds one range. Returns the old address.
     pub fn remap(&mut self, dontunmap: bool) -> Result<Hva> {
         let size = self.size();
-        // Reserve a 2 MiB aligned destination so THPs can stay PMD-mapped after the move, and
-        // build the view of it first: after the move nothing may fail.
-        let dest = map_ram(size)?;
+        // Reserve a 2 MiB aligned destination (with its own guards) so THPs can stay PMD-mapped
+        // after the move, and build the view of it first: after the move nothing may fail.
+        let (dest, dest_guards) = map_ram(size)?;
         let mem = vm_memory_over(&dest)?;
         let mut flags = libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED;
         if dontunmap {
@@ -222,6 +354,8 @@ impl GuestRam {
         debug_assert_eq!(p as u64, dest.hva().raw());
         self.mem = mem;
         let old = std::mem::replace(&mut self.map, dest);
+        // The old guards go last (when this function returns), after the old range is gone.
+        let _old_guards = std::mem::replace(&mut self.guards, dest_guards);
         let old_hva = old.hva();
         if dontunmap {
             // The old range is still mapped, with no pages we need: unmapped as `old` drops.
@@ -238,6 +372,90 @@ impl GuestRam {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The permissions of the VMA holding `addr` and its bounds, from /proc/self/maps.
+    fn vma_of(addr: u64) -> Option<(String, u64, u64)> {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        maps.lines().find_map(|l| {
+            let mut f = l.split_whitespace();
+            let (range, perms) = (f.next()?, f.next()?);
+            let (a, b) = range.split_once('-')?;
+            let (a, b) = (
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+            );
+            (a <= addr && addr < b).then(|| (perms.to_string(), a, b))
+        })
+    }
+
+    /// Both guards are PROT_NONE, adjacent to RAM, at least `GUARD_SIZE` long; RAM itself is
+    /// read-write. A bug: no guard (an unchecked access past RAM reads or writes whatever is
+    /// mapped there), a gap between RAM and a guard, or a guard that is accessible.
+    fn assert_guarded(ram: &GuestRam, what: &str) {
+        let (start, end) = (ram.hva().raw(), ram.hva().raw() + ram.size());
+        let [(below, blen), (above, alen)] = ram.guards();
+        assert_eq!((below.raw() + blen, above.raw()), (start, end), "{what}");
+        assert_eq!((blen, alen), (GUARD_SIZE, GUARD_SIZE), "{what}");
+        for (addr, lo, hi) in [
+            (start - 1, start - GUARD_SIZE, start),
+            (start - GUARD_SIZE, start - GUARD_SIZE, start),
+            (end, end, end + GUARD_SIZE),
+            (end + GUARD_SIZE - 1, end, end + GUARD_SIZE),
+        ] {
+            let (perms, a, b) =
+                vma_of(addr).unwrap_or_else(|| panic!("{what}: {addr:#x} unmapped"));
+            assert!(perms.starts_with("---"), "{what}: {addr:#x} is {perms}");
+            assert!(a <= lo && hi <= b, "{what}: guard VMA {a:#x}-{b:#x}");
+        }
+        let (perms, _, _) = vma_of(start).unwrap();
+        assert!(perms.starts_with("rw"), "{what}: RAM is {perms}");
+    }
+
+    /// Reads one byte at `addr` in a fork child; returns the signal that ended it (0: none).
+    fn read_in_child(addr: u64) -> i32 {
+        // SAFETY: the child only reads one byte (faulting or not) and calls `_exit`: no lock,
+        // no allocation.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            // SAFETY: a read of any address: it either returns a byte or faults, and the fault
+            // ends only this child.
+            unsafe {
+                (addr as *const u8).read_volatile();
+                libc::_exit(0);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        if libc::WIFSIGNALED(status) {
+            libc::WTERMSIG(status)
+        } else {
+            0
+        }
+    }
+
+    #[test]
+    fn guards_surround_ram() {
+        let ram = GuestRam::new(8 << 20, false, false).unwrap();
+        assert_guarded(&ram, "new");
+        let (start, end) = (ram.hva().raw(), ram.hva().raw() + ram.size());
+        for addr in [start - 1, end, end + (1 << 20), end + GUARD_SIZE - 1] {
+            assert_eq!(read_in_child(addr), libc::SIGSEGV, "a read at {addr:#x}");
+        }
+        assert_eq!(read_in_child(end - 1), 0, "the last byte of RAM reads");
+    }
+
+    /// After either kind of move the RAM is guarded at its new place. A bug: the destination
+    /// made without guards, or the old guards freed while the old range is still in use.
+    #[test]
+    fn remap_keeps_guards() {
+        for dontunmap in [false, true] {
+            let mut ram = GuestRam::new(4 << 20, true, false).unwrap();
+            ram.remap(dontunmap).unwrap();
+            assert_guarded(&ram, &format!("after remap (dontunmap {dontunmap})"));
+        }
+    }
 
     #[test]
     fn translate_checks_bounds_and_overflow() {

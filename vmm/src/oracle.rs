@@ -5,6 +5,11 @@
 //! the PFN guest RAM maps now). A divergence says in which direction and for which pages; when
 //! data and PFNs disagree, the reason says so. The lab's own failures are `error`, never a
 //! verdict about the kernel.
+//!
+//! Everything in the guest's report is untrusted: counters may be anything a u32 holds, indices
+//! and status codes may be out of range, the record count may exceed what the report holds.
+//! Decoding never does arithmetic that can overflow on them (it compares, or saturates) and
+//! never indexes with them unchecked.
 
 use pinlab_abi as abi;
 use serde::Serialize;
@@ -31,6 +36,76 @@ pub struct GuestSummary {
     pub read_stale_page_list: Vec<u32>,
     /// Rounds with a failure (round, lost, stale, errors), first 32.
     pub failing_rounds: Vec<(u32, u32, u32, u32)>,
+    /// Fuzz mode: the hostile operations sent and the valid checks made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fuzz: Option<FuzzSummary>,
+}
+
+/// The first valid check that failed in fuzz mode.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct FuzzFailure {
+    /// Which check (`abi::FUZZ_CHECKS`, or "unknown").
+    pub check: &'static str,
+    /// Hostile operations sent before it.
+    pub after_ops: u64,
+    /// The status the device answered the check's request with.
+    pub status: &'static str,
+}
+
+/// What a fuzz-mode guest reported, in the VMM's terms.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct FuzzSummary {
+    pub ops: u64,
+    /// Hostile operations per kind (`abi::FUZZ_KINDS`).
+    pub per_kind: Vec<(&'static str, u64)>,
+    pub valid_passed: u32,
+    pub valid_failed: u32,
+    pub first_failure: Option<FuzzFailure>,
+    pub phases_sent: u32,
+    pub hostile_accepted: u32,
+    /// The hash of every answer the VMM gave, as hex: equal for equal seeds.
+    pub digest: String,
+}
+
+/// The name of fuzz check `n` (1-based, as the guest numbers them), or "unknown".
+fn fuzz_check_name(n: u32) -> &'static str {
+    n.checked_sub(1)
+        .and_then(|i| abi::FUZZ_CHECKS.get(i as usize))
+        .copied()
+        .unwrap_or("unknown")
+}
+
+impl FuzzSummary {
+    pub fn from_report(r: &abi::Report) -> Self {
+        let t = &r.fuzz;
+        FuzzSummary {
+            ops: t.ops,
+            per_kind: abi::FUZZ_KINDS
+                .iter()
+                .copied()
+                .zip(t.per_kind.iter().copied())
+                .collect(),
+            valid_passed: t.valid_passed,
+            valid_failed: t.valid_failed,
+            first_failure: (t.first_failed_check != 0).then(|| FuzzFailure {
+                check: fuzz_check_name(t.first_failed_check),
+                after_ops: t.first_failed_op,
+                status: abi::status_name(t.first_failed_status),
+            }),
+            phases_sent: t.phases_sent,
+            hostile_accepted: t.hostile_accepted,
+            digest: format!("{:#018x}", t.digest),
+        }
+    }
+}
+
+/// The guest's outcome code, by name ("invalid" for a code the ABI does not define).
+fn guest_status_name(status: u32) -> &'static str {
+    match status {
+        abi::GUEST_OK => "ok",
+        abi::GUEST_ABORTED => "aborted",
+        _ => "invalid",
+    }
 }
 
 fn pages_of(bitmap: &[u64], limit: usize) -> Vec<u32> {
@@ -54,11 +129,7 @@ impl GuestSummary {
     pub fn from_report(r: &abi::Report) -> Self {
         let n = (r.round_records as usize).min(abi::MAX_ROUND_RECORDS);
         GuestSummary {
-            status: if r.status == abi::GUEST_OK {
-                "ok"
-            } else {
-                "aborted"
-            },
+            status: guest_status_name(r.status),
             rounds_done: r.rounds_done,
             region_pages: r.region_pages,
             write_lost_pages: r.write_lost_pages,
@@ -71,9 +142,11 @@ impl GuestSummary {
             first_read_stale: first(r.first_read_stale),
             write_lost_page_list: pages_of(&r.write_lost_bitmap, 64),
             read_stale_page_list: pages_of(&r.read_stale_bitmap, 64),
+            // Any nonzero counter fails the round: no sum of guest counters (a wrapping sum of
+            // u32::MAX and 1 would hide the round).
             failing_rounds: r.rounds[..n]
                 .iter()
-                .filter(|x| x.write_lost_pages + x.read_stale_pages + x.dma_errors > 0)
+                .filter(|x| x.write_lost_pages != 0 || x.read_stale_pages != 0 || x.dma_errors != 0)
                 .take(32)
                 .map(|x| {
                     (
@@ -84,6 +157,7 @@ impl GuestSummary {
                     )
                 })
                 .collect(),
+            fuzz: None,
         }
     }
 }
@@ -114,6 +188,8 @@ pub fn hostile_rows(r: &abi::Report) -> Vec<HostileRow> {
 pub struct Facts<'a> {
     pub mode: GuestMode,
     pub rounds_wanted: u32,
+    /// Fuzz mode: the hostile operations the guest was told to send.
+    pub fuzz_ops: u64,
     pub guest: Option<&'a abi::Report>,
     /// Why the run did not reach the guest's report, if it did not.
     pub failure: Option<String>,
@@ -210,6 +286,7 @@ pub fn judge(f: &Facts<'_>) -> (Verdict, Option<String>) {
                 )
             };
         }
+        GuestMode::Fuzz => return judge_fuzz(r, f.rounds_wanted, f.fuzz_ops),
         // The repeats were refused by the VMM (counted on the timeline): judged as DMA.
         GuestMode::Dma | GuestMode::PhaseRepeat => {}
     }
@@ -232,7 +309,10 @@ pub fn judge(f: &Facts<'_>) -> (Verdict, Option<String>) {
             )),
         );
     }
-    let changed: usize = f.pins.iter().map(|p| p.pinned_pfns_changed_pages).sum();
+    let changed = f
+        .pins
+        .iter()
+        .fold(0usize, |n, p| n.saturating_add(p.pinned_pfns_changed_pages));
     let unreadable = f.pins.iter().find_map(|p| p.unreadable.clone());
     let pfn_note = match (&unreadable, changed) {
         (Some(why), _) => format!("PFN evidence unavailable: {why}"),
@@ -325,6 +405,47 @@ pub fn judge(f: &Facts<'_>) -> (Verdict, Option<String>) {
     )
 }
 
+/// The verdict of a fuzz run: the VMM survived (the report arrived, checked by the caller), the
+/// guest sent what it was told to, and every valid check it made between the hostile operations
+/// passed. Anything else is the lab's failure: a VMM that let hostile traffic break valid traffic.
+fn judge_fuzz(r: &abi::Report, rounds_wanted: u32, ops_wanted: u64) -> (Verdict, Option<String>) {
+    let s = FuzzSummary::from_report(r);
+    if s.ops != ops_wanted || r.rounds_done < rounds_wanted {
+        return (
+            Verdict::Error,
+            Some(format!(
+                "the fuzzing guest sent {} of {ops_wanted} hostile operations over {} of {rounds_wanted} rounds",
+                s.ops, r.rounds_done
+            )),
+        );
+    }
+    if let Some(first) = &s.first_failure {
+        return (
+            Verdict::Error,
+            Some(format!(
+                "{} valid checks failed among the hostile traffic (first: {} after {} hostile operations, status {}); {} passed",
+                s.valid_failed, first.check, first.after_ops, first.status, s.valid_passed
+            )),
+        );
+    }
+    if s.valid_failed != 0 || s.valid_passed == 0 {
+        return (
+            Verdict::Error,
+            Some(format!(
+                "the fuzzing guest's valid checks are not usable: {} passed, {} failed, no first failure",
+                s.valid_passed, s.valid_failed
+            )),
+        );
+    }
+    (
+        Verdict::Coherent,
+        Some(format!(
+            "{} hostile operations answered ({} accepted, {} of them phase markers); all {} valid checks passed; digest {}",
+            s.ops, s.hostile_accepted, s.phases_sent, s.valid_passed, s.digest
+        )),
+    )
+}
+
 /// The verdict of a pin that moves no data: PFNs pinned at map time against PFNs mapped now.
 fn judge_pfn_only(
     r: &abi::Report,
@@ -402,6 +523,207 @@ mod tests {
         }]
     }
 
+    fn facts<'a>(mode: GuestMode, r: &'a abi::Report, pins: &'a [PinEvidence]) -> Facts<'a> {
+        Facts {
+            mode,
+            rounds_wanted: 8,
+            fuzz_ops: 20_000,
+            guest: Some(r),
+            failure: None,
+            pins,
+            region_gpa: Gpa(0x40_0000),
+            control_group: false,
+            pfn_evidence_only: false,
+        }
+    }
+
+    /// Issue 10 item 7: every guest-supplied counter at its extremes. Each row edits a clean
+    /// report and says what the decoding must show. A bug: a round whose counters sum to 0 by
+    /// wrapping (u32::MAX + 1) hidden from the failing rounds (a release build used to), a panic
+    /// on overflow (a debug build used to: exit 101), records read past what the report holds,
+    /// or an out-of-range code taken for a valid one.
+    #[test]
+    fn report_decoding_survives_extreme_counters() {
+        type Edit = fn(&mut abi::Report);
+        type Check = fn(&GuestSummary) -> bool;
+        let max = u32::MAX;
+        let rows: &[(&str, Edit, Check)] = &[
+            (
+                "a round of u32::MAX + 1 failing pages",
+                |r| {
+                    r.round_records = 1;
+                    r.rounds[0] = abi::RoundRecord {
+                        round: 3,
+                        write_lost_pages: u32::MAX,
+                        read_stale_pages: 1,
+                        dma_errors: 0,
+                    };
+                },
+                |s| s.failing_rounds == [(3, u32::MAX, 1, 0)],
+            ),
+            (
+                "every counter of a round at u32::MAX",
+                |r| {
+                    r.round_records = 2;
+                    r.rounds[1] = abi::RoundRecord {
+                        round: 9,
+                        write_lost_pages: u32::MAX,
+                        read_stale_pages: u32::MAX,
+                        dma_errors: u32::MAX,
+                    };
+                },
+                |s| s.failing_rounds == [(9, u32::MAX, u32::MAX, u32::MAX)],
+            ),
+            (
+                "round_records u32::MAX: only the records the report holds, first 32",
+                |r| {
+                    r.round_records = u32::MAX;
+                    for (i, x) in r.rounds.iter_mut().enumerate() {
+                        *x = abi::RoundRecord {
+                            round: i as u32,
+                            write_lost_pages: 0,
+                            read_stale_pages: 0,
+                            dma_errors: (i >= abi::MAX_ROUND_RECORDS - 2) as u32,
+                        };
+                    }
+                },
+                |s| {
+                    let last = abi::MAX_ROUND_RECORDS as u32 - 1;
+                    s.failing_rounds == [(last - 1, 0, 0, 1), (last, 0, 0, 1)]
+                },
+            ),
+            (
+                "round_records one past the report's capacity",
+                |r| {
+                    r.round_records = abi::MAX_ROUND_RECORDS as u32 + 1;
+                    for x in r.rounds.iter_mut() {
+                        x.dma_errors = 1;
+                    }
+                },
+                |s| s.failing_rounds.len() == 32,
+            ),
+            (
+                "status out of range",
+                |r| r.status = 7,
+                |s| s.status == "invalid",
+            ),
+            (
+                "status 0 (never set)",
+                |r| r.status = 0,
+                |s| s.status == "invalid",
+            ),
+            (
+                "first failures: u32::MAX is the sentinel of the round only",
+                |r| {
+                    r.first_write_lost = [u32::MAX, 5];
+                    r.first_read_stale = [5, u32::MAX];
+                },
+                |s| s.first_write_lost.is_none() && s.first_read_stale == Some((5, u32::MAX)),
+            ),
+            (
+                "first error status past the ABI's codes",
+                |r| r.first_error_status = u32::MAX,
+                |s| s.first_error_status == Some("unknown"),
+            ),
+        ];
+        for (what, edit, check) in rows {
+            let mut r = report(0, 0, 0);
+            r.first_write_lost = [max; 2];
+            r.first_read_stale = [max; 2];
+            edit(&mut r);
+            let summary = GuestSummary::from_report(&r);
+            assert!(check(&summary), "{what}: {summary:?}");
+            // Judging the same report never panics either, in any mode.
+            for mode in [GuestMode::Dma, GuestMode::Fuzz, GuestMode::Hostile] {
+                let _ = judge(&facts(mode, &r, &[]));
+            }
+        }
+    }
+
+    /// Totals at u32::MAX reach the verdict as they are: no wrap to "no failure". Each row:
+    /// the edit, the verdict, a word the reason must hold.
+    #[test]
+    fn extreme_totals_reach_the_verdict() {
+        type Edit = fn(&mut abi::Report);
+        let rows: &[(&str, GuestMode, Edit, Verdict, &str)] = &[
+            (
+                "u32::MAX failed descriptors",
+                GuestMode::Dma,
+                |r| r.dma_errors = u32::MAX,
+                Verdict::Error,
+                "4294967295 DMA descriptors failed (first status: pending)",
+            ),
+            (
+                "u32::MAX lost pages",
+                GuestMode::Dma,
+                |r| r.write_lost_pages = u32::MAX,
+                Verdict::Diverged,
+                "device writes lost on 4294967295 pages",
+            ),
+            (
+                "a status the ABI does not define",
+                GuestMode::Dma,
+                |r| r.status = u32::MAX,
+                Verdict::Error,
+                "aborted",
+            ),
+            (
+                "fuzz: a first failed check past the list",
+                GuestMode::Fuzz,
+                |r| {
+                    r.fuzz.ops = 20_000;
+                    r.fuzz.valid_passed = u32::MAX;
+                    r.fuzz.valid_failed = u32::MAX;
+                    r.fuzz.first_failed_check = u32::MAX;
+                    r.fuzz.first_failed_status = u32::MAX;
+                },
+                Verdict::Error,
+                "first: unknown after",
+            ),
+            (
+                "fuzz: failures counted without a first one",
+                GuestMode::Fuzz,
+                |r| {
+                    r.fuzz.ops = 20_000;
+                    r.fuzz.valid_passed = 10;
+                    r.fuzz.valid_failed = 1;
+                },
+                Verdict::Error,
+                "not usable",
+            ),
+            (
+                "fuzz: u64::MAX operations, not the ones asked",
+                GuestMode::Fuzz,
+                |r| {
+                    r.fuzz.ops = u64::MAX;
+                    r.fuzz.valid_passed = 10;
+                },
+                Verdict::Error,
+                "sent 18446744073709551615 of 20000",
+            ),
+            (
+                "fuzz: all passed",
+                GuestMode::Fuzz,
+                |r| {
+                    r.fuzz.ops = 20_000;
+                    r.fuzz.valid_passed = 10;
+                },
+                Verdict::Coherent,
+                "all 10 valid checks passed",
+            ),
+        ];
+        for &(what, mode, edit, want, word) in rows {
+            let mut r = report(0, 0, 0);
+            r.fuzz = abi::FuzzTally::NONE;
+            edit(&mut r);
+            let huge = pins(usize::MAX, None);
+            let (verdict, reason) = judge(&facts(mode, &r, &[huge[0].clone(), huge[0].clone()]));
+            let reason = reason.unwrap_or_default();
+            assert_eq!(verdict, want, "{what}: {reason}");
+            assert!(reason.contains(word), "{what}: {reason}");
+        }
+    }
+
     /// A DMA run whose guest saw `lost` pages lose device writes (pages 0..lost of the region
     /// at the pins' GPA), judged against pins with `changed` pages 0..changed moved.
     fn judge_dma(lost: u32, changed: usize, control_group: bool) -> (Verdict, String) {
@@ -414,6 +736,7 @@ mod tests {
         let (v, reason) = judge(&Facts {
             mode: GuestMode::Dma,
             rounds_wanted: 8,
+            fuzz_ops: 0,
             guest: Some(&r),
             failure: None,
             pins: &p,
@@ -518,6 +841,7 @@ mod tests {
             let (verdict, reason) = judge(&Facts {
                 mode: GuestMode::Dma,
                 rounds_wanted: 8,
+                fuzz_ops: 0,
                 guest: Some(&r),
                 failure: None,
                 pins: &p,

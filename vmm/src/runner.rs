@@ -24,7 +24,8 @@ use crate::timeline::{LaunchStep, Mono, Timeline, What};
 use crate::vcpu::{self, Exit};
 use crate::vm::Vm;
 
-/// The seed of the run's patterns (fixed: runs are reproducible; rounds and directions vary it).
+/// The seed of the run's patterns when the scenario names none (`workload.seed`): runs are
+/// reproducible; rounds and directions vary it, and in fuzz mode it seeds the guest's PRNG.
 const SEED: u64 = 0x005e_ed0f_d1a6;
 /// DMA descriptor size: a 2 MiB region is moved in 4 descriptors per direction per round.
 const TRANSFER_LEN: u64 = 512 << 10;
@@ -106,6 +107,7 @@ pub fn boot_info(s: &Scenario, layout: &Layout) -> abi::BootInfo {
             GuestMode::Hostile => abi::MODE_HOSTILE,
             GuestMode::ConsoleFlood => abi::MODE_CONSOLE_FLOOD,
             GuestMode::PhaseRepeat => abi::MODE_PHASE_REPEAT,
+            GuestMode::Fuzz => abi::MODE_FUZZ,
         },
         ram_size: s.vm.memory.0,
         region_gpa: layout.region.start.raw(),
@@ -117,8 +119,9 @@ pub fn boot_info(s: &Scenario, layout: &Layout) -> abi::BootInfo {
             Directions::FromGuest => abi::DIR_FROM_GUEST,
             Directions::ToGuest => abi::DIR_TO_GUEST,
         },
-        seed: SEED,
+        seed: s.workload.seed.unwrap_or(SEED),
         transfer_len: TRANSFER_LEN,
+        fuzz_ops: s.workload.fuzz_ops(),
     }
 }
 
@@ -466,7 +469,11 @@ fn run_inner<H: PhaseHook>(
         failure = Some(format!("ending the host actions: {e}"));
     }
     if let Some(r) = &report {
-        out.guest = Some(GuestSummary::from_report(r));
+        let mut summary = GuestSummary::from_report(r);
+        if s.workload.mode == GuestMode::Fuzz {
+            summary.fuzz = Some(oracle::FuzzSummary::from_report(r));
+        }
+        out.guest = Some(summary);
         out.device_write_lost_pages = r.write_lost_pages;
         out.device_read_stale_pages = r.read_stale_pages;
         if s.workload.mode == GuestMode::Hostile {
@@ -476,6 +483,7 @@ fn run_inner<H: PhaseHook>(
     let (verdict, reason) = oracle::judge(&Facts {
         mode: s.workload.mode,
         rounds_wanted: s.workload.rounds,
+        fuzz_ops: s.workload.fuzz_ops(),
         guest: report.as_deref(),
         failure,
         pins: &out.pins,

@@ -142,6 +142,10 @@ pub enum GuestMode {
     /// The DMA workload with every rounds-start and round-done marker repeated: each host action
     /// must run once.
     PhaseRepeat,
+    /// Seeded random hostile traffic (`workload.ops` operations: descriptors, doorbells, maps,
+    /// unmaps, DMA, setups, phase markers, console records, port I/O) interleaved with valid
+    /// traffic the guest checks; the VMM must survive and the valid traffic stay correct.
+    Fuzz,
 }
 
 /// Which DMA directions each round exercises.
@@ -462,6 +466,14 @@ pub struct WorkloadSpec {
     /// Offset of the DMA region inside its 2 MiB huge page (a multiple of 4 KiB).
     pub region_offset: ByteSize,
     pub directions: Directions,
+    /// Seed of the guest's patterns and, in fuzz mode, of its PRNG (default: pinlab's fixed
+    /// seed): the same seed sends the same operations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Fuzz mode: hostile operations to send, spread over the rounds (default
+    /// `DEFAULT_FUZZ_OPS`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ops: Option<u64>,
 }
 
 impl Default for WorkloadSpec {
@@ -472,6 +484,23 @@ impl Default for WorkloadSpec {
             region: ByteSize::mib(2),
             region_offset: ByteSize(0),
             directions: Directions::Both,
+            seed: None,
+            ops: None,
+        }
+    }
+}
+
+/// Fuzz mode's hostile operations when `workload.ops` is not given.
+pub const DEFAULT_FUZZ_OPS: u64 = 100_000;
+/// The most hostile operations one fuzz run may ask for.
+pub const MAX_FUZZ_OPS: u64 = 100_000_000;
+
+impl WorkloadSpec {
+    /// The hostile operations the guest sends (0 outside fuzz mode).
+    pub fn fuzz_ops(&self) -> u64 {
+        match self.mode {
+            GuestMode::Fuzz => self.ops.unwrap_or(DEFAULT_FUZZ_OPS),
+            _ => 0,
         }
     }
 }
@@ -625,8 +654,25 @@ impl Scenario {
             };
             return Err(invalid(key, e.to_string()));
         }
-        if matches!(w.mode, GuestMode::Dma | GuestMode::PhaseRepeat) && w.rounds == 0 {
+        if matches!(
+            w.mode,
+            GuestMode::Dma | GuestMode::PhaseRepeat | GuestMode::Fuzz
+        ) && w.rounds == 0
+        {
             return Err(invalid("workload.rounds", "must be at least 1"));
+        }
+        match (w.mode, w.ops) {
+            (GuestMode::Fuzz, Some(n)) if !(1..=MAX_FUZZ_OPS).contains(&n) => {
+                return Err(invalid(
+                    "workload.ops",
+                    format!("is {n}: must be within 1..={MAX_FUZZ_OPS}"),
+                ))
+            }
+            (GuestMode::Fuzz, _) | (_, None) => {}
+            (_, Some(_)) => return Err(invalid(
+                "workload.ops",
+                "counts the hostile operations of mode = \"fuzz\"; set the mode or drop the key",
+            )),
         }
         let p = &self.perturb;
         if !p.actions.is_empty()
@@ -781,6 +827,20 @@ mod tests {
         base().validate().unwrap();
     }
 
+    /// A fuzz scenario parses with its seed and op count, and only fuzz mode sends ops. A bug:
+    /// a DMA run told to send hostile operations, or a fuzz run with none.
+    #[test]
+    fn fuzz_mode_counts_its_ops() {
+        let s: Scenario =
+            toml::from_str("[workload]\nmode = \"fuzz\"\nops = 20000\nseed = 7\n").unwrap();
+        s.validate().unwrap();
+        assert_eq!((s.workload.fuzz_ops(), s.workload.seed), (20_000, Some(7)));
+        let mut d: Scenario = toml::from_str("[workload]\nmode = \"fuzz\"\n").unwrap();
+        assert_eq!(d.workload.fuzz_ops(), DEFAULT_FUZZ_OPS);
+        d.workload.mode = GuestMode::Dma;
+        assert_eq!(d.workload.fuzz_ops(), 0);
+    }
+
     /// Both orders parse from their names, and ksm-shadow after ksm is fine in pinned-first
     /// order (this process is on KSM's list first either way).
     #[test]
@@ -898,6 +958,35 @@ mod tests {
                 "workload.region",
             ),
             ("zero rounds", |s| s.workload.rounds = 0, "workload.rounds"),
+            (
+                "fuzz with zero rounds",
+                |s| {
+                    s.workload.mode = GuestMode::Fuzz;
+                    s.workload.rounds = 0;
+                },
+                "workload.rounds",
+            ),
+            (
+                "fuzz with zero ops",
+                |s| {
+                    s.workload.mode = GuestMode::Fuzz;
+                    s.workload.ops = Some(0);
+                },
+                "workload.ops",
+            ),
+            (
+                "fuzz with more ops than a run may send",
+                |s| {
+                    s.workload.mode = GuestMode::Fuzz;
+                    s.workload.ops = Some(MAX_FUZZ_OPS + 1);
+                },
+                "workload.ops",
+            ),
+            (
+                "ops outside fuzz mode",
+                |s| s.workload.ops = Some(10),
+                "workload.ops",
+            ),
             (
                 "small pages with THP on",
                 |s| s.vm.memory_kind = Some(MemoryKind::Small),

@@ -23,7 +23,7 @@
 #![no_std]
 
 /// ABI version; the VMM refuses a guest image built against another one.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 // ---------------------------------------------------------------------------------------------
 // Memory layout.
@@ -96,6 +96,13 @@ pub const MODE_CONSOLE_FLOOD: u32 = 5;
 /// `1 + PHASE_REPEAT_EXTRA` times. The VMM must act on each phase once and refuse the repeats.
 pub const MODE_PHASE_REPEAT: u32 = 6;
 
+/// Hostile: a seeded PRNG sends `BootInfo::fuzz_ops` random doorbells, descriptors, maps,
+/// unmaps, DMA requests, queue-header scribbles, setups, phase markers, console records and port
+/// I/O, interleaved with valid traffic whose results the guest checks (`Report::fuzz`). The
+/// VMM must survive, answer every hostile request without acting outside guest RAM, run each
+/// host action once, and keep the valid traffic correct.
+pub const MODE_FUZZ: u32 = 7;
+
 /// In `MODE_PHASE_REPEAT`, how many times each repeated marker is sent again.
 pub const PHASE_REPEAT_EXTRA: u32 = 2;
 
@@ -123,6 +130,8 @@ pub struct BootInfo {
     pub seed: u64,
     /// Descriptor size for DMA transfers (bytes, a 4 KiB multiple): the batch granularity.
     pub transfer_len: u64,
+    /// `MODE_FUZZ`: how many hostile operations to send (the PRNG's seed is `seed`).
+    pub fuzz_ops: u64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -394,6 +403,72 @@ pub struct Report {
     /// Descriptors the pin mechanism could not execute (`STATUS_UNSUPPORTED`: vmsplice device
     /// writes); their rounds are not verified in that direction.
     pub unsupported: u32,
+    /// `MODE_FUZZ`: what the guest sent and what its valid traffic saw.
+    pub fuzz: FuzzTally,
+}
+
+/// Kinds of hostile operation in `MODE_FUZZ`, in `FuzzTally::per_kind` order.
+pub const FUZZ_KINDS: [&str; 9] = [
+    "iommu-descriptor",
+    "dma-descriptor",
+    "doorbell",
+    "queue-header",
+    "forged-tail",
+    "setup",
+    "phase",
+    "console",
+    "port-io",
+];
+
+/// Kinds of valid check in `MODE_FUZZ` (`FuzzTally::first_failed_check`, 1-based; 0: none).
+pub const FUZZ_CHECKS: [&str; 7] = [
+    "device-write-seen",
+    "device-read-checksum",
+    "map-unmap",
+    "unmapped-refused",
+    "completion-tag",
+    "setup-restored",
+    "forged-tail-flagged",
+];
+
+/// `MODE_FUZZ` results: the hostile operations sent and the valid checks made.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FuzzTally {
+    /// Hostile operations sent (the guest stops at `BootInfo::fuzz_ops`).
+    pub ops: u64,
+    /// Hostile operations per kind (`FUZZ_KINDS`).
+    pub per_kind: [u64; FUZZ_KINDS.len()],
+    pub valid_passed: u32,
+    pub valid_failed: u32,
+    /// The hostile operation count when the first valid check failed (`u64::MAX`: none).
+    pub first_failed_op: u64,
+    /// Which check failed first (1-based index into `FUZZ_CHECKS`; 0: none).
+    pub first_failed_check: u32,
+    /// The status the device answered the failed check's request with (0: none or OK).
+    pub first_failed_status: u32,
+    /// Hostile phase markers sent (each must be refused by the VMM).
+    pub phases_sent: u32,
+    /// Hostile requests the device answered OK (maps of scratch memory, DMA through them).
+    pub hostile_accepted: u32,
+    /// A hash of every status the VMM answered, in order: the same seed gives the same digest.
+    pub digest: u64,
+}
+
+impl FuzzTally {
+    /// Nothing sent, nothing checked.
+    pub const NONE: FuzzTally = FuzzTally {
+        ops: 0,
+        per_kind: [0; FUZZ_KINDS.len()],
+        valid_passed: 0,
+        valid_failed: 0,
+        first_failed_op: u64::MAX,
+        first_failed_check: 0,
+        first_failed_status: 0,
+        phases_sent: 0,
+        hostile_accepted: 0,
+        digest: 0,
+    };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -530,6 +605,20 @@ const _: () = {
     assert!(core::mem::size_of::<BootInfo>() as u64 <= BOOT_INFO_SIZE);
     assert!(core::mem::size_of::<DeviceSetup>() == 32);
     assert!(core::mem::size_of::<Phase>() == 16);
+    // No implicit padding in the records read as bytes (every byte pattern is a valid value).
+    assert!(core::mem::size_of::<FuzzTally>() == 8 + 8 * FUZZ_KINDS.len() + 8 + 8 + 16 + 8);
+    assert!(core::mem::size_of::<BootInfo>() == 80);
+    assert!(
+        core::mem::size_of::<Report>()
+            == 8 + 4 * 6
+                + 4 * 4
+                + 4 * 2
+                + core::mem::size_of::<RoundRecord>() * MAX_ROUND_RECORDS
+                + 8 * (MAX_REGION_PAGES / 64) * 2
+                + 4 * HOSTILE_CLASSES.len()
+                + 4 * 2
+                + core::mem::size_of::<FuzzTally>()
+    );
     assert!(PD_GPA + 4 * PAGE_SIZE <= BOOT_INFO_GPA);
     assert!(BOOT_INFO_GPA + BOOT_INFO_SIZE == TSS_GPA);
     assert!(TSS_GPA + TSS_SIZE <= RESERVED_END_GPA);
@@ -663,6 +752,9 @@ mod byte_valued {
     unsafe impl vm_memory::ByteValued for Phase {}
     // SAFETY: as above.
     unsafe impl vm_memory::ByteValued for RoundRecord {}
-    // SAFETY: as above (the trailing `_pad` makes the size a multiple of 8).
+    // SAFETY: as above; `FuzzTally` is one of them, and the layout checks above assert the
+    // sizes that rule out implicit padding.
+    unsafe impl vm_memory::ByteValued for FuzzTally {}
+    // SAFETY: as above (its fields' sizes add up to a multiple of 8, so no trailing padding).
     unsafe impl vm_memory::ByteValued for Report {}
 }

@@ -2,13 +2,15 @@
 //!
 //! It reads its boot info, tells the devices where its queues are, and runs the mode the VMM
 //! asked for: the DMA workload, a minimal boot, a spin (for the watchdog), hostile requests, a
-//! console flood, or the workload with its phase markers repeated.
+//! console flood, the workload with its phase markers repeated, or seeded random hostile
+//! traffic with valid traffic checked between (fuzz).
 
 #![no_std]
 #![no_main]
 
 mod console;
 mod device;
+mod fuzz;
 mod hostile;
 mod panic;
 mod report;
@@ -45,6 +47,10 @@ pub extern "C" fn guest_main() -> ! {
         },
         abi::MODE_HOSTILE => {
             report::with(|r| hostile::run(&info, iq, dq, r));
+            report::done(abi::GUEST_OK)
+        }
+        abi::MODE_FUZZ => {
+            report::with(|r| fuzz::run(&info, iq, dq, r));
             report::done(abi::GUEST_OK)
         }
         abi::MODE_CONSOLE_FLOOD => {

@@ -43,6 +43,7 @@ static REPORT: ReportCell = ReportCell {
         hostile_status: [0; abi::HOSTILE_CLASSES.len()],
         hostile_recovered: 0,
         unsupported: 0,
+        fuzz: abi::FuzzTally::NONE,
     }),
     lent: Cell::new(false),
 };

@@ -64,9 +64,17 @@ pub struct RunArgs {
     /// Create, enable and finally remove a swapfile of this size for the run.
     #[arg(long)]
     pub swap: Option<ByteSize>,
-    /// Guest mode: dma, boot, spin (watchdog tests), hostile, console-flood, phase-repeat.
+    /// Guest mode: dma, boot, spin (watchdog tests), hostile, console-flood, phase-repeat, fuzz
+    /// (seeded random hostile traffic with valid traffic checked; see --ops, --seed).
     #[arg(long, value_parser = parse_mode)]
     pub mode: Option<GuestMode>,
+    /// Fuzz mode: hostile operations to send (default 100000).
+    #[arg(long)]
+    pub ops: Option<u64>,
+    /// Seed of the guest's patterns and of the fuzz mode's PRNG (the same seed sends the same
+    /// operations).
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Watchdog timeout, e.g. 10s.
     #[arg(long)]
     pub watchdog: Option<Duration>,
@@ -97,7 +105,7 @@ pub struct RunArgs {
 
 fn parse_mode(s: &str) -> Result<GuestMode, String> {
     serde_json::from_value(serde_json::Value::String(s.into())).map_err(|_| {
-        format!("unknown mode `{s}` (dma, boot, spin, hostile, console-flood, phase-repeat)")
+        format!("unknown mode `{s}` (dma, boot, spin, hostile, console-flood, phase-repeat, fuzz)")
     })
 }
 

@@ -53,6 +53,12 @@ fn apply(args: &RunArgs, s: &mut Scenario) {
     if let Some(m) = args.mode {
         s.workload.mode = m;
     }
+    if let Some(n) = args.ops {
+        s.workload.ops = Some(n);
+    }
+    if let Some(seed) = args.seed {
+        s.workload.seed = Some(seed);
+    }
     if let Some(w) = args.watchdog {
         s.vm.watchdog = w;
     }

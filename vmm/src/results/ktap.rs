@@ -35,6 +35,15 @@ fn one_line(s: &str) -> String {
     s.replace(['\n', '\r'], " ")
 }
 
+/// A SKIP's reason on one line, never empty (a SKIP says why).
+fn skip_reason(why: &str) -> String {
+    let why = one_line(why);
+    match why.trim() {
+        "" => "no reason given".to_string(),
+        t => t.to_string(),
+    }
+}
+
 /// Names unique at one level: a repeated name gets `-2`, `-3`, ...
 fn unique_names(cases: &[Case]) -> Vec<String> {
     let mut seen = BTreeSet::new();
@@ -67,7 +76,7 @@ fn block(out: &mut String, cases: &[Case], depth: usize) {
         let line = match &c.status {
             Status::Pass => format!("ok {} {n}", i + 1),
             Status::Fail => format!("not ok {} {n}", i + 1),
-            Status::Skip(why) => format!("ok {} {n} # SKIP {}", i + 1, one_line(why)),
+            Status::Skip(why) => format!("ok {} {n} # SKIP {}", i + 1, skip_reason(why)),
         };
         let _ = writeln!(out, "{pad}{line}");
     }
@@ -172,6 +181,10 @@ pub fn check(text: &str) -> Result<Summary, Violation> {
             top.plan = Some(count);
             top.summary.planned = count;
             expect_plan = false;
+            if stack.len() == 1 && count == 0 {
+                // `1..0`: a complete document with no results.
+                done = Some(stack[0].summary.clone());
+            }
             continue;
         }
         // A result line at some level: it may close deeper levels first.
@@ -311,6 +324,28 @@ mod tests {
             let e = check(text).expect_err(text);
             assert!(e.rule.contains(rule), "{text:?}: {e}");
         }
+    }
+
+    /// Found by fuzzing (`check(render(cases))` must hold for any cases): a skip with an empty
+    /// or blank reason rendered `# SKIP ` (refused: a SKIP says why), and no cases at all
+    /// rendered `1..0`, which the checker took for a document ending early.
+    #[test]
+    fn blank_skips_and_empty_plans_render_valid_ktap() {
+        let cases = vec![
+            Case::new("a", Status::Skip(String::new())),
+            Case::new("b", Status::Skip(" \n\r ".into())),
+        ];
+        let text = render(&cases, &[]);
+        assert!(text.contains("ok 1 a # SKIP no reason given\n"), "{text}");
+        assert_eq!(check(&text).map(|s| s.skipped), Ok(2), "{text}");
+        for header in [vec![], vec!["kernel 6.18".to_string()]] {
+            let empty = render(&[], &header);
+            assert_eq!(check(&empty), Ok(Summary::default()), "{empty:?}");
+        }
+        assert!(
+            check("KTAP version 1\n1..0\nok 1 a\n").is_err(),
+            "results past 1..0"
+        );
     }
 
     #[test]
