@@ -236,3 +236,60 @@ fn signals_restore_the_host() {
         println!("ok: {what} ({} children seen)", seen.len());
     }
 }
+
+/// SIGTERM to `pinlab matrix` while its child runs a KSM storm: the matrix forwards the signal,
+/// reaps the child (which restores KSM), and exits 128 + SIGTERM. A bug would show as the child
+/// (or its children) still running after the matrix exited, KSM left running, or another status.
+#[test]
+fn sigterm_to_the_matrix_reaches_its_running_child() {
+    if skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/live-iouring-ksm.toml"),
+    )
+    .expect("read the KSM scenario");
+    // A long storm, so the signal lands while KSM is running under the matrix's child.
+    let text = text
+        .replace("rounds = 6", "rounds = 400")
+        .replace("after_round = 2", "storm = 200");
+    std::fs::write(dir.path().join("long-ksm-storm.toml"), text).expect("write the scenario");
+    let before = baseline();
+    let matrix = Command::new(env!("CARGO_BIN_EXE_pinlab"))
+        .arg("matrix")
+        .arg(dir.path())
+        .args(["--format", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pinlab matrix");
+    let pid = matrix.id();
+    let mut seen = Vec::new();
+    let hit = wait_until(pid, &mut seen, Duration::from_secs(30), || {
+        ksm_running() && !children_of(pid).is_empty()
+    });
+    assert!(hit, "the matrix's child never started KSM");
+    // The run's own children (fork helpers), as far as they are visible now.
+    for c in seen.clone() {
+        seen.extend(children_of(c));
+    }
+    let (code, stderr) = signal_and_wait(matrix, libc::SIGTERM);
+    assert_eq!(
+        code,
+        Some(128 + libc::SIGTERM),
+        "exit status; stderr: {stderr}"
+    );
+    let after = {
+        let _lock = SystemLock::acquire().expect("system lock");
+        host_state()
+    };
+    assert_eq!(before, after, "host state changed; stderr: {stderr}");
+    assert!(!seen.is_empty());
+    for c in &seen {
+        let ours = std::fs::read_to_string(format!("/proc/{c}/cmdline"))
+            .is_ok_and(|cmd| cmd.contains("pinlab"));
+        assert!(!(alive(*c) && ours), "child {c} of the matrix survived it");
+    }
+}

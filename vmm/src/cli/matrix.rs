@@ -19,7 +19,8 @@ pub(super) fn forward_signals(stop: Arc<Stop>) -> std::io::Result<()> {
     // SAFETY: an empty sigset is valid storage for sigemptyset/sigaddset.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is valid; the calls only write it, and pthread_sigmask changes this
-    // thread's mask (children get an empty mask again at exec, as std::process resets it).
+    // thread's mask. The mask survives exec: `pinlab run` unblocks both when it installs its
+    // restore handlers.
     unsafe {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);

@@ -224,13 +224,18 @@ pub fn journal_path(dir: &Path, pid: u32) -> PathBuf {
     dir.join(format!("knobs-{pid}.json"))
 }
 
-/// Start time of `pid` (field 22 of `/proc/<pid>/stat`), `None` if it does not exist.
+/// Start time of a living `pid` (field 22 of `/proc/<pid>/stat`); `None` if it does not exist
+/// or has exited and is only a zombie (state `Z` or `X`: it can change nothing any more, so its
+/// journal is a dead run's).
 pub fn process_start_time(pid: u32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // comm (field 2) may contain spaces and parentheses: fields resume after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // rest starts with field 3 (state); field 22 is the 20th from there.
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    // Field 3 is the state; field 22 is the 19th after it.
+    if matches!(fields.next()?, "Z" | "X" | "x") {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// Writes `journal` atomically to `dir/knobs-<pid>.json`.
@@ -449,6 +454,21 @@ mod tests {
     fn start_time_of_self_and_of_a_dead_pid() {
         assert!(process_start_time(std::process::id()).is_some());
         assert_eq!(process_start_time(dead_pid()), None);
+        // An exited, unreaped child is a zombie: its journal is a dead run's.
+        let child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let zombie = (0..500).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            })
+        });
+        assert!(zombie, "the child never became a zombie");
+        assert_eq!(process_start_time(pid), None, "a zombie counts as alive");
+        let mut child = child;
+        child.wait().unwrap();
     }
 
     #[test]
