@@ -92,6 +92,9 @@ pub fn cmd_sweep(args: SweepArgs) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    if let Some(Err(e)) = args.trace.as_deref().map(pinlab::trace::check_dir) {
+        return usage_error(e);
+    }
     let stop = Arc::new(Stop::new());
     if let Err(e) = forward_signals(stop.clone()) {
         return usage_error(format!("blocking SIGINT/SIGTERM for forwarding: {e}"));
@@ -107,20 +110,27 @@ pub fn cmd_sweep(args: SweepArgs) -> ExitCode {
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let result = sweep::run(&cells, era, &exe, &stop, |done, total, row| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-        bar.set_message(format!(
-            "{} {}",
-            row.scenario,
-            row.verdict.map_or("-".into(), |v| v.to_string())
-        ));
-        if format == Format::Jsonl {
-            if let Ok(j) = serde_json::to_string(row) {
-                println!("{j}");
+    let result = sweep::run(
+        &cells,
+        era,
+        &exe,
+        args.trace.as_deref(),
+        &stop,
+        |done, total, row| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+            bar.set_message(format!(
+                "{} {}",
+                row.scenario,
+                row.verdict.map_or("-".into(), |v| v.to_string())
+            ));
+            if format == Format::Jsonl {
+                if let Ok(j) = serde_json::to_string(row) {
+                    println!("{j}");
+                }
             }
-        }
-    });
+        },
+    );
     bar.finish_and_clear();
     let s = match result {
         Ok(s) => s,
