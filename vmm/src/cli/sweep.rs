@@ -71,6 +71,9 @@ fn print(s: &Sweep, format: Format) -> Result<(), String> {
 
 pub fn cmd_sweep(args: SweepArgs) -> ExitCode {
     let format = args.out.format();
+    if let Some(Err(e)) = args.trace.as_deref().map(pinlab::trace::check_dir) {
+        return usage_error(e);
+    }
     let era = match era(args.era.as_deref()) {
         Ok(e) => e,
         Err(e) => return usage_error(e),
@@ -91,9 +94,6 @@ pub fn cmd_sweep(args: SweepArgs) -> ExitCode {
             not_built.len()
         );
         return ExitCode::SUCCESS;
-    }
-    if let Some(Err(e)) = args.trace.as_deref().map(pinlab::trace::check_dir) {
-        return usage_error(e);
     }
     let stop = Arc::new(Stop::new());
     if let Err(e) = forward_signals(stop.clone()) {
