@@ -725,3 +725,136 @@ fn sigkill_leaves_a_journaled_instance_that_the_next_run_removes() {
     );
     assert!(!journal.exists(), "journal left after the next run");
 }
+
+const MATRIX_A: &str = r#"name = "trace-matrix-a"
+about = "Two rounds, nothing perturbs: coherent."
+[vm]
+memory = "64MiB"
+thp = true
+[device]
+pin = "io-uring"
+[workload]
+rounds = 3
+region = "1MiB"
+[expect]
+live = "coherent"
+"#;
+
+const MATRIX_B: &str = r#"name = "trace-matrix-b"
+about = "MADV_DONTNEED on the pinned region: diverged."
+[vm]
+memory = "64MiB"
+thp = true
+[device]
+pin = "io-uring"
+[workload]
+rounds = 4
+region = "2MiB"
+[perturb]
+actions = ["dontneed"]
+after_round = 1
+[expect]
+live = "diverged"
+"#;
+
+/// `matrix --trace DIR`: one Chrome trace per scenario, named after it, each a valid trace of
+/// its own run, and no instance left. A bug shows as one file for the whole matrix (or none), a
+/// file that does not parse, or a child that left its instance behind.
+#[test]
+fn a_traced_matrix_writes_one_trace_per_scenario() {
+    if skip_without_kvm() || skip_without_tracefs() {
+        return;
+    }
+    let scenarios = tempfile::tempdir().unwrap();
+    std::fs::write(scenarios.path().join("a.toml"), MATRIX_A).unwrap();
+    std::fs::write(scenarios.path().join("b.toml"), MATRIX_B).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let run = {
+        let _r = runs();
+        run_pinlab(&[
+            "matrix",
+            scenarios.path().to_str().unwrap(),
+            "--format",
+            "json",
+            "--trace",
+            out.path().to_str().unwrap(),
+        ])
+    };
+    let show = run.show();
+    let m = run.json();
+    let rows = m["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 2, "{show}");
+    let mut pids = Vec::new();
+    for name in ["trace-matrix-a", "trace-matrix-b"] {
+        let row = rows
+            .iter()
+            .find(|r| r["scenario"] == name)
+            .unwrap_or_else(|| panic!("no row {name}\n{show}"));
+        let report = &row["report"];
+        if report["verdict"] == "skipped" {
+            println!("skipped: {name}: {}", report["reason"]);
+            continue;
+        }
+        let file = pinlab::trace::matrix_trace_path(out.path(), name);
+        assert_eq!(report["trace"]["status"], "recorded", "{name}\n{show}");
+        assert_eq!(
+            report["trace"]["file"].as_str().map(PathBuf::from),
+            Some(file.clone()),
+            "{name}: traced elsewhere\n{show}"
+        );
+        let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{file:?}: {e}\n{show}"));
+        let chrome: Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("{file:?} is not JSON: {e}\n{show}"));
+        assert_eq!(
+            chrome.pointer("/otherData/pinlab/scenario"),
+            Some(&Value::from(name)),
+            "{file:?} is another scenario's trace\n{show}"
+        );
+        pinlab::trace::chrome::check(&bytes).unwrap_or_else(|e| panic!("{file:?}: {e}\n{show}"));
+        assert!(
+            pinlab::trace::raw_path(&file).exists(),
+            "no raw text beside {file:?}\n{show}"
+        );
+        pids.push(run_pid(report));
+    }
+    let jsons = std::fs::read_dir(out.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .count();
+    assert_eq!(jsons, pids.len(), "JSON files in DIR\n{show}");
+    if pids.len() == 2 {
+        assert_ne!(pids[0], pids[1], "both traces from one process\n{show}");
+    }
+    let left: Vec<String> = pinlab_instances()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| pids.iter().any(|&p| *n == instance_of(p)))
+        .collect();
+    assert!(left.is_empty(), "instances left: {left:?}\n{show}");
+}
+
+/// `matrix`/`sweep --trace` of a file or a missing directory: a usage error (exit 2) before any
+/// child runs.
+#[test]
+fn a_trace_dir_that_is_not_a_writable_directory_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, "").unwrap();
+    let missing = dir.path().join("missing");
+    for (cmd, bad) in [("matrix", &file), ("matrix", &missing), ("sweep", &file)] {
+        let mut args = vec![cmd, "--format", "json", "--trace", bad.to_str().unwrap()];
+        if cmd == "sweep" {
+            args.extend(["--cells", "1"]);
+        }
+        let run = run_pinlab(&args);
+        assert_eq!(run.status.code(), Some(2), "{}", run.show());
+        assert!(run.stdout.trim().is_empty(), "it ran\n{}", run.show());
+        assert!(run.stderr.contains(bad.to_str().unwrap()), "{}", run.show());
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "wrote into DIR"
+    );
+}

@@ -7,7 +7,8 @@
 //! restores the host state it changed), then SIGKILL, and it is always reaped. A `Stop` handle
 //! lets the caller forward SIGINT/SIGTERM to the running child and end the matrix early.
 //! Model-only scenarios (`live = false`) are listed and left to `pinlab replay`. Verdicts are
-//! compared with each scenario's `expect.live`.
+//! compared with each scenario's `expect.live`. With a trace directory, each child gets
+//! `--trace DIR/<scenario>.json`: one trace per scenario.
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
@@ -190,10 +191,12 @@ impl Drop for TempScenario {
     }
 }
 
-/// Runs one scenario in a child; (its JSON result, why there is none).
+/// Runs one scenario in a child, traced to `trace` when given; (its JSON result, why there is
+/// none).
 fn run_one(
     exe: &std::path::Path,
     l: &Loaded,
+    trace: Option<&std::path::Path>,
     stop: &Stop,
 ) -> Result<(Option<serde_json::Value>, String), Error> {
     let mut _generated = None;
@@ -207,10 +210,12 @@ fn run_one(
             p
         }
     };
-    let mut child = Command::new(exe)
-        .arg("run")
-        .arg(arg)
-        .arg("--json")
+    let mut command = Command::new(exe);
+    command.arg("run").arg(arg).arg("--json");
+    if let Some(file) = trace {
+        command.arg("--trace").arg(file);
+    }
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -249,10 +254,13 @@ fn run_one(
 }
 
 /// Runs the matrix over `set` with the `pinlab` binary `exe`; `progress` is called after each
-/// scenario with (done, total, row). A signal through `stop` ends it early.
+/// scenario with (done, total, row). With `trace_dir`, each live scenario is traced to
+/// `trace_dir/<scenario>.json` (`trace::matrix_trace_path`; the caller checked the directory
+/// with `trace::check_dir`). A signal through `stop` ends it early.
 pub fn run(
     set: Vec<Loaded>,
     exe: &std::path::Path,
+    trace_dir: Option<&std::path::Path>,
     stop: &Stop,
     mut progress: impl FnMut(usize, usize, &Row),
 ) -> Result<Matrix, Error> {
@@ -278,7 +286,8 @@ pub fn run(
         };
         if s.live {
             let start = Instant::now();
-            let (report, failure) = run_one(exe, &l, stop)?;
+            let trace = trace_dir.map(|d| crate::trace::matrix_trace_path(d, &s.name));
+            let (report, failure) = run_one(exe, &l, trace.as_deref(), stop)?;
             row.seconds = start.elapsed().as_secs_f64();
             match report {
                 Some(r) => {

@@ -307,18 +307,20 @@ pub fn plan(cells: &[Cell], era: Era) -> (Vec<(Cell, Loaded)>, Vec<Skipped>) {
     (run, not_built)
 }
 
-/// Runs `cells` under `era` with the `pinlab` binary `exe`, each in its own process.
+/// Runs `cells` under `era` with the `pinlab` binary `exe`, each in its own process (traced to
+/// `trace`/<cell>.json when given).
 pub fn run(
     cells: &[Cell],
     era: Era,
     exe: &std::path::Path,
+    trace: Option<&std::path::Path>,
     stop: &Stop,
     progress: impl FnMut(usize, usize, &Row),
 ) -> Result<Sweep, matrix::Error> {
     let start = std::time::Instant::now();
     let (planned, not_built) = plan(cells, era);
     let (cells, set): (Vec<Cell>, Vec<Loaded>) = planned.into_iter().unzip();
-    let m = matrix::run(set, exe, stop, progress)?;
+    let m = matrix::run(set, exe, trace, stop, progress)?;
     let rows = cells
         .into_iter()
         .zip(m.rows)

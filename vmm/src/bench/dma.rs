@@ -21,6 +21,7 @@ use pinlab::memory::GuestRam;
 use pinlab::pin::io_uring::{FixedRing, CHUNK_LEN, MAX_BUFFER_LEN, RING_ENTRIES};
 use pinlab::pin::{PinOptions, Staging, Transfer};
 use pinlab::scenario::{PinKind, MAX_QUEUE_DEPTH};
+use pinlab::timeline::{DmaDirection, Mono, Timeline, What};
 use pinlab_abi as abi;
 use serde::Serialize;
 
@@ -282,17 +283,24 @@ fn raw_pass(
     Ok(t.elapsed().as_secs_f64())
 }
 
-/// One pass of `execute` over the region, one descriptor per `descriptor` bytes. Seconds.
+/// One pass of `execute` over the region, one descriptor per `descriptor` bytes, each recorded
+/// on `timeline` as a DMA batch when given (as the device thread records its batches). Seconds.
 fn engine_pass(
     engine: &mut DmaEngine,
     ram: &GuestRam,
     iommu: &mut Iommu,
-    op: u32,
-    arg: u64,
+    (op, arg): (u32, u64),
     o: &DmaOptions,
+    timeline: Option<&Timeline>,
 ) -> Result<f64> {
+    let direction = if op == abi::OP_TO_GUEST {
+        DmaDirection::ToGuest
+    } else {
+        DmaDirection::FromGuest
+    };
     let t = Instant::now();
     for iova in (0..o.region).step_by(o.descriptor as usize) {
+        let start = Mono::now();
         let len = o.descriptor.min(o.region - iova);
         let d = abi::Descriptor {
             op,
@@ -306,6 +314,15 @@ fn engine_pass(
         engine
             .execute(ram, iommu, &req, &[])
             .map_err(|source| Error::Execute { op, iova, source })?;
+        if let Some(tl) = timeline {
+            let what = What::DmaBatch {
+                direction,
+                descriptors: 1,
+                bytes: len,
+                failed: 0,
+            };
+            tl.span(start, "device", what);
+        }
     }
     Ok(t.elapsed().as_secs_f64())
 }
@@ -364,7 +381,7 @@ fn staging(len: u64) -> Result<Staging> {
 
 /// What a DMA measurement moves bytes with. Field order is drop order: the rings (the IOMMU's
 /// pin and the raw registration) go before the guest RAM they pin.
-struct Rig {
+pub(super) struct Rig {
     iommu: Iommu,
     raw: FixedRing,
     engine: DmaEngine,
@@ -378,7 +395,7 @@ struct Rig {
 impl Rig {
     /// THP guest RAM of `region` bytes (+ 2 MiB for checksum arrays), prefaulted, mapped by an
     /// io-uring IOMMU at `queue_depth` and registered again in a raw ring; a raw memfd of `piece`.
-    fn new(region: u64, piece: u64, queue_depth: u32) -> Result<Self> {
+    pub(super) fn new(region: u64, piece: u64, queue_depth: u32) -> Result<Self> {
         let size = region + 2 * MIB;
         let ram_error = |source| Error::GuestRam { size, source };
         let ram = GuestRam::new(size, true, false).map_err(ram_error)?;
@@ -414,12 +431,40 @@ impl Rig {
     }
 
     fn engine(&mut self, to_guest: bool, seed: u64, o: &DmaOptions) -> Result<f64> {
-        let (op, arg) = if to_guest {
+        self.engine_on(to_guest, seed, o, None)
+    }
+
+    /// One engine pass over the region (see [`engine_pass`]), its batches on `timeline`.
+    pub(super) fn engine_on(
+        &mut self,
+        to_guest: bool,
+        seed: u64,
+        o: &DmaOptions,
+        timeline: Option<&Timeline>,
+    ) -> Result<f64> {
+        let op = if to_guest {
             (abi::OP_TO_GUEST, seed)
         } else {
             (abi::OP_FROM_GUEST, self.out_gpa)
         };
-        engine_pass(&mut self.engine, &self.ram, &mut self.iommu, op, arg, o)
+        engine_pass(
+            &mut self.engine,
+            &self.ram,
+            &mut self.iommu,
+            op,
+            o,
+            timeline,
+        )
+    }
+
+    /// Guest RAM: its host address and size.
+    pub(super) fn ram(&self) -> (pinlab::addr::Hva, u64) {
+        (self.ram.hva(), self.ram.size())
+    }
+
+    /// Fraction of the region THP-backed at setup.
+    pub(super) fn thp_coverage(&self) -> Option<f64> {
+        self.thp_coverage
     }
 
     fn raw(&mut self, dir: RawDir, batch: u64, depth: usize) -> Result<f64> {

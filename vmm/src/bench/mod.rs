@@ -1,6 +1,7 @@
 //! `pinlab bench`: benchmarks of the live paths, on the binary side of the crate (the library
 //! holds no benchmark code). DMA throughput through io_uring pins ([`dma`]), the cost of an
-//! IOMMU map ([`map`]), and launch timings of the `pinlab` binary ([`launch`]).
+//! IOMMU map ([`map`]), launch timings of the `pinlab` binary ([`launch`]), and what host
+//! tracing costs the DMA path ([`trace`]).
 //!
 //! Timing lives here, never in pass/fail tests. The machine is shared and noisy, so every figure
 //! is a set of trials (median, min, max, [`stat`]) and every goal is a ratio against a raw
@@ -9,7 +10,8 @@
 //! there is one submission/completion loop in the codebase.
 //!
 //! It owns only what it allocates for a measurement (guest RAM, rings, staging, children it
-//! spawns and always reaps); it changes no host knob.
+//! spawns and always reaps, the tracing section's tracefs instance, removed at its end); it
+//! changes no host knob.
 
 pub mod dma;
 pub mod launch;
@@ -18,6 +20,7 @@ pub mod map;
 pub mod render;
 pub mod scale;
 pub mod stat;
+pub mod trace;
 
 use std::path::PathBuf;
 
@@ -43,6 +46,9 @@ pub enum Error {
     /// The scale curves failed.
     #[error("scale: {0}")]
     Scale(#[from] scale::Error),
+    /// The tracing-cost section failed.
+    #[error("trace: {0}")]
+    Trace(#[from] trace::Error),
 }
 
 /// What to measure and how often.
@@ -68,6 +74,8 @@ pub struct Options {
     pub dma: bool,
     pub map: bool,
     pub launch: bool,
+    /// DMA throughput with and without host tracing.
+    pub trace: bool,
     /// The scale curves (`--scale`).
     pub scale: bool,
 }
@@ -86,6 +94,7 @@ impl Default for Options {
             dma: true,
             map: true,
             launch: true,
+            trace: true,
             scale: false,
         }
     }
@@ -110,7 +119,7 @@ impl Options {
         if self.launch && self.launches == 0 {
             return Err(launch::Error::Launches.into());
         }
-        if self.dma {
+        if self.dma || self.trace {
             self.dma_options().validate()?;
         }
         if self.map {
@@ -131,6 +140,7 @@ pub struct BenchReport {
     /// One report per size and page kind (empty when the section did not run).
     pub map: Vec<map::MapReport>,
     pub launch: Option<launch::LaunchReport>,
+    pub trace: Option<trace::TraceCostReport>,
     pub scale: Option<scale::ScaleReport>,
 }
 
@@ -152,6 +162,7 @@ pub fn run(o: &Options) -> Result<BenchReport, Error> {
             .launch
             .then(|| launch::run(&o.pinlab, o.launches, o.trials))
             .transpose()?,
+        trace: o.trace.then(|| trace::run(&o.dma_options())).transpose()?,
         scale: o.scale.then(|| scale::run(&scale_options())).transpose()?,
     };
     machine.finish();

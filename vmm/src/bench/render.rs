@@ -149,9 +149,39 @@ pub fn render(r: &BenchReport) -> String {
         o += &stat_line("drop vCPU + VM", st.vm_drop, "ms");
         o += &stat_line("drop guest RAM (munmap)", st.ram_drop, "ms");
     }
+    if let Some(t) = &r.trace {
+        o += &trace_cost(t);
+    }
     if let Some(sc) = &r.scale {
         o += &scale_tables(sc);
     }
+    o
+}
+
+/// The tracing-cost section: the engine with and without tracing, and the ratio.
+fn trace_cost(t: &super::trace::TraceCostReport) -> String {
+    let mut o = format!(
+        "Tracing cost: engine DMA, {} MiB region, {} MiB descriptors, THP {}, traced and \
+         untraced trials interleaved\n",
+        t.region / MIB,
+        t.descriptor / MIB,
+        percent(t.thp_coverage)
+    );
+    if let Some(why) = &t.skipped {
+        o += &format!("  skipped: {why}\n");
+        return o;
+    }
+    for (dir, c) in [("to-guest", &t.to_guest), ("from-guest", &t.from_guest)] {
+        let Some(c) = c else { continue };
+        o += &stat_line(&format!("engine {dir}, untraced"), c.untraced, "GiB/s");
+        o += &stat_line(&format!("engine {dir}, traced"), c.traced, "GiB/s");
+        o += &ratio_line(&format!("traced/untraced {dir}"), c.ratio, "goal >= 0.95");
+    }
+    let x = &t.totals;
+    o += &format!(
+        "  {} events enabled, {} records drained, {} lost\n",
+        x.events_enabled, x.records, x.lost
+    );
     o
 }
 
@@ -241,6 +271,7 @@ mod tests {
             dma: None,
             map: Vec::new(),
             launch: None,
+            trace: None,
             scale: None,
         };
         assert_eq!(render(&r).lines().count(), 1, "only the machine line");

@@ -169,6 +169,9 @@ pub enum Command {
         /// Also write a self-contained HTML report of the matrix to this file.
         #[arg(long, value_name = "FILE.html")]
         report: Option<PathBuf>,
+        /// Trace every scenario: DIR/<scenario>.json (and .json.ftrace.txt), as `run --trace`.
+        #[arg(long, value_name = "DIR")]
+        trace: Option<PathBuf>,
     },
     /// Generate every cell of pin x action x memory kind x layout, run each live in its own VMM
     /// process, and compare each with the model's prediction for the running kernel's era.
@@ -230,6 +233,9 @@ pub struct SweepArgs {
     /// List the cells (and why any cannot be built) without running them.
     #[arg(long)]
     pub list: bool,
+    /// Trace every cell: DIR/<cell>.json (and .json.ftrace.txt), as `run --trace`.
+    #[arg(long, value_name = "DIR")]
+    pub trace: Option<PathBuf>,
     #[command(flatten)]
     pub out: OutputArgs,
 }
@@ -257,8 +263,9 @@ pub struct BenchArgs {
     /// Spawns per launch measurement.
     #[arg(long)]
     pub launches: Option<usize>,
-    /// Sections to run (repeatable): dma, map, launch. Default: all (none with --scale).
-    #[arg(long, value_parser = ["dma", "map", "launch"])]
+    /// Sections to run (repeatable): dma, map, launch, trace (DMA throughput with and without
+    /// host tracing). Default: all (none with --scale).
+    #[arg(long, value_parser = ["dma", "map", "launch", "trace"])]
     pub only: Vec<String>,
     /// How each cost grows: map time, DMA throughput, launch time and explorer speed against
     /// the size of the work (markdown tables, or JSON with --json). Takes minutes; maps 8GiB.

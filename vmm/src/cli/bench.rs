@@ -23,7 +23,7 @@ pub fn cmd_bench(args: BenchArgs) -> ExitCode {
     o.launches = args.launches.unwrap_or(o.launches);
     if !args.only.is_empty() || args.scale {
         let on = |s: &str| args.only.iter().any(|x| x == s);
-        (o.dma, o.map, o.launch) = (on("dma"), on("map"), on("launch"));
+        (o.dma, o.map, o.launch, o.trace) = (on("dma"), on("map"), on("launch"), on("trace"));
     }
     o.scale = args.scale;
     let report = match bench::run(&o) {

@@ -84,6 +84,7 @@ pub fn cmd_matrix(
     dir: Option<&Path>,
     out: OutputArgs,
     report: Option<pinlab::html::ReportFile>,
+    trace: Option<&Path>,
 ) -> ExitCode {
     let format = out.format();
     let set = match pinlab::config::load_set(dir) {
@@ -110,7 +111,7 @@ pub fn cmd_matrix(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let m = pinlab::matrix::run(set, &exe, &stop, |done, _total, row| {
+    let m = pinlab::matrix::run(set, &exe, trace, &stop, |done, _total, row| {
         bar.set_position(done as u64);
         bar.set_message(format!(
             "{} {}",

@@ -52,10 +52,23 @@ pub fn dispatch(command: Command, launch: Mono) -> ExitCode {
     match command {
         Command::Run(args) => run::cmd_run(args, launch),
         Command::Bench(args) => bench::cmd_bench(args),
-        Command::Matrix { dir, out, report } => {
+        Command::Matrix {
+            dir,
+            out,
+            report,
+            trace,
+        } => {
+            if let Some(Err(e)) = trace.as_deref().map(pinlab::trace::check_dir) {
+                return usage_error(e);
+            }
             match report.as_deref().map(pinlab::html::ReportFile::create) {
                 Some(Err(e)) => usage_error(e),
-                file => matrix::cmd_matrix(dir.as_deref(), out, file.and_then(Result::ok)),
+                file => matrix::cmd_matrix(
+                    dir.as_deref(),
+                    out,
+                    file.and_then(Result::ok),
+                    trace.as_deref(),
+                ),
             }
         }
         Command::Replay {

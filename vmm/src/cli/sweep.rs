@@ -71,6 +71,9 @@ fn print(s: &Sweep, format: Format) -> Result<(), String> {
 
 pub fn cmd_sweep(args: SweepArgs) -> ExitCode {
     let format = args.out.format();
+    if let Some(Err(e)) = args.trace.as_deref().map(pinlab::trace::check_dir) {
+        return usage_error(e);
+    }
     let era = match era(args.era.as_deref()) {
         Ok(e) => e,
         Err(e) => return usage_error(e),
@@ -107,20 +110,27 @@ pub fn cmd_sweep(args: SweepArgs) -> ExitCode {
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let result = sweep::run(&cells, era, &exe, &stop, |done, total, row| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-        bar.set_message(format!(
-            "{} {}",
-            row.scenario,
-            row.verdict.map_or("-".into(), |v| v.to_string())
-        ));
-        if format == Format::Jsonl {
-            if let Ok(j) = serde_json::to_string(row) {
-                println!("{j}");
+    let result = sweep::run(
+        &cells,
+        era,
+        &exe,
+        args.trace.as_deref(),
+        &stop,
+        |done, total, row| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+            bar.set_message(format!(
+                "{} {}",
+                row.scenario,
+                row.verdict.map_or("-".into(), |v| v.to_string())
+            ));
+            if format == Format::Jsonl {
+                if let Ok(j) = serde_json::to_string(row) {
+                    println!("{j}");
+                }
             }
-        }
-    });
+        },
+    );
     bar.finish_and_clear();
     let s = match result {
         Ok(s) => s,

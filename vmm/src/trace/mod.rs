@@ -14,7 +14,8 @@
 //! filters), `parse` (text to records and typed events), `markers` (the timeline's sink),
 //! `sampler` and `perf` (counters at boundaries), `reader` (the drain thread), `chrome` (the JSON
 //! file and its checker), `account` (per-action analysis), `report` (the result's shape),
-//! `session` (`Tracer`: the order of it all), `probe` (`pinlab host`), `bench` (tracing's cost).
+//! `session` (`Tracer`: the order of it all), `probe` (`pinlab host`), `toggle` (the kernel side
+//! switched on and off, for `pinlab bench` to measure tracing's cost).
 //!
 //! Host state: the only state tracing leaves on the host is the instance directory. It is
 //! journaled before it is made and removed on drop, on SIGINT/SIGTERM (the host registry's
@@ -23,7 +24,6 @@
 //! exists only as an fd of this process (see `tracefs`).
 
 pub mod account;
-pub mod bench;
 pub mod chrome;
 pub mod events;
 pub mod instance;
@@ -35,6 +35,7 @@ pub mod reader;
 pub mod report;
 pub mod sampler;
 pub mod session;
+pub mod toggle;
 pub mod tracefs;
 
 use std::fs::OpenOptions;
@@ -48,6 +49,18 @@ pub use session::{raw_path, Tracer};
 pub enum Error {
     #[error("--trace {path}: cannot write it: {source}")]
     Unwritable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--trace {path}: not a directory (matrix and sweep write one file per scenario)")]
+    NotDirectory { path: PathBuf },
+    #[error("--trace {path}: stat: {source}")]
+    StatDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--trace {path}: cannot create files in it: {source}")]
+    UnwritableDir {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -71,6 +84,32 @@ pub fn check_output(file: &Path) -> Result<(), Error> {
             let _ = std::fs::remove_file(&p);
         }
     }
+    Ok(())
+}
+
+/// Checks, before any scenario runs, that `dir` is a directory this process can create files
+/// in (`matrix`/`sweep --trace DIR`). Creates one probe file (new, never an existing one) and
+/// removes it again.
+pub fn check_dir(dir: &Path) -> Result<(), Error> {
+    let meta = std::fs::metadata(dir).map_err(|source| Error::StatDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    if !meta.is_dir() {
+        return Err(Error::NotDirectory {
+            path: dir.to_path_buf(),
+        });
+    }
+    let probe = dir.join(format!(".pinlab-trace-check-{}", std::process::id()));
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|source| Error::UnwritableDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    let _ = std::fs::remove_file(&probe);
     Ok(())
 }
 
@@ -107,6 +146,29 @@ mod tests {
             Err(Error::Unwritable { path, .. }) => assert_eq!(path, bad),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn directory_check_refuses_a_file_a_missing_and_a_read_only_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        check_dir(dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "left the probe"
+        );
+        let file = dir.path().join("f");
+        std::fs::write(&file, "").unwrap();
+        assert!(matches!(check_dir(&file), Err(Error::NotDirectory { .. })));
+        assert!(matches!(
+            check_dir(&dir.path().join("missing")),
+            Err(Error::StatDir { .. })
+        ));
+        // /proc is a directory nobody can create files in, root included.
+        assert!(matches!(
+            check_dir(Path::new("/proc")),
+            Err(Error::UnwritableDir { .. })
+        ));
     }
 
     #[test]

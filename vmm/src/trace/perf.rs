@@ -7,10 +7,29 @@
 //! counters are closed on drop. Kernel-side counting is included (context switches happen there).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use perf_event::events::{Hardware, Software};
 use perf_event::{Builder, Counter};
 use serde::Serialize;
+
+/// A counter perf_event_open(2) refused. Cloned into reports (the io::Error is shared).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Error {
+    /// The hardware probe (`cycles` on this thread) was refused: no PMU for this guest/host.
+    #[error("perf_event_open({kind}) on this thread: not supported here: {source}")]
+    Hardware {
+        kind: &'static str,
+        source: Arc<std::io::Error>,
+    },
+    /// A counter of `kind` on thread `tid` could not be opened.
+    #[error("perf_event_open({kind}) on tid {tid}: {source}")]
+    Open {
+        kind: &'static str,
+        tid: i32,
+        source: Arc<std::io::Error>,
+    },
+}
 
 /// What a counter counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -77,9 +96,9 @@ pub struct ThreadCounts {
 pub struct Perf {
     threads: Vec<Watched>,
     /// `Ok(())` when hardware counters open here, else why not.
-    hardware: Result<(), String>,
+    hardware: Result<(), Error>,
     /// Why a software counter could not be opened, when one could not.
-    software_error: Option<String>,
+    software_error: Option<Error>,
 }
 
 /// The tid used for the process-wide (inherited) set.
@@ -94,7 +113,10 @@ impl Perf {
             .observe_self()
             .build()
             .map(|_| ())
-            .map_err(|e| format!("not supported here: {e}"));
+            .map_err(|e| Error::Hardware {
+                kind: Kind::Cycles.name(),
+                source: Arc::new(e),
+            });
         let mut p = Perf {
             threads: Vec::new(),
             hardware,
@@ -124,8 +146,11 @@ impl Perf {
                     }
                 }
                 Err(e) => {
-                    self.software_error
-                        .get_or_insert_with(|| format!("{} on tid {target}: {e}", kind.name()));
+                    self.software_error.get_or_insert_with(|| Error::Open {
+                        kind: kind.name(),
+                        tid: target,
+                        source: Arc::new(e),
+                    });
                 }
             }
         }
@@ -174,12 +199,12 @@ impl Perf {
     }
 
     /// What the report says about hardware counters.
-    pub fn hardware(&self) -> Result<(), String> {
+    pub fn hardware(&self) -> Result<(), Error> {
         self.hardware.clone()
     }
 
     /// Why a software counter failed to open, if one did.
-    pub fn software_error(&self) -> Option<String> {
+    pub fn software_error(&self) -> Option<Error> {
         self.software_error.clone()
     }
 }

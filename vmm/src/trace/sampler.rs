@@ -15,7 +15,7 @@ use std::sync::{Mutex, OnceLock};
 
 use serde::Serialize;
 
-use super::perf::{Perf, ThreadCounts};
+use super::perf::{self, Perf, ThreadCounts};
 use crate::addr::{Hva, Pfn};
 use crate::timeline::Mono;
 
@@ -226,7 +226,7 @@ impl Sampler {
     }
 
     /// Hardware counters: `Ok` when counted, else why not.
-    pub fn hardware(&self) -> Result<(), String> {
+    pub fn hardware(&self) -> Result<(), perf::Error> {
         self.perf
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -234,7 +234,7 @@ impl Sampler {
     }
 
     /// Why software counters failed, if they did.
-    pub fn software_error(&self) -> Option<String> {
+    pub fn software_error(&self) -> Option<perf::Error> {
         self.perf
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -115,20 +115,61 @@ pub struct Tracer {
     done: bool,
 }
 
+/// Why the kernel side of a trace could not be set up, or FILE not written. A run's trace is
+/// `skipped` with this as the reason; nothing here fails the run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Tracefs::open: {0}")]
+    Tracefs(#[source] tracefs::Error),
+    #[error("reading available_events: {0}")]
+    AvailableEvents(#[source] tracefs::Error),
+    #[error("Instance::create: {0}")]
+    CreateInstance(#[source] super::instance::Error),
+    /// Writing `value` to the instance's `file` (its error names the path and value).
+    #[error("setting {file}: {source}")]
+    Setup {
+        file: &'static str,
+        #[source]
+        source: super::instance::Error,
+    },
+    #[error("opening the instance's {file}: {source}")]
+    OpenFile {
+        file: &'static str,
+        #[source]
+        source: super::instance::Error,
+    },
+    #[error("spawning the trace reader thread: {0}")]
+    SpawnReader(#[source] std::io::Error),
+    #[error("creating {path}: {source}")]
+    CreateJson {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing {path}: {source}")]
+    WriteJson {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 pub(super) fn kernel_side(
     raw_file: Option<&Path>,
     buffer_kb: u64,
     ram: (Hva, u64),
     sampler: &Arc<Sampler>,
     kthreads: &[(i32, String)],
-) -> Result<(KernelSide, tracefs::InstanceFile), String> {
-    let fs = Tracefs::open().map_err(|e| e.to_string())?;
-    let available = fs.available_events().map_err(|e| e.to_string())?;
+) -> Result<(KernelSide, tracefs::InstanceFile), Error> {
+    let fs = Tracefs::open().map_err(Error::Tracefs)?;
+    let available = fs.available_events().map_err(Error::AvailableEvents)?;
     let selection = events::select(&available);
     let pid = std::process::id();
     let instance =
-        Instance::create(&fs, &tracefs::instance_name(pid)).map_err(|e| e.to_string())?;
-    let setup = |rel: &str, v: &str| instance.write(rel, v).map_err(|e| e.to_string());
+        Instance::create(&fs, &tracefs::instance_name(pid)).map_err(Error::CreateInstance)?;
+    let setup = |file: &'static str, v: &str| {
+        instance
+            .write(file, v)
+            .map_err(|source| Error::Setup { file, source })
+    };
     setup("tracing_on", "0")?;
     setup("trace_clock", "mono")?;
     setup("buffer_size_kb", &buffer_kb.to_string())?;
@@ -164,13 +205,19 @@ pub(super) fn kernel_side(
     };
     let marker = instance
         .open("trace_marker", OpenOptions::new().write(true))
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| Error::OpenFile {
+            file: "trace_marker",
+            source,
+        })?;
     let pipe = instance
         .open(
             "trace_pipe",
             OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK),
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| Error::OpenFile {
+            file: "trace_pipe",
+            source,
+        })?;
     let raw = raw_file.map(|p| File::create(p).and_then(|mut f| {
         writeln!(
             f,
@@ -192,8 +239,8 @@ pub(super) fn kernel_side(
             }
         }
     });
-    let reader = Reader::spawn(pipe, raw.and_then(|r| r.ok()), Some(tick))
-        .map_err(|e| format!("spawning the trace reader: {e}"))?;
+    let reader =
+        Reader::spawn(pipe, raw.and_then(|r| r.ok()), Some(tick)).map_err(Error::SpawnReader)?;
     setup("tracing_on", "1")?;
     Ok((
         KernelSide {
@@ -263,7 +310,7 @@ impl Tracer {
         let (kernel, marker, skipped) =
             match kernel_side(Some(&raw_path(&file)), buffer_kb, ram, &sampler, &kthreads) {
                 Ok((k, m)) => (Some(k), Some(m), None),
-                Err(why) => (None, None, Some(why)),
+                Err(why) => (None, None, Some(why.to_string())),
             };
         let sink = Arc::new(TraceSink::new(marker, sampler.clone()));
         for e in timeline.snapshot() {
@@ -307,7 +354,8 @@ impl Tracer {
                 &[],
                 json!({"status": "skipped"}),
             )
-            .err();
+            .err()
+            .map(|e| e.to_string());
             return Some(rep);
         };
         run.sampler.sample(Mono::now(), "trace end".into(), true);
@@ -367,9 +415,9 @@ impl Tracer {
         rep.perf = PerfSummary {
             hardware: match run.sampler.hardware() {
                 Ok(()) => "counted".into(),
-                Err(e) => e,
+                Err(e) => e.to_string(),
             },
-            software_error: run.sampler.software_error(),
+            software_error: run.sampler.software_error().map(|e| e.to_string()),
             last: samples.last().map(|s| s.perf.clone()).unwrap_or_default(),
         };
         let vmm_pid = std::process::id() as i32;
@@ -406,7 +454,7 @@ impl Tracer {
             metadata,
         ) {
             Ok(n) => rep.json_events = n,
-            Err(e) => rep.write_error = Some(e),
+            Err(e) => rep.write_error = Some(e.to_string()),
         }
         Some(rep)
     }
@@ -432,7 +480,7 @@ fn write_json(
     threads: &BTreeMap<i32, String>,
     kthreads: &[(i32, String)],
     metadata: serde_json::Value,
-) -> Result<usize, String> {
+) -> Result<usize, Error> {
     let input = chrome::Input {
         scenario,
         vmm_pid: std::process::id() as i32,
@@ -443,8 +491,14 @@ fn write_json(
         kthreads,
         metadata,
     };
-    let f = File::create(file).map_err(|e| format!("creating {}: {e}", file.display()))?;
-    chrome::write(&input, f).map_err(|e| format!("writing {}: {e}", file.display()))
+    let f = File::create(file).map_err(|source| Error::CreateJson {
+        path: file.to_path_buf(),
+        source,
+    })?;
+    chrome::write(&input, f).map_err(|source| Error::WriteJson {
+        path: file.to_path_buf(),
+        source,
+    })
 }
 
 /// Each action span of the timeline with the trace's account of it.
