@@ -176,7 +176,7 @@ impl Outcome {
             let names: Vec<_> = self.perturb.iter().map(|a| a.name()).collect();
             out.push_str(&format!("  perturbations: {}\n", names.join(", ")));
         }
-        for e in &self.evidence {
+        for (i, e) in self.evidence.iter().enumerate() {
             let when = match e.storm_iteration {
                 Some(i) => format!("storm iteration {i}"),
                 None => format!("after round {}", e.after_round),
@@ -184,6 +184,14 @@ impl Outcome {
             out.push_str(&format!("  {} ({when}): {}\n", e.action, e.details));
             if let Some(f) = &e.finish {
                 out.push_str(&format!("    then: {f}\n"));
+            }
+            // The kernel's own account of the same window, when the run was traced.
+            let accounts = self.trace.iter().flat_map(|t| &t.accounts);
+            for a in accounts.filter(|a| a.evidence == Some(i)) {
+                out.push_str(&format!("    kernel (trace): {}\n", a.account));
+                if let Some(d) = &a.disagreement {
+                    out.push_str(&format!("    trace and pagemap DISAGREE: {d}\n"));
+                }
             }
         }
         if let Some(st) = &self.storm {
