@@ -357,6 +357,7 @@ fn an_unwritable_report_path_is_a_usage_error_before_the_vm_starts() {
         vec!["run", "--report", bad.to_str().unwrap()],
         vec!["replay", "--report", bad.to_str().unwrap()],
         vec!["matrix", "--report", dir.path().to_str().unwrap()],
+        vec!["sweep", "--report", bad.to_str().unwrap()],
     ] {
         let start = Instant::now();
         let out = pinlab_cmd(&args);
@@ -428,6 +429,80 @@ fn matrix_report_renders_a_section_per_scenario_and_stays_small() {
     let (_, pages) = cells_in_group(&r.dom, "region:256");
     assert_eq!(pages, 256);
     assert!(r.dom.contains("pinxaction"), "the pin x action grid");
+}
+
+/// Four cells of the sweep against the 3.7-4.4 model: on this kernel one of the two that can be
+/// built disagrees with it (a fork no longer breaks a THP's pin), so the page has a compact row
+/// for the one that agrees, a full section for the one that does not, and the two not built.
+#[test]
+fn sweep_report_draws_disagreements_in_full_and_the_rest_as_rows() {
+    if let Some(why) = kvm_missing() {
+        println!("{why}");
+        return;
+    }
+    let exe = match chromium() {
+        Ok(e) => e,
+        Err(why) => return println!("{why}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("sweep.html");
+    let json = pinlab_cmd(&[
+        "sweep",
+        "--cells",
+        "4",
+        "--era",
+        "4.4",
+        "--json",
+        "--report",
+        page.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&json.stderr);
+    let s: serde_json::Value =
+        serde_json::from_slice(&json.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    let rows = s["rows"].as_array().unwrap();
+    let failed: Vec<usize> = rows
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !r["pass"].as_bool().unwrap() || r["verdict"] == "error")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(
+        json.status.code(),
+        Some(if failed.is_empty() { 0 } else { 1 }),
+        "{stderr}"
+    );
+    assert!(
+        !failed.is_empty(),
+        "the old era disagrees somewhere: {rows:?}"
+    );
+    let size = std::fs::metadata(&page).unwrap().len();
+    assert!(size < 200 << 10, "{size} bytes for 4 cells");
+    let r = render(&exe, &page, dir.path());
+    assert_clean_log(&r.log);
+    assert_not_blank(&r.png, 100);
+    assert!(r.dom.contains("id=\"summary\""));
+    // One row per cell that ran, failures first; one section per failure, none for the rest.
+    let ids = attr_values(&r.dom, "data-failed=", "id");
+    assert_eq!(ids.len(), rows.len(), "{ids:?}");
+    assert_eq!(ids[0], format!("cell-{}", failed[0]));
+    assert_eq!(
+        r.dom.matches("<section class=\"run\"").count(),
+        failed.len()
+    );
+    assert_eq!(r.dom.matches("id=\"banner\"").count(), failed.len());
+    for i in &failed {
+        assert!(r.dom.contains(&format!("id=\"run-{i}\"")), "section {i}");
+        assert!(r.dom.contains(&format!("href=\"#run-{i}\"")), "link to {i}");
+        // The thp/aligned cell's region is 1 MiB: a strip of 256 pages in its section.
+        let (_, pages) = cells_in_group(&r.dom, "region:256");
+        assert_eq!(pages, 256);
+    }
+    // The grid: one per memory kind met, every cell in it (ran or not built).
+    let kinds = attr_values(&r.dom, "pinxaction", "data-kind");
+    assert_eq!(kinds, ["thp", "small", "pte-mapped-thp"]);
+    let not_built = s["not_built"].as_array().unwrap().len();
+    assert_eq!(r.dom.matches("· not built</td>").count(), not_built);
+    assert_eq!(r.dom.matches("<a class=\"badge v-").count(), rows.len());
 }
 
 #[test]

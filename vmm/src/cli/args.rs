@@ -238,6 +238,9 @@ pub struct SweepArgs {
     pub trace: Option<PathBuf>,
     #[command(flatten)]
     pub out: OutputArgs,
+    /// Also write a self-contained HTML report of the sweep to this file.
+    #[arg(long, value_name = "FILE.html", conflicts_with = "list")]
+    pub report: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]

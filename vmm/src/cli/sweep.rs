@@ -1,7 +1,7 @@
 //! `pinlab sweep`: the generated cells (`pinlab::sweep`), each run live in its own VMM process
 //! and compared with the model's prediction for the running kernel's era; printed as a table of
 //! cells per verdict per memory kind, JSON, JSONL, KTAP (cells nested under their memory kind)
-//! or JUnit. Exit 1 on any disagreement or lab error; SIGINT/SIGTERM stop it as they stop
+//! or JUnit; `--report FILE.html` also writes the HTML page (`pinlab::html::sweep`). Exit 1 on any disagreement or lab error; SIGINT/SIGTERM stop it as they stop
 //! `pinlab matrix`.
 
 use std::process::ExitCode;
@@ -95,6 +95,11 @@ pub fn cmd_sweep(args: SweepArgs) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    // An unwritable report path is a usage error before any cell runs.
+    let report = match args.report.as_deref().map(pinlab::html::ReportFile::create) {
+        Some(Err(e)) => return usage_error(e),
+        file => file.and_then(Result::ok),
+    };
     let stop = Arc::new(Stop::new());
     if let Err(e) = forward_signals(stop.clone()) {
         return usage_error(format!("blocking SIGINT/SIGTERM for forwarding: {e}"));
@@ -138,6 +143,13 @@ pub fn cmd_sweep(args: SweepArgs) -> ExitCode {
     };
     if let Err(e) = print(&s, format) {
         return usage_error(e);
+    }
+    if let Some(f) = report {
+        let path = f.path().display().to_string();
+        match pinlab::html::sweep::write(f, &s) {
+            Ok(n) => eprintln!("pinlab: report {path} ({n} bytes)"),
+            Err(e) => eprintln!("pinlab: {e}"),
+        }
     }
     if let Some(sig) = s.interrupted {
         return ExitCode::from((128 + sig).clamp(0, 255) as u8);

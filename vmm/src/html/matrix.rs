@@ -14,15 +14,40 @@ use maud::{html, Markup};
 use super::page::{self, verdict_badge};
 use super::view::{ChildResult, RunView};
 use super::{palette, run, Result};
+use crate::layout::Layout;
 use crate::matrix::Row;
 use crate::scenario::{Scenario, Verdict};
+
+/// Why a row's section cannot draw its run.
+#[derive(Debug, thiserror::Error)]
+pub enum NoView {
+    /// The child printed no result (it crashed, overran its deadline or was stopped).
+    #[error("no result: {evidence}")]
+    NoResult { evidence: String },
+    /// The child's JSON is not a run result this page can read.
+    #[error("the result could not be read: {0}")]
+    Unreadable(#[source] serde_json::Error),
+}
+
+/// What a row's section draws: its run, read from the child's JSON, with `layout` (its
+/// scenario's) for the strip and the RAM map.
+pub fn view_of(row: &Row, layout: Option<Layout>) -> std::result::Result<RunView, NoView> {
+    match &row.report {
+        None => Err(NoView::NoResult {
+            evidence: row.evidence.clone(),
+        }),
+        Some(j) => serde_json::from_value::<ChildResult>(j.clone())
+            .map(|c| c.into_view(layout))
+            .map_err(NoView::Unreadable),
+    }
+}
 
 /// A row with what its section needs.
 struct Entry<'a> {
     idx: usize,
     row: &'a Row,
     scenario: Option<Scenario>,
-    view: std::result::Result<RunView, String>,
+    view: std::result::Result<RunView, NoView>,
 }
 
 fn anchor(i: usize) -> String {
@@ -36,12 +61,7 @@ fn entries<'a>(rows: &'a [Row], scenarios: &[Scenario]) -> Vec<Entry<'a>> {
         .map(|(idx, row)| {
             let scenario = scenarios.iter().find(|s| s.name == row.scenario).cloned();
             let layout = scenario.as_ref().and_then(|s| s.layout().ok());
-            let view = match &row.report {
-                None => Err(format!("no result: {}", row.evidence)),
-                Some(j) => serde_json::from_value::<ChildResult>(j.clone())
-                    .map(|c| c.into_view(layout))
-                    .map_err(|e| format!("the result could not be read: {e}")),
-            };
+            let view = view_of(row, layout);
             Entry {
                 idx,
                 row,
@@ -166,14 +186,26 @@ fn table(es: &[Entry<'_>]) -> Markup {
 }
 
 fn section(e: &Entry<'_>) -> Result<Markup> {
-    let id = anchor(e.idx);
+    run_section(&anchor(e.idx), e.row, &e.view, None)
+}
+
+/// The section of one row, with element id `id`: its banner and the run's charts (compact
+/// timeline), or why there is no run to draw, with `note` under its heading. Shared with the
+/// sweep page.
+pub fn run_section(
+    id: &str,
+    row: &Row,
+    view: &std::result::Result<RunView, NoView>,
+    note: Option<&str>,
+) -> Result<Markup> {
     Ok(html! {
         section.run id=(id) {
-            h2 { (e.row.scenario) " " span.note.mono { (e.row.origin.to_string()) } }
-            @match &e.view {
+            h2 { (row.scenario) " " span.note.mono { (row.origin.to_string()) } }
+            @if let Some(n) = note { p.note { (n) } }
+            @match view {
                 Ok(v) => { (run::banner(v)) (run::sections(v, &format!("{id}-"), super::timeline::Detail::Compact)?) }
                 Err(why) => {
-                    p { (verdict_badge(verdict_of(e.row))) " " (why) }
+                    p { (verdict_badge(verdict_of(row))) " " (why.to_string()) }
                 }
             }
             p { a href="#summary" { "↑ summary" } }

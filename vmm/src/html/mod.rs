@@ -1,4 +1,5 @@
-//! HTML reports: one self-contained page per `run`, `matrix` and `replay` (`--report FILE.html`).
+//! HTML reports: one self-contained page per `run`, `matrix`, `sweep` and `replay`
+//! (`--report FILE.html`).
 //!
 //! A page is inline CSS and inline SVG only: no script, no font, no network (its
 //! Content-Security-Policy forbids every fetch), so it opens offline in any browser and can be
@@ -14,8 +15,8 @@
 //! nothing live; the model pages call the model executor (a simulation).
 //!
 //! One concept per file: `page` (the document shell and its CSS), `palette`, `view` (what a run
-//! page draws, typed), `timeline` and `memory` (the charts), `run`, `matrix`, `replay` (the
-//! pages), `model` (the model's rows for a page).
+//! page draws, typed), `timeline` and `memory` (the charts), `run`, `matrix`, `sweep`,
+//! `replay` (the pages), `model` (the model's rows for a page).
 
 pub mod chart;
 pub mod matrix;
@@ -25,6 +26,7 @@ pub mod page;
 pub mod palette;
 pub mod replay;
 pub mod run;
+pub mod sweep;
 pub mod timeline;
 pub mod view;
 

@@ -57,6 +57,8 @@ details.trace ol { margin: 4px 0 4px 18px; padding: 0; }
 nav.toc a { margin-right: 10px; }
 section.run { border-top: 2px solid #333; margin-top: 28px; }
 #scenarios td.name { white-space: nowrap; }
+#cells td.name, #cells td.live, #failures td { white-space: nowrap; }
+#cells { width: 100%; } #cells td.evidence { overflow-wrap: anywhere; }
 table.pinxaction td { min-width: 110px; }
 a.badge { text-decoration: none; }
 "#,

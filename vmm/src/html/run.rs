@@ -258,7 +258,7 @@ pub fn model_table(rows: &[Replay], live: Verdict) -> Markup {
 pub fn page(
     v: &RunView,
     scenario: &Scenario,
-    model: std::result::Result<&[Replay], String>,
+    model: std::result::Result<&[Replay], &super::model::Error>,
 ) -> Result<Markup> {
     let toml = toml::to_string(scenario).unwrap_or_else(|e| format!("(not printable: {e})"));
     let body = html! {
@@ -273,7 +273,7 @@ pub fn page(
         } @else {
             @match model {
                 Ok(rows) => { (model_table(rows, v.verdict)) }
-                Err(why) => { p.note { "The model cannot replay this scenario: " (why) } }
+                Err(why) => { p.note { "The model cannot replay this scenario: " (why.to_string()) } }
             }
         }
         h2 id="scenario" { "The scenario as run" }
@@ -294,8 +294,8 @@ pub fn write(
     scenario: &Scenario,
 ) -> Result<u64> {
     let v = RunView::of(outcome, scenario.layout().ok());
-    let model = super::model::live_on_every_era(scenario).map_err(|e| e.to_string());
-    let p = page(&v, scenario, model.as_deref().map_err(Clone::clone))?;
+    let model = super::model::live_on_every_era(scenario);
+    let p = page(&v, scenario, model.as_deref())?;
     file.write(&p)
 }
 
@@ -308,13 +308,23 @@ mod tests {
         let s = crate::config::load(None).unwrap();
         let o = crate::report::Outcome::skipped(&s, "no /dev/kvm: install KVM".into());
         let v = RunView::of(&o, s.layout().ok());
-        let p = page(&v, &s, Err("n/a".into())).unwrap().into_string();
+        let bad =
+            std::collections::BTreeMap::from([("no-such-era".to_string(), "coherent".to_string())]);
+        let why = super::super::model::Error::Model(crate::model::report::Error::Expect {
+            scenario: s.name.clone(),
+            source: crate::model::expect::check(&bad).unwrap_err(),
+        });
+        let p = page(&v, &s, Err(&why)).unwrap().into_string();
         assert!(p.contains("data-verdict=\"skipped\""));
         assert!(p.contains("no /dev/kvm: install KVM"));
         assert!(p.contains("No events were recorded: no /dev/kvm"));
         assert!(
             p.contains("name = &quot;default&quot;"),
             "the scenario's TOML is on the page"
+        );
+        assert!(
+            p.contains("The model cannot replay this scenario: replay default: key"),
+            "the model's error, typed, says why"
         );
     }
 }
