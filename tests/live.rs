@@ -344,7 +344,7 @@ fn watchdog_stops_a_spinning_guest() {
 /// It only probes, so no KVM is needed.
 #[test]
 fn host_capabilities() {
-    const NAMES: [&str; 13] = [
+    const NAMES: [&str; 14] = [
         "kvm",
         "vfio",
         "iommu",
@@ -356,6 +356,7 @@ fn host_capabilities() {
         "ksm",
         "swap",
         "tracefs",
+        "tracing",
         "debugfs",
         "userfaultfd",
     ];

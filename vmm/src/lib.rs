@@ -25,6 +25,7 @@ pub mod perturb;
 pub mod pfn;
 pub mod phase;
 pub mod pin;
+pub mod prefault;
 pub mod report;
 pub mod results;
 pub mod runner;

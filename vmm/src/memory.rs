@@ -240,6 +240,13 @@ impl GuestRam {
         )
     }
 
+    /// Faults `[gpa, gpa+len)` in for writing (MADV_POPULATE_WRITE), or `OutOfRange` unless
+    /// it lies wholly inside RAM. The runner's prefault takes RAM in parts (`prefault`).
+    pub fn populate_range(&self, gpa: Gpa, len: u64) -> Result<()> {
+        let hva = self.translate(gpa, len)?;
+        madvise(hva, len, libc::MADV_POPULATE_WRITE, "MADV_POPULATE_WRITE")
+    }
+
     pub fn hva(&self) -> Hva {
         self.map.hva()
     }

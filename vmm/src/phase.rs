@@ -143,6 +143,13 @@ pub trait PhaseHook: Send {
     fn storm(&self) -> Option<crate::evidence::StormRun> {
         None
     }
+
+    /// Whether `at_phase` may act on the host or on guest RAM at all (false: it never does
+    /// anything). The runner lets the guest start before all of RAM is faulted in and waits
+    /// for the whole prefault, and its THP coverage, before the first phase of a hook that acts.
+    fn acts(&self) -> bool {
+        true
+    }
 }
 
 /// The phase hook of an unperturbed run.
@@ -157,6 +164,10 @@ impl PhaseHook for NoActions {
 
     fn finish(&mut self) -> (Vec<ActionEvidence>, Option<Self::Error>) {
         (Vec::new(), None)
+    }
+
+    fn acts(&self) -> bool {
+        false
     }
 }
 

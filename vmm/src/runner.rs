@@ -3,16 +3,19 @@
 //! Threads (docs/architecture.md): the vCPU thread runs the guest and its synchronous exits (and
 //! the host actions scheduled at phases, so "between rounds" is exact); the caller's thread
 //! becomes the device thread (`devices::serve`: the two doorbell ioeventfds, the watchdog's
-//! timerfd, and the eventfd the vCPU thread signals when it is done). Before the guest
-//! starts, a scoped prefault thread populates guest RAM and measures its THP coverage while the
-//! caller's thread creates the VM and loads the guest. Nothing outlives `run`. Every step is
-//! recorded on the run's `Timeline`.
+//! timerfd, and the eventfd the vCPU thread signals when it is done). A prefault thread
+//! (`prefault`) populates guest RAM and measures its THP coverage while the caller's thread
+//! creates the VM and loads the guest; the guest starts once the part it touches first is
+//! done, and the rest is done before any host action and before the verdict. After the guest,
+//! a teardown thread closes the VM while the evidence is gathered. Nothing outlives `run`.
+//! Every step is recorded on the run's `Timeline`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use pinlab_abi as abi;
 
+use crate::addr::Gpa;
 use crate::devices::{self, Devices, Doorbells};
 use crate::layout::Layout;
 use crate::memory::GuestRam;
@@ -42,7 +45,7 @@ pub enum RunError {
     #[error("guest RAM: {0}")]
     GuestRam(#[source] crate::memory::Error),
     #[error("prefaulting guest RAM: {0}")]
-    Prefault(#[source] crate::memory::Error),
+    Prefault(#[source] crate::prefault::Error),
     #[error("building the VM: {0}")]
     Vm(#[source] crate::vm::Error),
     #[error("registering a doorbell: {0}")]
@@ -248,48 +251,47 @@ fn run_inner<H: PhaseHook>(
     tracer.start(timeline, (ram.hva(), ram.size()), &layout);
     let boot = boot_info(s, &layout);
     let ram = Arc::new(RwLock::new(ram));
-    // The prefault, then the THP coverage measurement, run on their own thread while this one
-    // creates the VM and loads the guest (they touch the same RAM: the loader's writes and
-    // MADV_POPULATE_WRITE both just fault pages in). Coverage is measured after the whole
-    // prefault, and both finish before the guest starts.
-    let (created, prefault) = std::thread::scope(|scope| {
-        let prefault = s.vm.prefault.then(|| {
-            std::thread::Builder::new()
-                .name("pinlab-prefault".into())
-                .spawn_scoped(scope, || {
-                    let start = Mono::now();
-                    let ram = ram.read().unwrap_or_else(|p| p.into_inner());
-                    ram.populate().map_err(RunError::Prefault)?;
-                    let coverage = crate::pfn::thp_blocks(ram.hva(), ram.size()).ok();
-                    timeline.span(
-                        start,
-                        "prefault",
-                        What::Launch {
-                            step: LaunchStep::Prefault,
-                        },
-                    );
-                    Ok::<_, RunError>(coverage)
-                })
-        });
-        let start = Mono::now();
-        let created = Vm::create(ram.clone(), &boot);
-        timeline.span(
-            start,
-            "main",
-            What::Launch {
-                step: LaunchStep::VmCreated,
-            },
-        );
-        let prefault = match prefault {
-            None => Ok(None),
-            Some(Err(e)) => Err(RunError::Spawn("prefault", e)),
-            Some(Ok(t)) => t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
-        };
-        (created, prefault)
-    });
+    // The prefault runs on its own thread while this one creates the VM and loads the guest
+    // (they touch the same RAM: the loader's writes and MADV_POPULATE_WRITE both just fault
+    // pages in): first the hot part, what the guest touches first (boot structures, image,
+    // stack, the DMA region's huge pages), then the rest, each part's THP coverage measured
+    // right after its prefault (`prefault`). The guest starts once the hot part is done; the
+    // whole prefault is waited for before the first phase of a hook that acts, before
+    // anything below that needs all of RAM (the PTE split, VFIO), and before the end of the
+    // run, so the coverage at boot is always measured before any host action.
+    let hot_end = Gpa(layout.huge_pages.start.raw() + layout.huge_pages.len);
+    let hot_len = crate::prefault::hot_len(s.vm.memory.0, hot_end);
+    let mut prefault = match s.vm.prefault {
+        true => Some(
+            crate::prefault::Prefault::start(ram.clone(), hot_len, timeline.clone())
+                .map_err(RunError::Prefault)?,
+        ),
+        false => None,
+    };
+    let start = Mono::now();
+    let created = Vm::create(ram.clone(), &boot);
+    timeline.span(
+        start,
+        "main",
+        What::Launch {
+            step: LaunchStep::VmCreated,
+        },
+    );
     let vm = Arc::new(created.map_err(RunError::Vm)?);
-    out.thp_blocks.boot = prefault?;
-    out.thp_coverage = out.thp_blocks.coverage_at_boot(s.vm.memory.0);
+    let needs_all_ram =
+        s.vm.memory_kind() == MemoryKind::PteMappedThp || s.device.pin == PinKind::Vfio;
+    let mut all_failed = false;
+    if let Some(p) = &mut prefault {
+        p.hot().map_err(RunError::Prefault)?;
+        all_failed = needs_all_ram && !p.wait();
+    }
+    if all_failed {
+        // `finish` says why the rest was not faulted in.
+        if let Some(p) = prefault.take() {
+            p.finish().map_err(RunError::Prefault)?;
+        }
+    }
+    let prefault = Mutex::new(prefault);
     if s.vm.memory_kind() == MemoryKind::PteMappedThp {
         pte_map_huge_pages(&vm.ram().read().unwrap_or_else(|p| p.into_inner()), &layout)?;
     }
@@ -350,6 +352,7 @@ fn run_inner<H: PhaseHook>(
         let first_round = &first_round_done;
         let order = &mut order;
         let hook = &mut *hook;
+        let prefault = &prefault;
         let vcpu_thread = std::thread::Builder::new()
             .name("pinlab-vcpu".into())
             .spawn_scoped(scope, move || {
@@ -375,6 +378,14 @@ fn run_inner<H: PhaseHook>(
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .get_or_insert_with(Mono::now);
+                    }
+                    if hook.acts() {
+                        // The whole prefault and its coverage come before any host action.
+                        // If it failed the run ends as an error (below) and nothing acts.
+                        let mut p = prefault.lock().unwrap_or_else(|e| e.into_inner());
+                        if !p.as_mut().is_none_or(|p| p.wait()) {
+                            return Ok(vcpu::PhaseAnswer::Accepted);
+                        }
                     }
                     hook.at_phase(phase, &env)?;
                     Ok(vcpu::PhaseAnswer::Accepted)
@@ -426,6 +437,27 @@ fn run_inner<H: PhaseHook>(
     let (evidence, finish_error) = hook.finish();
     out.evidence = evidence;
     out.storm = hook.storm();
+    // The end of the prefault (and its coverage at boot) before anything that reads it.
+    let prefault = prefault.into_inner().unwrap_or_else(|e| e.into_inner());
+    out.thp_blocks.boot = prefault
+        .map_or(Ok(None), |p| p.finish())
+        .map_err(RunError::Prefault)?;
+    out.thp_coverage = out.thp_blocks.coverage_at_boot(s.vm.memory.0);
+    // Closing the VM and vCPU fds of a VM that ran takes milliseconds (`kvm_destroy_vm`), and
+    // nothing below needs the VM: it is closed on its own thread while this one gathers the
+    // evidence and measures the coverage at the end (guest RAM stays mapped: the devices hold
+    // it). The perturbations' clones of the VM went with `hook.finish()`. With VFIO attached the
+    // VM goes here, in order, after everything else.
+    let mut vm = Some(vm);
+    let teardown = match vm.take_if(|_| vfio.is_none()) {
+        Some(vm) => Some(
+            std::thread::Builder::new()
+                .name("pinlab-teardown".into())
+                .spawn(move || drop(vm))
+                .map_err(|e| RunError::Spawn("teardown", e))?,
+        ),
+        None => None,
+    };
 
     // Gather: counters, PFN evidence, guest report.
     let stats = &devices.stats;
@@ -493,8 +525,11 @@ fn run_inner<H: PhaseHook>(
     });
     out.verdict = verdict;
     out.reason = reason;
-    // The VM closes its vCPU and VM fds before it lets go of its share of guest RAM (`Vm`'s
-    // field order); the perturbations' clones of it went with their threads in `hook.finish()`.
+    // The VM (its vCPU and VM fds, then its share of guest RAM: `Vm`'s field order) is gone
+    // before `run` returns.
     drop(vm);
+    if let Some(t) = teardown {
+        t.join().map_err(|_| RunError::Panicked("teardown"))?;
+    }
     Ok(())
 }

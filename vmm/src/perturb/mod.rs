@@ -622,6 +622,11 @@ impl PhaseHook for Schedule {
         self.storm_run.clone()
     }
 
+    /// A schedule with no action never acts (no storm, nothing pending).
+    fn acts(&self) -> bool {
+        !self.actions.is_empty()
+    }
+
     fn finish(&mut self) -> (Vec<Evidence>, Option<Error>) {
         // Whatever did not get its phase (the guest died early) is finished now, so no child
         // or handler outlives the run.
