@@ -10,30 +10,14 @@ use std::time::Instant;
 
 use pinlab::results::ktap;
 
+mod support;
+
 fn pinlab() -> &'static str {
     env!("CARGO_BIN_EXE_pinlab")
 }
 
 fn configs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs")
-}
-
-/// True when live cases can run; prints why not, or fails under PINLAB_REQUIRE_KVM=1.
-fn kvm_usable() -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) if std::env::var("PINLAB_REQUIRE_KVM").as_deref() == Ok("1") => {
-            panic!("PINLAB_REQUIRE_KVM=1 but /dev/kvm: {e}")
-        }
-        Err(e) => {
-            println!("skipped: /dev/kvm: {e}");
-            false
-        }
-    }
 }
 
 /// A temp dir of three fast configs: default (coherent, 8 rounds), io_uring + DONTNEED
@@ -79,7 +63,7 @@ fn matrix(dir: &Path, format: &str) -> (String, Option<i32>) {
 
 #[test]
 fn matrix_ktap_is_ktap_v1_line_by_line() {
-    if !kvm_usable() {
+    if support::skip_without_kvm() {
         return;
     }
     let set = small_set();
@@ -119,7 +103,7 @@ fn matrix_ktap_is_ktap_v1_line_by_line() {
 
 #[test]
 fn matrix_junit_has_one_testcase_per_scenario() {
-    if !kvm_usable() {
+    if support::skip_without_kvm() {
         return;
     }
     let set = small_set();
@@ -173,7 +157,7 @@ done < "$BASE_DIR/kselftest-list.txt"
 
 #[test]
 fn kselftest_package_runs_under_a_runner_sh_style_runner() {
-    if !kvm_usable() {
+    if support::skip_without_kvm() {
         return;
     }
     let set = small_set();
@@ -222,7 +206,7 @@ fn kselftest_package_runs_under_a_runner_sh_style_runner() {
 
 #[test]
 fn diff_reports_exactly_the_edited_regression() {
-    if !kvm_usable() {
+    if support::skip_without_kvm() {
         return;
     }
     let set = small_set();
@@ -323,7 +307,7 @@ fn an_installed_binary_works_outside_the_checkout() {
         .args(["replay", "seed000-fork-parent-write"])
         .current_dir(elsewhere.path()));
     assert!(out.status.success());
-    if !kvm_usable() {
+    if support::skip_without_kvm() {
         return;
     }
     let one = tempfile::tempdir().unwrap();

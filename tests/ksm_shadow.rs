@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod support;
+
 const PINLAB: &str = env!("CARGO_BIN_EXE_pinlab");
 /// The system lock may be held by another run for up to 600 s; the run itself takes seconds.
 const RUN_DEADLINE: Duration = Duration::from_secs(900);
@@ -68,15 +70,6 @@ fn pinlab(args: &[&str], deadline: Duration) -> (Option<i32>, String, String) {
     (status.code(), out_t.join().unwrap(), err_t.join().unwrap())
 }
 
-fn kvm_missing() -> Option<String> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .err()
-        .map(|e| format!("skipped: /dev/kvm: {e}"))
-}
-
 /// What a row expects of the helper's copies (X) of the pinned pages.
 #[derive(Clone, Copy, Debug)]
 enum Copies {
@@ -88,8 +81,7 @@ enum Copies {
 
 #[test]
 fn pinned_page_first_in_the_scan_blocks_the_other_process() {
-    if let Some(why) = kvm_missing() {
-        println!("{why}");
+    if support::skip_without_kvm() {
         return;
     }
     // (scenario, order, finding, copies): what a bug or a kernel change would look like is in

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod support;
+
 const PINLAB: &str = env!("CARGO_BIN_EXE_pinlab");
 
 /// Generous for a run that takes ~0.5 s: a deadline catches a hang, it does not measure speed.
@@ -126,25 +128,6 @@ fn run_pinlab(args: &[&str], deadline: Duration) -> Run {
     run
 }
 
-/// True (after printing why) when this host cannot run a VM: `/dev/kvm` does not open.
-fn skip_without_kvm() -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => false,
-        Err(e) => {
-            // CI sets PINLAB_REQUIRE_KVM=1: there a missing /dev/kvm fails, never passes.
-            if std::env::var("PINLAB_REQUIRE_KVM").as_deref() == Ok("1") {
-                panic!("PINLAB_REQUIRE_KVM=1 but /dev/kvm cannot be opened: {e}");
-            }
-            println!("skipped: /dev/kvm cannot be opened: {e}");
-            true
-        }
-    }
-}
-
 /// Runs a VM scenario; `None` (after printing pinlab's reason) when pinlab reports `skipped`.
 fn run_vm(args: &[&str]) -> Option<(Run, Value)> {
     let _vm = vm_lock();
@@ -191,7 +174,7 @@ fn assert_coherent_dma(run: &Run, j: &Value) {
 /// Case 1: the unperturbed default, THP on and off.
 #[test]
 fn default_run_is_coherent() {
-    if skip_without_kvm() {
+    if support::skip_without_kvm() {
         return;
     }
     // (args, what it proves / what a bug looks like, THP coverage check)
@@ -219,7 +202,7 @@ fn default_run_is_coherent() {
 /// Case 2: the other pin mechanisms.
 #[test]
 fn pin_mechanisms() {
-    if skip_without_kvm() {
+    if support::skip_without_kvm() {
         return;
     }
     // No pin at all (the control group): the device goes through the VMM's own mapping, so it
@@ -313,7 +296,7 @@ fn config_errors_name_the_key() {
 /// is gone within watchdog + 1 s of its spawn (the acceptance criterion).
 #[test]
 fn watchdog_stops_a_spinning_guest() {
-    if skip_without_kvm() {
+    if support::skip_without_kvm() {
         return;
     }
     let watchdog = Duration::from_secs(1);
@@ -392,7 +375,7 @@ fn host_capabilities() {
 /// the status the ABI demands, counts it, keeps working, and does not crash.
 #[test]
 fn hostile_guest_is_rejected_and_counted() {
-    if skip_without_kvm() {
+    if support::skip_without_kvm() {
         return;
     }
     let Some((run, j)) = run_vm(&["run", "--mode", "hostile", "--json"]) else {
@@ -433,7 +416,7 @@ fn hostile_guest_is_rejected_and_counted() {
 /// Case 7: the smallest guest boots to CPL3 and says so.
 #[test]
 fn boot_mode_reaches_cpl3() {
-    if skip_without_kvm() {
+    if support::skip_without_kvm() {
         return;
     }
     let Some((run, j)) = run_vm(&["run", "--mode", "boot", "--json"]) else {
@@ -458,7 +441,7 @@ fn boot_mode_reaches_cpl3() {
 /// run expected to diverge must exit 1. A bug: exit 0 (every run "passes", whatever it finds).
 #[test]
 fn unmet_expectation_exits_1() {
-    if skip_without_kvm() {
+    if support::skip_without_kvm() {
         return;
     }
     let Some((run, j)) = run_vm(&["run", "--expect", "diverged", "--json"]) else {
@@ -530,7 +513,7 @@ fn discarding_the_pinned_range_diverges_with_pfn_evidence() {
 /// counted as progress (our deadline kills the run instead).
 #[test]
 fn a_console_flood_is_bounded_and_stopped_by_the_watchdog() {
-    if skip_without_kvm() {
+    if support::skip_without_kvm() {
         return;
     }
     let watchdog = Duration::from_secs(1);
@@ -597,7 +580,7 @@ fn a_console_flood_is_bounded_and_stopped_by_the_watchdog() {
 /// stalls or kills the guest.
 #[test]
 fn repeated_phases_never_rerun_a_host_action() {
-    if skip_without_kvm() {
+    if support::skip_without_kvm() {
         return;
     }
     let rounds = 4u64;

@@ -5,6 +5,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod support;
+
 fn pinlab() -> &'static str {
     env!("CARGO_BIN_EXE_pinlab")
 }
@@ -13,25 +15,9 @@ fn configs() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs")
 }
 
-fn kvm_missing() -> Option<String> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .err()
-        .map(|e| {
-            // CI sets PINLAB_REQUIRE_KVM=1: there a missing /dev/kvm fails, never passes.
-            if std::env::var("PINLAB_REQUIRE_KVM").as_deref() == Ok("1") {
-                panic!("PINLAB_REQUIRE_KVM=1 but /dev/kvm cannot be opened: {e}");
-            }
-            format!("skipped: /dev/kvm: {e}")
-        })
-}
-
 #[test]
 fn matrix_meets_every_expectation() {
-    if let Some(why) = kvm_missing() {
-        println!("{why}");
+    if support::skip_without_kvm() {
         return;
     }
     let start = Instant::now();
@@ -106,8 +92,7 @@ fn matrix_meets_every_expectation() {
 /// pin-counting rule would flip `copied_at_fork`.
 #[test]
 fn bias_1024_findings() {
-    if let Some(why) = kvm_missing() {
-        println!("{why}");
+    if support::skip_without_kvm() {
         return;
     }
     let rows = [
@@ -137,8 +122,7 @@ fn bias_1024_findings() {
 /// scenario that wrongly expects coherence for a discarded pinned range.
 #[test]
 fn matrix_fails_on_a_wrong_expectation() {
-    if let Some(why) = kvm_missing() {
-        println!("{why}");
+    if support::skip_without_kvm() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod support;
+
 /// The model's eras: one row or cell each.
 const ERAS: usize = pinlab::model::Era::ALL.len();
 
@@ -22,15 +24,6 @@ fn pinlab() -> &'static str {
 
 fn configs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs")
-}
-
-fn kvm_missing() -> Option<String> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .err()
-        .map(|e| format!("skipped: /dev/kvm: {e}"))
 }
 
 /// The Chromium binary on PATH, or why there is none.
@@ -256,8 +249,7 @@ fn cells_in_group(dom: &str, group: &str) -> (usize, u32) {
 
 #[test]
 fn run_report_renders_with_its_parts() {
-    if let Some(why) = kvm_missing() {
-        println!("{why}");
+    if support::skip_without_kvm() {
         return;
     }
     let exe = match chromium() {
@@ -316,8 +308,7 @@ fn run_report_renders_with_its_parts() {
 
 #[test]
 fn a_run_that_ends_in_error_still_writes_a_report_that_says_why() {
-    if let Some(why) = kvm_missing() {
-        println!("{why}");
+    if support::skip_without_kvm() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -377,8 +368,7 @@ fn an_unwritable_report_path_is_a_usage_error_before_the_vm_starts() {
 
 #[test]
 fn matrix_report_renders_a_section_per_scenario_and_stays_small() {
-    if let Some(why) = kvm_missing() {
-        println!("{why}");
+    if support::skip_without_kvm() {
         return;
     }
     let exe = match chromium() {
@@ -436,8 +426,7 @@ fn matrix_report_renders_a_section_per_scenario_and_stays_small() {
 /// for the one that agrees, a full section for the one that does not, and the two not built.
 #[test]
 fn sweep_report_draws_disagreements_in_full_and_the_rest_as_rows() {
-    if let Some(why) = kvm_missing() {
-        println!("{why}");
+    if support::skip_without_kvm() {
         return;
     }
     let exe = match chromium() {

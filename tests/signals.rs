@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use pinlab::host::SystemLock;
 
+mod support;
+
 const KNOBS: &[&str] = &[
     "/sys/kernel/mm/ksm/run",
     "/sys/kernel/mm/ksm/sleep_millisecs",
@@ -45,16 +47,7 @@ fn baseline() -> BTreeMap<String, String> {
 }
 
 fn skip() -> bool {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        // CI sets PINLAB_REQUIRE_KVM=1: there a missing /dev/kvm fails, never passes.
-        if std::env::var("PINLAB_REQUIRE_KVM").as_deref() == Ok("1") {
-            panic!("PINLAB_REQUIRE_KVM=1 but /dev/kvm cannot be opened: {e}");
-        }
-        println!("skipped: /dev/kvm: {e}");
+    if support::skip_without_kvm() {
         return true;
     }
     // SAFETY: geteuid has no preconditions.

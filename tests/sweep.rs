@@ -6,27 +6,15 @@
 
 use std::process::Command;
 
+mod support;
+
 fn pinlab() -> &'static str {
     env!("CARGO_BIN_EXE_pinlab")
 }
 
-fn kvm_missing() -> Option<String> {
-    let err = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .err()?;
-    let why = format!("/dev/kvm: {err}");
-    if std::env::var("PINLAB_REQUIRE_KVM").as_deref() == Ok("1") {
-        panic!("PINLAB_REQUIRE_KVM=1 but {why}");
-    }
-    Some(why)
-}
-
 #[test]
 fn a_shortened_sweep_agrees_with_the_model() {
-    if let Some(why) = kvm_missing() {
-        println!("skipped: {why}");
+    if support::skip_without_kvm() {
         return;
     }
     let out = Command::new(pinlab())

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod support;
+
 const PINLAB: &str = env!("CARGO_BIN_EXE_pinlab");
 /// A run waits for the system lock behind other system-touching runs: generous.
 const RUN_DEADLINE: Duration = Duration::from_secs(300);
@@ -96,20 +98,6 @@ fn run_pinlab(args: &[&str]) -> Run {
         status,
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
-    }
-}
-
-fn skip_without_kvm() -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => false,
-        Err(e) => {
-            println!("skipped: /dev/kvm: {e}");
-            true
-        }
     }
 }
 
@@ -249,7 +237,7 @@ fn hex(s: &str) -> u64 {
 /// counter that did not step.
 #[test]
 fn traced_split_pmd_shows_kvm_unmapping_the_huge_page_inside_the_action() {
-    if skip_without_kvm() || skip_without_tracefs() {
+    if support::skip_without_kvm() || skip_without_tracefs() {
         return;
     }
     let Some(t) = traced(&["--perturb", "split-pmd", "--region", "1MiB"]) else {
@@ -323,7 +311,7 @@ fn traced_split_pmd_shows_kvm_unmapping_the_huge_page_inside_the_action() {
 /// RAM at all (the PID filter lost ksmd).
 #[test]
 fn traced_ksm_merges_decoy_pfns_and_no_region_pfn() {
-    if skip_without_kvm() || skip_without_tracefs() {
+    if support::skip_without_kvm() || skip_without_tracefs() {
         return;
     }
     let Some(t) = traced(&["--perturb", "ksm", "--rounds", "8"]) else {
@@ -362,7 +350,7 @@ fn traced_ksm_merges_decoy_pfns_and_no_region_pfn() {
 /// or a diverged verdict with no copy in the trace.
 #[test]
 fn traced_fork_parent_write_shows_the_parents_writes_and_the_copies() {
-    if skip_without_kvm() || skip_without_tracefs() {
+    if support::skip_without_kvm() || skip_without_tracefs() {
         return;
     }
     let Some(t) = traced(&[
@@ -410,7 +398,7 @@ fn traced_fork_parent_write_shows_the_parents_writes_and_the_copies() {
 /// after its parent, or events out of order on a track.
 #[test]
 fn the_chrome_trace_is_ordered_per_track_and_its_slices_nest() {
-    if skip_without_kvm() || skip_without_tracefs() {
+    if support::skip_without_kvm() || skip_without_tracefs() {
         return;
     }
     let Some(t) = traced(&[
@@ -514,7 +502,7 @@ fn an_unwritable_trace_file_is_a_usage_error() {
 /// that claims to be recorded.
 #[test]
 fn a_refused_tracefs_skips_the_trace_and_the_run_goes_on() {
-    if skip_without_kvm() {
+    if support::skip_without_kvm() {
         return;
     }
     let mounted = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
@@ -632,7 +620,7 @@ fn stderr_of(child: &mut Child) -> String {
 /// signal). A bug shows as an instance directory left under tracefs, or a journal left behind.
 #[test]
 fn signals_mid_trace_remove_the_instance() {
-    if skip_without_kvm() || skip_without_tracefs() {
+    if support::skip_without_kvm() || skip_without_tracefs() {
         return;
     }
     // (signal, exit status)
@@ -670,7 +658,7 @@ fn signals_mid_trace_remove_the_instance() {
 /// or an instance the next run did not remove.
 #[test]
 fn sigkill_leaves_a_journaled_instance_that_the_next_run_removes() {
-    if skip_without_kvm() || skip_without_tracefs() {
+    if support::skip_without_kvm() || skip_without_tracefs() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -762,7 +750,7 @@ live = "diverged"
 /// file that does not parse, or a child that left its instance behind.
 #[test]
 fn a_traced_matrix_writes_one_trace_per_scenario() {
-    if skip_without_kvm() || skip_without_tracefs() {
+    if support::skip_without_kvm() || skip_without_tracefs() {
         return;
     }
     let scenarios = tempfile::tempdir().unwrap();

@@ -12,27 +12,10 @@ use std::sync::Mutex;
 
 use serde_json::Value;
 
+mod support;
+
 const PINLAB: &str = env!("CARGO_BIN_EXE_pinlab");
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-/// True (after printing why) when this host cannot run a VM; panics instead when
-/// PINLAB_REQUIRE_KVM=1.
-fn no_kvm() -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => false,
-        Err(e) if std::env::var("PINLAB_REQUIRE_KVM").as_deref() == Ok("1") => {
-            panic!("PINLAB_REQUIRE_KVM=1 but /dev/kvm cannot be opened: {e}")
-        }
-        Err(e) => {
-            println!("skipped: /dev/kvm cannot be opened: {e}");
-            true
-        }
-    }
-}
 
 /// Runs `pinlab run ARGS --json`; the result and a printable description.
 fn run(args: &[&str]) -> (Value, String) {
@@ -79,7 +62,7 @@ const ACTIONS: [&str; 16] = [
 /// layout making an action fail ("no page beside the region") or a verdict the PFNs do not back.
 #[test]
 fn every_action_on_the_default_gives_a_verdict_about_the_kernel() {
-    if no_kvm() {
+    if support::skip_without_kvm() {
         return;
     }
     let mut bad = Vec::new();
@@ -113,7 +96,7 @@ fn every_action_on_the_default_gives_a_verdict_about_the_kernel() {
 /// it (a triple fault), and a split-pmd storm found its neighbour already discarded ("no effect").
 #[test]
 fn a_storm_gives_the_verdict_of_the_same_action_at_a_phase() {
-    if no_kvm() {
+    if support::skip_without_kvm() {
         return;
     }
     let stormable = [
@@ -167,7 +150,7 @@ fn a_storm_gives_the_verdict_of_the_same_action_at_a_phase() {
 /// its own effect (the PTEs were write-protected and restored), not "a PMD split happened".
 #[test]
 fn an_action_after_another_judges_its_own_effect() {
-    if no_kvm() {
+    if support::skip_without_kvm() {
         return;
     }
     for pin in ["io-uring", "vmsplice"] {
@@ -188,7 +171,7 @@ fn an_action_after_another_judges_its_own_effect() {
 /// a storm that ran no iteration is the lab's `error`, never a pass.
 #[test]
 fn a_storm_longer_than_the_run_ends_with_the_rounds_and_is_not_a_pass() {
-    if no_kvm() {
+    if support::skip_without_kvm() {
         return;
     }
     let start = std::time::Instant::now();
