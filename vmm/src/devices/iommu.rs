@@ -269,10 +269,9 @@ impl Iommu {
             // transfer.
             _ => unsafe { pin::pin_with(self.kind, hva, len, self.options) },
         };
-        let pin = pinned.map_err(|source| Error::Pin { hva, len, source })?;
+        let mut pin = pinned.map_err(|source| Error::Pin { hva, len, source })?;
         let (pinned_pfns, pfn_error) = match pin
-            .pinned_pfns()
-            .map(Ok)
+            .take_pinned_pfns()
             .unwrap_or_else(|| crate::pfn::pfns(hva, len))
         {
             Ok(pfns) => (pfns, None),

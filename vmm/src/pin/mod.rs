@@ -148,10 +148,11 @@ pub trait Pin: Send {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// The PFN of each page as the mechanism's own pin recorded it, if it records them (VFIO:
-    /// right after MAP_DMA, possibly long before this range was handed out). `None`: the
-    /// caller reads pagemap at pin time.
-    fn pinned_pfns(&self) -> Option<Vec<Option<Pfn>>> {
+    /// The PFN of each page as read when the pin was taken, if the pin read them itself (VFIO:
+    /// right after MAP_DMA, possibly long before this range was handed out; io-uring: each
+    /// part's PFNs read right after that part was pinned, while the next part pinned). Taken
+    /// once: a second call may say `None`. `None`: the caller reads pagemap now, after the pin.
+    fn take_pinned_pfns(&mut self) -> Option<crate::pfn::Result<Vec<Option<Pfn>>>> {
         None
     }
     /// Device write ("to guest"): copy `staging[staging_offset..+len]` into the pinned pages at
@@ -290,7 +291,7 @@ pub unsafe fn pin_with(
         let depth = options.queue_depth as usize;
         // SAFETY: forwarded from this function's contract.
         return Ok(Box::new(unsafe {
-            io_uring::IoUringPin::with_depth(hva, len, depth)
+            io_uring::IoUringPin::reading_pfns(hva, len, depth)
         }?));
     }
     // SAFETY: forwarded from this function's contract.

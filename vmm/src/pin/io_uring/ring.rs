@@ -137,6 +137,70 @@ impl FixedRing {
         Ok(ring)
     }
 
+    /// As [`Self::with_max_buffer`], one buffer per part of at most `part` bytes, registered one
+    /// part at a time (a sparse table, then one IORING_REGISTER_BUFFERS_UPDATE per part) while a
+    /// second thread calls `pinned(part's hva, part's len)` on each part already pinned: the
+    /// caller's work on part k (reading its PFNs) overlaps the kernel pinning part k+1, and
+    /// always starts after part k is pinned. Returns `pinned`'s results in part order.
+    ///
+    /// # Safety
+    ///
+    /// As [`Self::register`].
+    pub(crate) unsafe fn register_in_parts<T: Send>(
+        hva: Hva,
+        len: u64,
+        part: u64,
+        pinned: impl Fn(Hva, u64) -> T + Sync,
+    ) -> Result<(Self, Vec<T>), Error> {
+        let (ring, spans) = Self::empty(hva, len, part)?;
+        let nr = spans.len() as u32;
+        ring.ring
+            .submitter()
+            .register_buffers_sparse(nr)
+            .map_err(|source| Error::RegisterSparse {
+                buffers: nr,
+                source,
+            })?;
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::channel::<BufferSpan>();
+            let worker = std::thread::Builder::new()
+                .name("pinlab-pin-pfns".into())
+                .spawn_scoped(scope, {
+                    let pinned = &pinned;
+                    move || rx.iter().map(|b| pinned(b.hva, b.len)).collect()
+                })
+                .map_err(Error::SpawnReader)?;
+            let mut registered = Ok(());
+            for (k, span) in spans.iter().enumerate() {
+                // SAFETY: the iovec describes part k of `hva..hva+len`, which the caller keeps
+                // mapped for our lifetime; the kernel pins its pages into slot k of the table
+                // registered above. The table is unregistered in `Drop`.
+                let r = unsafe {
+                    ring.ring
+                        .submitter()
+                        .register_buffers_update(k as u32, &[span.iovec()], None)
+                };
+                if let Err(source) = r {
+                    registered = Err(Error::RegisterBuffers {
+                        hva: span.hva,
+                        len: span.len,
+                        buffers: 1,
+                        source,
+                    });
+                    break;
+                }
+                // The reader is gone only if it panicked; `join` below says so.
+                let _ = tx.send(*span);
+            }
+            drop(tx);
+            let results: Vec<T> = worker
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            registered.map(|()| results)
+        })
+        .map(|results| (ring, results))
+    }
+
     /// Bytes registered.
     pub fn len(&self) -> u64 {
         self.len
