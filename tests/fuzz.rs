@@ -117,6 +117,40 @@ fn ktap() {
     fuzz("ktap", 20_000);
 }
 
+#[test]
+fn trace() {
+    fuzz("trace", 20_000);
+}
+
+/// Every input that once failed a target, kept in `tests/fuzz-regressions/TARGET/` (one file
+/// each, the bytes libFuzzer or the run above saved), runs through its target again. A bug: a
+/// fixed defect back, or a regression file for a target that no longer exists.
+#[test]
+fn regressions() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fuzz-regressions");
+    let mut ran = 0;
+    for entry in std::fs::read_dir(&dir).expect("tests/fuzz-regressions") {
+        let entry = entry.expect("reading tests/fuzz-regressions");
+        let name = entry
+            .file_name()
+            .into_string()
+            .expect("a UTF-8 target name");
+        let target = fuzzing::TARGETS
+            .iter()
+            .find(|t| t.0 == name)
+            .unwrap_or_else(|| panic!("tests/fuzz-regressions/{name}: no such target"))
+            .1;
+        for file in std::fs::read_dir(entry.path()).expect("a target's regressions") {
+            let path = file.expect("a regression file").path();
+            let data = std::fs::read(&path).expect("reading a regression");
+            let r = std::panic::catch_unwind(|| target(&data));
+            assert!(r.is_ok(), "{} fails again", path.display());
+            ran += 1;
+        }
+    }
+    assert!(ran > 0, "no regression ran from {}", dir.display());
+}
+
 // ---------------------------------------------------------------------------------------------
 // The guest's fuzz mode, on the real binary (as tests/live.rs runs it).
 

@@ -149,13 +149,14 @@ fn steps(u: &mut Unstructured<'_>, devices: &Devices) -> arbitrary::Result<()> {
                 drop(ram);
                 devices.setup(gpa);
                 let ram = devices.ram.read().unwrap();
-                let status_at = gpa + 24;
-                only_wrote(
-                    &ram,
-                    &before,
-                    std::slice::from_ref(&(status_at..status_at + 4)),
-                    "setup",
-                );
+                // The status word (bytes 24..28 of the record), if the record's address has
+                // one at all (found by libFuzzer: a GPA near u64::MAX overflowed here).
+                let status: Vec<_> = gpa
+                    .checked_add(28)
+                    .map(|end| end - 4..end)
+                    .into_iter()
+                    .collect();
+                only_wrote(&ram, &before, &status, "setup");
                 if !in_ram {
                     continue;
                 }

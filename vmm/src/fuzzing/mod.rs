@@ -6,7 +6,7 @@
 //! on nightly) and by `tests/fuzz.rs` on stable (a bounded number of inputs from a seeded PRNG),
 //! so a regression a long libFuzzer run would find fails CI too. Every target checks more than
 //! "does not panic": a reference written from the ABI's or the format's rules (requests,
-//! queues, IOMMU table, phase order), or a round trip (configs, KTAP).
+//! queues, IOMMU table, phase order), or a round trip (configs, KTAP, trace lines).
 //!
 //! What this module owns: the targets and the value generators they share. It must not touch
 //! the host beyond anonymous guest RAM of its own (no KVM, no knobs) and keeps no state between
@@ -20,6 +20,7 @@ mod phase;
 mod queue;
 mod report;
 mod request;
+mod trace;
 
 use arbitrary::{Arbitrary, Unstructured};
 
@@ -31,6 +32,7 @@ pub use phase::phase_order;
 pub use queue::queue;
 pub use report::report;
 pub use request::request;
+pub use trace::trace;
 
 /// A fuzz target's body.
 pub type Target = fn(&[u8]);
@@ -45,6 +47,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("report", report),
     ("phase_order", phase_order),
     ("ktap", ktap),
+    ("trace", trace),
 ];
 
 /// Runs `f` over `data`; running out of input ends the case quietly (it is not a failure).

@@ -37,7 +37,7 @@ pub enum Era {
 
 /// A name that is neither an era's nor a version an era covers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown era `{name}` (one of: {}; or a kernel version from 2.6.29 on, such as 6.18)", Era::names().join(", "))]
+#[error("unknown era `{}` (one of: {}; or a kernel version from 2.6.29 on, such as 6.18)", name.escape_debug(), Era::names().join(", "))]
 pub struct UnknownEra {
     pub name: String,
 }

@@ -66,18 +66,18 @@ pub fn finding_names(bits: u8) -> Vec<String> {
 }
 
 /// A value of `[expect] model` that does not parse, or a key that names no era or an era
-/// another key already names.
+/// another key already names. The offending text is shown escaped, so the message stays one line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
-    #[error("`{0}`: expected coherent, diverged, n/a or invariant-broken:NAME[+finding]")]
+    #[error("`{}`: expected coherent, diverged, n/a or invariant-broken:NAME[+finding]", .0.escape_debug())]
     Verdict(String),
-    #[error("`{0}` is not a structural invariant (anon-vma-reach, rmap-sees-migration; data invariants are `diverged`)")]
+    #[error("`{}` is not a structural invariant (anon-vma-reach, rmap-sees-migration; data invariants are `diverged`)", .0.escape_debug())]
     NotStructural(String),
-    #[error("unknown finding `{0}` (bias-false-positive)")]
+    #[error("unknown finding `{}` (bias-false-positive)", .0.escape_debug())]
     Finding(String),
     #[error(transparent)]
     Era(#[from] UnknownEra),
-    #[error("names era {era}, as key `{other}` does")]
+    #[error("names era {era}, as key `{}` does", other.escape_debug())]
     SameEra { era: Era, other: String },
 }
 
@@ -189,6 +189,21 @@ pub fn check(table: &BTreeMap<String, String>) -> Result<ModelExpectations, KeyE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `config` fuzz target: a value with line breaks made a multi-line error
+    /// (the config loader promises one line naming the file). A bug shows as a raw '\n'.
+    #[test]
+    fn offending_text_is_escaped_onto_one_line() {
+        for bad in ["\n\n", "invariant-broken:a\nb", "coherent+x\ny"] {
+            let e = Expectation::parse(bad).expect_err(bad).to_string();
+            assert!(!e.contains('\n') && e.contains("\\n"), "{e:?}");
+        }
+        let e = UnknownEra {
+            name: "4\n5".into(),
+        }
+        .to_string();
+        assert!(!e.contains('\n'), "{e:?}");
+    }
 
     /// Each row: an expectation string and whether it parses. A bug would accept a typo that then
     /// never matches, or reject the documented grammar.

@@ -79,8 +79,11 @@ fn split_ts_event(line: &str) -> Option<(usize, Mono, String, String)> {
     while let Some(off) = line[from..].find(": ") {
         let colon = from + off;
         from = colon + 2;
-        // The token before ':' must be digits '.' digits, preceded by a space.
-        let start = line[..colon].rfind(' ').map(|p| p + 1)?;
+        // The token before ':' must be digits '.' digits, preceded by a space; a `: ` with no
+        // space before it (in a comm) is not the timestamp's, and the search goes on.
+        let Some(start) = line[..colon].rfind(' ').map(|p| p + 1) else {
+            continue;
+        };
         let ts = &line[start..colon];
         let Some(mono) = parse_ts(ts) else { continue };
         let rest = &line[colon + 2..];
@@ -464,6 +467,18 @@ mod tests {
             (r.comm.as_str(), r.tgid, r.ts),
             ("<...>", None, Mono(10_500_000_000))
         );
+    }
+
+    /// Found by the `trace` fuzz target: a `: ` before the line's first blank (a comm starting
+    /// with `: `, unpadded) ended the search for the timestamp, and the record was dropped.
+    #[test]
+    fn colon_before_the_first_blank_is_not_the_end_of_the_search() {
+        let r = rec(": a-12 [000] ..... 5.000001: ev: body");
+        assert_eq!(
+            (r.comm.as_str(), r.tid, r.event.as_str()),
+            (": a", 12, "ev")
+        );
+        assert_eq!((r.ts, r.body.as_str()), (Mono(5_000_001_000), "body"));
     }
 
     #[test]
