@@ -118,9 +118,9 @@ pub(super) struct RunTimings {
     pub launch_to_guest_done: Option<f64>,
 }
 
-/// One run of the binary: wall-clock spawn -> exit and its timings. The child is always reaped
-/// (`output` waits); a failure carries its stderr.
-pub(super) fn spawn_once(pinlab: &Path, args: &[&str]) -> Result<(f64, RunTimings)> {
+/// One run of the binary with `args`: wall-clock spawn -> exit, milliseconds, and its stdout.
+/// The child is always reaped (`output` waits); a failure carries its stderr.
+fn spawn_timed(pinlab: &Path, args: &[&str]) -> Result<(f64, Vec<u8>)> {
     let cmd = || format!("{} {}", pinlab.display(), args.join(" "));
     let t = Instant::now();
     let out = Command::new(pinlab)
@@ -136,29 +136,22 @@ pub(super) fn spawn_once(pinlab: &Path, args: &[&str]) -> Result<(f64, RunTiming
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
-    let run: RunJson = serde_json::from_slice(&out.stdout)
-        .map_err(|source| Error::ChildJson { cmd: cmd(), source })?;
+    Ok((wall, out.stdout))
+}
+
+/// One run of the binary: wall-clock spawn -> exit and its timings.
+pub(super) fn spawn_once(pinlab: &Path, args: &[&str]) -> Result<(f64, RunTimings)> {
+    let (wall, stdout) = spawn_timed(pinlab, args)?;
+    let run: RunJson = serde_json::from_slice(&stdout).map_err(|source| Error::ChildJson {
+        cmd: format!("{} {}", pinlab.display(), args.join(" ")),
+        source,
+    })?;
     Ok((wall, run.timings_ms))
 }
 
 /// `pinlab --version`, wall-clock spawn -> exit, milliseconds (always reaped).
 fn spawn_bare(pinlab: &Path) -> Result<f64> {
-    let cmd = || format!("{} --version", pinlab.display());
-    let t = Instant::now();
-    let out = Command::new(pinlab)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| Error::Spawn { cmd: cmd(), source })?;
-    let wall = ms(t);
-    if !out.status.success() {
-        return Err(Error::Child {
-            cmd: cmd(),
-            status: out.status,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(wall)
+    spawn_timed(pinlab, &["--version"]).map(|(wall, _)| wall)
 }
 
 /// Runs the launch benchmark: `launches` spawns of each kind, `trials` in-process step trials.

@@ -375,7 +375,13 @@ pub struct RunView {
 impl RunView {
     /// The view of a typed run result and the scenario it ran.
     pub fn of(o: &Outcome, layout: Option<Layout>) -> Self {
-        let g = o.guest.as_ref();
+        let guest = o.guest.as_ref().map(|g| ChildGuest {
+            rounds_done: g.rounds_done,
+            region_pages: g.region_pages,
+            write_lost_page_list: g.write_lost_page_list.clone(),
+            read_stale_page_list: g.read_stale_page_list.clone(),
+        });
+        let pages = PageFacts::of(guest, o.device_write_lost_pages, o.device_read_stale_pages);
         RunView {
             scenario: o.scenario.clone(),
             verdict: o.verdict,
@@ -392,21 +398,10 @@ impl RunView {
                 boot: o.thp_blocks.boot.clone(),
                 end: o.thp_blocks.end.clone(),
             },
-            // Without the guest's report there is nothing to say per page.
-            region_pages: g.map_or(0, |g| g.region_pages),
-            rounds_done: g.map(|g| g.rounds_done),
-            write_lost: Listed::first_of(
-                g.map(|g| g.write_lost_page_list.clone())
-                    .unwrap_or_default(),
-                o.device_write_lost_pages,
-                g.map_or(0, |g| g.region_pages),
-            ),
-            read_stale: Listed::first_of(
-                g.map(|g| g.read_stale_page_list.clone())
-                    .unwrap_or_default(),
-                o.device_read_stale_pages,
-                g.map_or(0, |g| g.region_pages),
-            ),
+            region_pages: pages.region_pages,
+            rounds_done: pages.rounds_done,
+            write_lost: pages.write_lost,
+            read_stale: pages.read_stale,
             pins: o
                 .pins
                 .iter()
@@ -577,26 +572,47 @@ pub struct ChildTimeline {
     pub trace: Trace,
 }
 
+/// What a run says per page of the region, from the guest's report and the run's counts.
+struct PageFacts {
+    region_pages: u32,
+    rounds_done: Option<u32>,
+    write_lost: Listed,
+    read_stale: Listed,
+}
+
+impl PageFacts {
+    fn of(guest: Option<ChildGuest>, write_lost_pages: u32, read_stale_pages: u32) -> Self {
+        // Without the guest's report there is nothing to say per page.
+        let Some(g) = guest else {
+            return PageFacts {
+                region_pages: 0,
+                rounds_done: None,
+                write_lost: Listed::first_of(Vec::new(), write_lost_pages, 0),
+                read_stale: Listed::first_of(Vec::new(), read_stale_pages, 0),
+            };
+        };
+        PageFacts {
+            region_pages: g.region_pages,
+            rounds_done: Some(g.rounds_done),
+            write_lost: Listed::first_of(g.write_lost_page_list, write_lost_pages, g.region_pages),
+            read_stale: Listed::first_of(g.read_stale_page_list, read_stale_pages, g.region_pages),
+        }
+    }
+}
+
 impl ChildResult {
     /// The view of a matrix row's result and its scenario's layout.
     pub fn into_view(self, layout: Option<Layout>) -> RunView {
-        let g = self.guest.as_ref();
+        let pages = PageFacts::of(
+            self.guest,
+            self.device_write_lost_pages,
+            self.device_read_stale_pages,
+        );
         RunView {
-            // Without the guest's report there is nothing to say per page.
-            region_pages: g.map_or(0, |g| g.region_pages),
-            rounds_done: g.map(|g| g.rounds_done),
-            write_lost: Listed::first_of(
-                g.map(|g| g.write_lost_page_list.clone())
-                    .unwrap_or_default(),
-                self.device_write_lost_pages,
-                g.map_or(0, |g| g.region_pages),
-            ),
-            read_stale: Listed::first_of(
-                g.map(|g| g.read_stale_page_list.clone())
-                    .unwrap_or_default(),
-                self.device_read_stale_pages,
-                g.map_or(0, |g| g.region_pages),
-            ),
+            region_pages: pages.region_pages,
+            rounds_done: pages.rounds_done,
+            write_lost: pages.write_lost,
+            read_stale: pages.read_stale,
             scenario: self.scenario,
             verdict: self.verdict,
             reason: self.reason,
