@@ -45,28 +45,51 @@ impl Q {
     }
 }
 
-/// A copy of all of guest RAM.
-fn snapshot(ram: &GuestRam) -> Vec<u8> {
-    let hva = ram.translate(Gpa(0), RAM).expect("all of RAM");
-    // SAFETY: `[hva, hva+RAM)` is guest RAM, mapped while `ram` is borrowed; the devices touch it
-    // only inside the calls this target makes on this thread, never during the copy.
-    unsafe { std::slice::from_raw_parts(hva.as_ptr() as *const u8, RAM as usize) }.to_vec()
+/// Two copies of all of guest RAM, before and after a device call; allocated once per input (a
+/// fresh 128 KiB buffer per step made page faults most of this target's time).
+struct Snapshots {
+    before: Vec<u8>,
+    after: Vec<u8>,
 }
 
-/// Asserts every byte that changed between `before` and now lies in one of `allowed`.
-fn only_wrote(ram: &GuestRam, before: &[u8], allowed: &[Range<u64>], what: &str) {
-    let after = snapshot(ram);
-    let page = P as usize;
-    for (p, (a, b)) in before.chunks(page).zip(after.chunks(page)).enumerate() {
-        if a == b {
-            continue;
+impl Snapshots {
+    fn new() -> Self {
+        Snapshots {
+            before: vec![0; RAM as usize],
+            after: vec![0; RAM as usize],
         }
-        for (i, _) in a.iter().zip(b).enumerate().filter(|(_, (x, y))| x != y) {
-            let gpa = (p * page + i) as u64;
-            assert!(
-                allowed.iter().any(|r| r.contains(&gpa)),
-                "{what}: the device wrote {gpa:#x}, outside {allowed:x?}"
-            );
+    }
+
+    /// Copies all of guest RAM into `into`.
+    fn copy(ram: &GuestRam, into: &mut [u8]) {
+        let hva = ram.translate(Gpa(0), RAM).expect("all of RAM");
+        // SAFETY: `[hva, hva+RAM)` is guest RAM, mapped while `ram` is borrowed; the devices
+        // touch it only inside the calls this target makes on this thread, never during the copy.
+        let now = unsafe { std::slice::from_raw_parts(hva.as_ptr() as *const u8, RAM as usize) };
+        into.copy_from_slice(now);
+    }
+
+    /// Remembers guest RAM as it is before a device call.
+    fn take(&mut self, ram: &GuestRam) {
+        Self::copy(ram, &mut self.before);
+    }
+
+    /// Asserts every byte that changed since [`Snapshots::take`] lies in one of `allowed`.
+    fn only_wrote(&mut self, ram: &GuestRam, allowed: &[Range<u64>], what: &str) {
+        Self::copy(ram, &mut self.after);
+        let page = P as usize;
+        let pages = self.before.chunks(page).zip(self.after.chunks(page));
+        for (p, (a, b)) in pages.enumerate() {
+            if a == b {
+                continue;
+            }
+            for (i, _) in a.iter().zip(b).enumerate().filter(|(_, (x, y))| x != y) {
+                let gpa = (p * page + i) as u64;
+                assert!(
+                    allowed.iter().any(|r| r.contains(&gpa)),
+                    "{what}: the device wrote {gpa:#x}, outside {allowed:x?}"
+                );
+            }
         }
     }
 }
@@ -112,13 +135,17 @@ pub fn devices(data: &[u8]) {
             &crate::scenario::DeviceSpec::with_pin(PinKind::Mapping),
             Arc::new(Timeline::new()),
         );
-        let r = steps(u, &devices);
+        let r = steps(u, &devices, &mut Snapshots::new());
         devices.state().iommu.clear();
         r
     });
 }
 
-fn steps(u: &mut Unstructured<'_>, devices: &Devices) -> arbitrary::Result<()> {
+fn steps(
+    u: &mut Unstructured<'_>,
+    devices: &Devices,
+    snaps: &mut Snapshots,
+) -> arbitrary::Result<()> {
     // The queues the devices hold: [iommu, dma].
     let mut queues: Option<[Q; 2]> = None;
     for _ in 0..STEPS {
@@ -145,7 +172,7 @@ fn steps(u: &mut Unstructured<'_>, devices: &Devices) -> arbitrary::Result<()> {
                 if in_ram {
                     ram.write_obj(Gpa(gpa), record).unwrap();
                 }
-                let before = snapshot(&ram);
+                snaps.take(&ram);
                 drop(ram);
                 devices.setup(gpa);
                 let ram = devices.ram.read().unwrap();
@@ -156,7 +183,7 @@ fn steps(u: &mut Unstructured<'_>, devices: &Devices) -> arbitrary::Result<()> {
                     .map(|end| end - 4..end)
                     .into_iter()
                     .collect();
-                only_wrote(&ram, &before, &status, "setup");
+                snaps.only_wrote(&ram, &status, "setup");
                 if !in_ram {
                     continue;
                 }
@@ -187,11 +214,11 @@ fn steps(u: &mut Unstructured<'_>, devices: &Devices) -> arbitrary::Result<()> {
             1..=3 => {
                 let which = u.int_in_range(0..=1usize)?;
                 let Some(qs) = queues.as_mut() else {
-                    let before = snapshot(&ram);
+                    snaps.take(&ram);
                     drop(ram);
                     devices.service_dma();
                     let ram = devices.ram.read().unwrap();
-                    only_wrote(&ram, &before, &[], "no queues");
+                    snaps.only_wrote(&ram, &[], "no queues");
                     continue;
                 };
                 let q = qs[which];
@@ -235,7 +262,7 @@ fn steps(u: &mut Unstructured<'_>, devices: &Devices) -> arbitrary::Result<()> {
                 let queue_writable = allowed[2..]
                     .iter()
                     .any(|r| r.start < own_queue.end && own_queue.start < r.end);
-                let before = snapshot(&ram);
+                snaps.take(&ram);
                 drop(ram);
                 if which == 0 {
                     devices.service_iommu();
@@ -243,7 +270,7 @@ fn steps(u: &mut Unstructured<'_>, devices: &Devices) -> arbitrary::Result<()> {
                     devices.service_dma();
                 }
                 let ram = devices.ram.read().unwrap();
-                only_wrote(&ram, &before, &allowed, "a batch");
+                snaps.only_wrote(&ram, &allowed, "a batch");
                 if fault != 0 {
                     continue;
                 }
@@ -286,7 +313,7 @@ fn steps(u: &mut Unstructured<'_>, devices: &Devices) -> arbitrary::Result<()> {
                     .atomic_u32(Gpa(q.gpa + 8))
                     .unwrap()
                     .load(Ordering::Acquire);
-                let before = snapshot(&ram);
+                snaps.take(&ram);
                 let ready = tail.wrapping_sub(q.consumed);
                 // Slots past the last batch hold old descriptors: only service a forged tail or
                 // an empty queue here (replays are the batch step's business).
@@ -303,9 +330,8 @@ fn steps(u: &mut Unstructured<'_>, devices: &Devices) -> arbitrary::Result<()> {
                     devices.service_dma();
                 }
                 let ram = devices.ram.read().unwrap();
-                only_wrote(
+                snaps.only_wrote(
                     &ram,
-                    &before,
                     std::slice::from_ref(&(q.gpa + 8..q.gpa + 12)),
                     "an empty or forged queue",
                 );
