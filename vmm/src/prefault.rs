@@ -2,13 +2,16 @@
 //!
 //! The hot part is guest RAM from GPA 0 to the end of the DMA region's huge pages (boot
 //! structures, the guest image, its stack, the region): what the guest touches first. The
-//! thread faults it in (MADV_POPULATE_WRITE) and measures its THP coverage, hands that over
-//! (`Prefault::hot`: the guest may start), then faults in the rest and measures the rest's
-//! coverage. Each part's coverage is measured right after that part's prefault, before any host
-//! action: the caller waits for the whole (`Prefault::wait`) before a host action, before
-//! anything that needs all of RAM faulted in, and before the end of the run. The coverage at
-//! boot is the hot part's blocks then the rest's (`thp_blocks` counts per 2 MiB block, and the
-//! hot part ends on a 2 MiB boundary).
+//! thread faults it in (MADV_POPULATE_WRITE) and measures its THP coverage, and hands that over
+//! (`Prefault::hot`: the guest may start). The rest of RAM is faulted in only when something
+//! needs all of it: a host action (the hook waits for the whole, `Prefault::wait`, at its first
+//! phase), the PTE split of `pte-mapped-thp`, VFIO. Its coverage is measured right after its
+//! prefault, so each part's coverage is measured before any host action. A run that never
+//! needs all of RAM leaves the rest untouched (no page of it faulted in by the lab, none of its
+//! CPU or mmap lock taken from the vCPU and the devices while the guest boots and maps), and
+//! [`Prefault::finish`] says how much of RAM was faulted in and gives the coverage of exactly
+//! that span. The coverage at boot is the hot part's blocks then the rest's (`thp_blocks`
+//! counts per 2 MiB block, and the hot part ends on a 2 MiB boundary).
 //!
 //! Owns the thread (joined on Drop: it never outlives its owner) and reads guest RAM through
 //! its shared owner; it does not touch the VM, pins or host knobs.
@@ -41,6 +44,14 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// Per-2-MiB-block THP counts of one part (`None`: the measurement itself failed).
 type Blocks = Option<Vec<u16>>;
 
+/// What a part's (or the whole) prefault faulted in: `[0, bytes)` of its span, and the THP
+/// blocks of exactly that.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Faulted {
+    pub blocks: Blocks,
+    pub bytes: u64,
+}
+
 /// The length of the hot part of `ram_size` bytes of guest RAM whose DMA region's huge pages
 /// end at `hot_end`: rounded up to 2 MiB, at most all of RAM.
 pub fn hot_len(ram_size: u64, hot_end: Gpa) -> u64 {
@@ -53,10 +64,15 @@ pub fn hot_len(ram_size: u64, hot_end: Gpa) -> u64 {
 
 /// A running (or finished) two-part prefault.
 pub struct Prefault {
-    hot: Option<mpsc::Receiver<Result<Blocks>>>,
-    hot_blocks: Option<Blocks>,
-    thread: Option<JoinHandle<Result<Blocks>>>,
-    done: Option<Result<Blocks>>,
+    hot: Option<mpsc::Receiver<Result<Faulted>>>,
+    hot_part: Option<Faulted>,
+    thread: Option<JoinHandle<Result<Faulted>>>,
+    done: Option<Result<Faulted>>,
+    /// The thread's orders after the hot part: `true` faults the rest in, `false` (or the
+    /// sender dropped) ends it with the rest untouched. `None` once sent.
+    rest: Option<mpsc::Sender<bool>>,
+    /// The rest was asked for.
+    whole: bool,
 }
 
 /// The rest is faulted in this much at a time. MADV_POPULATE_WRITE holds the mmap lock for
@@ -68,7 +84,7 @@ pub struct Prefault {
 const REST_CHUNK: u64 = HUGE_PAGE_SIZE;
 
 /// Faults `[gpa, gpa+len)` in, `chunk` bytes per call, then measures its THP blocks.
-fn populate(ram: &GuestRam, gpa: u64, len: u64, chunk: u64) -> Result<Blocks> {
+fn populate(ram: &GuestRam, gpa: u64, len: u64, chunk: u64) -> Result<Faulted> {
     let end = gpa.saturating_add(len);
     let mut at = gpa;
     while at < end {
@@ -81,7 +97,10 @@ fn populate(ram: &GuestRam, gpa: u64, len: u64, chunk: u64) -> Result<Blocks> {
             })?;
         at += n;
     }
-    Ok(crate::pfn::thp_blocks(Hva(ram.hva().raw() + gpa), len).ok())
+    Ok(Faulted {
+        blocks: crate::pfn::thp_blocks(Hva(ram.hva().raw() + gpa), len).ok(),
+        bytes: len,
+    })
 }
 
 impl Prefault {
@@ -93,6 +112,7 @@ impl Prefault {
         timeline: Arc<Timeline>,
     ) -> Result<Self> {
         let (tx, rx) = mpsc::sync_channel(1);
+        let (rest_tx, rest_rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("pinlab-prefault".into())
             .spawn(move || {
@@ -117,8 +137,13 @@ impl Prefault {
                 if !hot_ok {
                     return Err(Error::HotFailed);
                 }
-                if hot_len == size {
-                    return Ok(Some(Vec::new()));
+                let untouched = Faulted {
+                    blocks: Some(Vec::new()),
+                    bytes: 0,
+                };
+                // Until asked: nothing may need the rest.
+                if hot_len == size || rest_rx.recv() != Ok(true) {
+                    return Ok(untouched);
                 }
                 let start = Mono::now();
                 let rest = populate(&ram, hot_len, size - hot_len, REST_CHUNK);
@@ -128,23 +153,25 @@ impl Prefault {
             .map_err(Error::Spawn)?;
         Ok(Prefault {
             hot: Some(rx),
-            hot_blocks: None,
+            hot_part: None,
             thread: Some(thread),
             done: None,
+            rest: Some(rest_tx),
+            whole: false,
         })
     }
 
     /// Waits for the hot part: faulted in, its coverage measured.
     pub fn hot(&mut self) -> Result<()> {
         let Some(rx) = self.hot.take() else {
-            return match self.hot_blocks {
+            return match self.hot_part {
                 Some(_) => Ok(()),
                 None => Err(Error::HotFailed),
             };
         };
         match rx.recv() {
             Ok(r) => {
-                self.hot_blocks = Some(r?);
+                self.hot_part = Some(r?);
                 Ok(())
             }
             // The thread ended without a word: it panicked; `join` says how.
@@ -155,32 +182,49 @@ impl Prefault {
         }
     }
 
+    /// Joins the thread; unless the rest was asked for, it ends without it.
     fn join(&mut self) {
+        if let Some(rest) = self.rest.take() {
+            let _ = rest.send(false);
+        }
         if let Some(t) = self.thread.take() {
             let r = t.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
             self.done = Some(r);
         }
     }
 
-    /// Waits for the whole prefault; true if every part was faulted in. Idempotent.
+    /// Faults in the rest and waits for the whole prefault: true if every part was faulted
+    /// in. Idempotent. (Once the thread was joined without the rest, the rest cannot be asked
+    /// for: false.)
     pub fn wait(&mut self) -> bool {
+        if let Some(rest) = self.rest.take() {
+            // A thread that already ended (the hot part failed) does not hear it: fine.
+            let _ = rest.send(true);
+            self.whole = true;
+        }
         self.join();
-        matches!(self.done, Some(Ok(_)))
+        self.whole && matches!(self.done, Some(Ok(_)))
     }
 
-    /// The whole prefault's outcome: the THP blocks of all of guest RAM as each part was right
-    /// after its prefault (`None` if a measurement failed), or why a part was not faulted in.
-    pub fn finish(mut self) -> Result<Blocks> {
+    /// The prefault's outcome: how much of guest RAM, from GPA 0, was faulted in (all of it
+    /// after [`Prefault::wait`], else the hot part) and the THP blocks of that span as each
+    /// part was right after its prefault (`None` if a measurement failed), or why a part was
+    /// not faulted in.
+    pub fn finish(mut self) -> Result<Faulted> {
         let hot = self.hot();
         self.join();
         hot?;
         let rest = self.done.take().unwrap_or(Err(Error::HotFailed))?;
-        Ok(match (self.hot_blocks.take().flatten(), rest) {
-            (Some(mut hot), Some(rest)) => {
-                hot.extend(rest);
-                Some(hot)
-            }
-            _ => None,
+        let hot = self.hot_part.take().ok_or(Error::HotFailed)?;
+        Ok(Faulted {
+            bytes: hot.bytes + rest.bytes,
+            blocks: match (hot.blocks, rest.blocks) {
+                (Some(mut hot), Some(rest)) => {
+                    hot.extend(rest);
+                    Some(hot)
+                }
+                _ => None,
+            },
         })
     }
 }
@@ -217,7 +261,9 @@ mod tests {
         let mut p = Prefault::start(ram.clone(), 2 << 20, timeline).unwrap();
         p.hot().unwrap();
         assert!(p.wait());
-        let blocks = p.finish().unwrap().expect("coverage measured");
+        let faulted = p.finish().unwrap();
+        assert_eq!(faulted.bytes, size);
+        let blocks = faulted.blocks.expect("coverage measured");
         assert_eq!(blocks.len(), (size / HUGE_PAGE_SIZE) as usize);
         let r = ram.read().unwrap();
         let present = crate::pfn::pagemap(r.hva(), size)
@@ -226,5 +272,33 @@ mod tests {
             .filter(|m| m.pfn.is_some())
             .count();
         assert_eq!(present as u64, size / crate::addr::PAGE_SIZE);
+    }
+
+    /// Without `wait`, the rest stays untouched: `finish` reports the hot part alone, its
+    /// blocks cover exactly it, and no page past it is present. A bug: the rest faulted in
+    /// anyway (the CPU and mmap lock taken from the guest's launch), or a span reported
+    /// without its pages (coverage of RAM never touched).
+    #[test]
+    fn without_wait_the_rest_stays_untouched() {
+        let (size, hot) = (16 << 20, 4 << 20);
+        let ram = Arc::new(RwLock::new(GuestRam::new(size, true, false).unwrap()));
+        let timeline = Arc::new(Timeline::new());
+        let mut p = Prefault::start(ram.clone(), hot, timeline).unwrap();
+        p.hot().unwrap();
+        let faulted = p.finish().unwrap();
+        assert_eq!(faulted.bytes, hot);
+        let blocks = faulted.blocks.expect("coverage measured");
+        assert_eq!(blocks.len() as u64, hot / HUGE_PAGE_SIZE);
+        let r = ram.read().unwrap();
+        let present = crate::pfn::pagemap(r.hva(), size)
+            .unwrap()
+            .iter()
+            .filter(|m| m.pfn.is_some())
+            .count() as u64;
+        assert_eq!(
+            present,
+            hot / crate::addr::PAGE_SIZE,
+            "the rest stayed unfaulted"
+        );
     }
 }

@@ -31,8 +31,10 @@ pub struct DmaCounters {
     pub rejects: BTreeMap<&'static str, u64>,
 }
 
-/// THP-backed 4 KiB pages in each 2 MiB block of guest RAM (0 ..= 512), measured at boot
-/// (after the prefault) and at the end: what `thp_coverage` and `thp_coverage_end` sum.
+/// THP-backed 4 KiB pages in each 2 MiB block of the prefaulted span of guest RAM (0 ..= 512),
+/// measured at boot (after the prefault) and at the end: what `thp_coverage` and
+/// `thp_coverage_end` sum. The span is `Outcome::prefaulted_bytes` from GPA 0: all of RAM when
+/// the run needed it (a host action, the PTE split, VFIO), else the hot part alone.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ThpBlocks {
     pub boot: Option<Vec<u16>>,
@@ -74,9 +76,12 @@ pub struct Outcome {
     pub rounds: u32,
     pub memory_bytes: u64,
     pub thp: bool,
-    /// Fraction of guest RAM backed by THP at boot (measured: pagemap + kpageflags).
+    /// Bytes of guest RAM, from GPA 0, the prefault faulted in (`None`: no prefault): all of
+    /// RAM when the run needed it, else the part the guest touches first (`prefault`).
+    pub prefaulted_bytes: Option<u64>,
+    /// Fraction of the prefaulted span backed by THP at boot (measured: pagemap + kpageflags).
     pub thp_coverage: Option<f64>,
-    /// The same at the end of the run (after any perturbation).
+    /// The same at the end of the run (after any perturbation), over the same span.
     pub thp_coverage_end: Option<f64>,
     /// The same, per 2 MiB block of guest RAM.
     pub thp_blocks: ThpBlocks,
@@ -130,6 +135,7 @@ impl Outcome {
             rounds: s.workload.rounds,
             memory_bytes: s.vm.memory.0,
             thp: s.vm.thp,
+            prefaulted_bytes: None,
             thp_coverage: None,
             thp_coverage_end: None,
             thp_blocks: ThpBlocks::default(),
@@ -172,6 +178,12 @@ impl Outcome {
             pct(self.thp_coverage),
             pct(self.thp_coverage_end),
         ));
+        if let Some(b) = self.prefaulted_bytes.filter(|&b| b < self.memory_bytes) {
+            out.push_str(&format!(
+                "  coverage of the first {} MiB, the part the guest touches first: nothing in this run needed the rest of RAM faulted in (no host action, PTE split or VFIO), so it stayed untouched\n",
+                b >> 20
+            ));
+        }
         if !self.perturb.is_empty() {
             let names: Vec<_> = self.perturb.iter().map(|a| a.name()).collect();
             out.push_str(&format!("  perturbations: {}\n", names.join(", ")));

@@ -253,12 +253,11 @@ fn run_inner<H: PhaseHook>(
     let ram = Arc::new(RwLock::new(ram));
     // The prefault runs on its own thread while this one creates the VM and loads the guest
     // (they touch the same RAM: the loader's writes and MADV_POPULATE_WRITE both just fault
-    // pages in): first the hot part, what the guest touches first (boot structures, image,
-    // stack, the DMA region's huge pages), then the rest, each part's THP coverage measured
-    // right after its prefault (`prefault`). The guest starts once the hot part is done; the
-    // whole prefault is waited for before the first phase of a hook that acts, before
-    // anything below that needs all of RAM (the PTE split, VFIO), and before the end of the
-    // run, so the coverage at boot is always measured before any host action.
+    // pages in): the hot part, what the guest touches first (boot structures, image, stack,
+    // the DMA region's huge pages), and the rest only when something needs all of RAM: the
+    // first phase of a hook that acts, the PTE split, VFIO (`Prefault::wait`). Each part's THP
+    // coverage is measured right after its prefault (`prefault`), so the coverage at boot is
+    // always measured before any host action. The guest starts once the hot part is done.
     let hot_end = Gpa(layout.huge_pages.start.raw() + layout.huge_pages.len);
     let hot_len = crate::prefault::hot_len(s.vm.memory.0, hot_end);
     let mut prefault = match s.vm.prefault {
@@ -437,12 +436,20 @@ fn run_inner<H: PhaseHook>(
     let (evidence, finish_error) = hook.finish();
     out.evidence = evidence;
     out.storm = hook.storm();
-    // The end of the prefault (and its coverage at boot) before anything that reads it.
+    // The end of the prefault (and its coverage at boot) before anything that reads it. A run
+    // that never needed all of RAM (no host action, no PTE split, no VFIO) left the rest
+    // untouched: the coverage is of the span that was faulted in, and the report says how
+    // much that was (`prefaulted_bytes`).
     let prefault = prefault.into_inner().unwrap_or_else(|e| e.into_inner());
-    out.thp_blocks.boot = prefault
-        .map_or(Ok(None), |p| p.finish())
-        .map_err(RunError::Prefault)?;
-    out.thp_coverage = out.thp_blocks.coverage_at_boot(s.vm.memory.0);
+    let faulted = match prefault {
+        Some(p) => Some(p.finish().map_err(RunError::Prefault)?),
+        None => None,
+    };
+    out.prefaulted_bytes = faulted.as_ref().map(|f| f.bytes);
+    out.thp_blocks.boot = faulted.and_then(|f| f.blocks);
+    out.thp_coverage = out
+        .prefaulted_bytes
+        .and_then(|b| out.thp_blocks.coverage_at_boot(b));
     // Closing the VM and vCPU fds of a VM that ran takes milliseconds (`kvm_destroy_vm`), and
     // nothing below needs the VM: it is closed on its own thread while this one gathers the
     // evidence and measures the coverage at the end (guest RAM stays mapped: the devices hold
@@ -480,9 +487,10 @@ fn run_inner<H: PhaseHook>(
         if let Some(a) = &vfio {
             out.vfio = Some(crate::pin::vfio::evidence(a, &ram));
         }
-        if s.vm.prefault {
-            out.thp_blocks.end = crate::pfn::thp_blocks(ram.hva(), ram.size()).ok();
-            out.thp_coverage_end = out.thp_blocks.coverage_at_end(ram.size());
+        // At the end, over the same span as at boot, block for block.
+        if let Some(len) = out.prefaulted_bytes.filter(|&b| b > 0) {
+            out.thp_blocks.end = crate::pfn::thp_blocks(ram.hva(), len).ok();
+            out.thp_coverage_end = out.thp_blocks.coverage_at_end(len);
         }
     }
     out.pinned_pfns_changed_pages = out.pins.iter().map(|p| p.pinned_pfns_changed_pages).sum();

@@ -288,14 +288,21 @@ pub fn pmd_mapped(huge: Hva) -> std::io::Result<bool> {
 /// Why this host cannot run the scenario's actions, in one line, or `None`. Checked before
 /// the VM is built.
 pub fn preflight(s: &Scenario) -> Option<String> {
-    let caps = host::Caps::probe();
+    let need = |a: Action| match a {
+        Action::Ksm | Action::KsmShadow => Some("ksm"),
+        Action::UffdWp => Some("userfaultfd"),
+        _ => None,
+    };
+    // The probe touches tracefs, /dev/kvm and a dozen files (milliseconds of a short run's
+    // launch): only when an action needs one of its answers.
+    let caps = s
+        .perturb
+        .actions
+        .iter()
+        .any(|&a| need(a).is_some())
+        .then(host::Caps::probe);
     for &a in &s.perturb.actions {
-        let need = match a {
-            Action::Ksm | Action::KsmShadow => Some("ksm"),
-            Action::UffdWp => Some("userfaultfd"),
-            _ => None,
-        };
-        if let Some(cap) = need {
+        if let (Some(cap), Some(caps)) = (need(a), &caps) {
             if !caps.available(cap) {
                 let detail = caps.get(cap).map(|c| c.detail.clone()).unwrap_or_default();
                 return Some(format!("{a} needs {cap}: {detail}"));
