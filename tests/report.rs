@@ -349,6 +349,7 @@ fn an_unwritable_report_path_is_a_usage_error_before_the_vm_starts() {
         vec!["replay", "--report", bad.to_str().unwrap()],
         vec!["matrix", "--report", dir.path().to_str().unwrap()],
         vec!["sweep", "--report", bad.to_str().unwrap()],
+        vec!["bench", "--report", bad.to_str().unwrap()],
     ] {
         let start = Instant::now();
         let out = pinlab_cmd(&args);
@@ -532,6 +533,66 @@ fn replay_report_renders_one_cell_per_scenario_and_era() {
         "each opens its trace"
     );
     assert!(r.dom.contains("(simulated)"));
+}
+
+/// A short bench (DMA over 16 MiB, maps of 64 MiB, two launches, one trial each: seconds, not
+/// the minutes of `--scale`) with `--json` and `--report`: the JSON on stdout, the page in the
+/// file, rendered clean, one goals row per goal the JSON's sections state, and the note that
+/// the curves need `--scale`.
+#[test]
+fn bench_report_renders_its_goals_and_says_the_curves_need_scale() {
+    if support::skip_without_kvm() {
+        return;
+    }
+    let exe = match chromium() {
+        Ok(e) => e,
+        Err(why) => return println!("{why}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("bench.html");
+    #[rustfmt::skip]
+    let out = pinlab_cmd(&[
+        "bench", "--only", "dma", "--only", "map", "--only", "launch",
+        "--region", "16MiB", "--map-size", "64MiB", "--map-size-4k", "64MiB",
+        "--launches", "2", "--trials", "1", "--json", "--report", page.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pinlab bench: {stderr}");
+    let j: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert!(j["scale"].is_null() && j["dma"].is_object(), "{j}");
+    let r = render(&exe, &page, dir.path());
+    assert_clean_log(&r.log);
+    assert_not_blank(&r.png, 30);
+    // DMA: best raw and memcpy, both directions; map: the one THP size; launch: two.
+    let goals = attr_values(&r.dom, "<tr data-goal=", "data-goal");
+    assert_eq!(
+        goals,
+        ["dma", "dma", "dma", "dma", "map", "launch", "launch"],
+        "goal rows"
+    );
+    // Each row's verdict follows the JSON's figure: the map ratio against 1.25.
+    let map_ratio = j["map"][0]["map_vs_raw"].as_f64().expect("a map ratio");
+    let mets = attr_values(&r.dom, "<tr data-goal=", "data-met");
+    let want = if map_ratio <= 1.25 { "met" } else { "missed" };
+    assert_eq!(mets[4], want, "map/raw {map_ratio}");
+    assert!(
+        r.dom.contains(&format!("{map_ratio:.2}x")),
+        "the ratio shown"
+    );
+    for id in [
+        "machine",
+        "figures-dma",
+        "figures-map",
+        "figures-launch",
+        "no-curves",
+    ] {
+        assert!(r.dom.contains(&format!("id=\"{id}\"")), "{id}");
+    }
+    assert!(
+        !r.dom.contains("class=\"chart\""),
+        "no curve without --scale"
+    );
 }
 
 /// The log check can fail: a page under the reports' CSP that loads an image from the network

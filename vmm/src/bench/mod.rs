@@ -1,7 +1,9 @@
 //! `pinlab bench`: benchmarks of the live paths, on the binary side of the crate (the library
 //! holds no benchmark code). DMA throughput through io_uring pins ([`dma`]), the cost of an
-//! IOMMU map ([`map`]), launch timings of the `pinlab` binary ([`launch`]), and what host
-//! tracing costs the DMA path ([`trace`]).
+//! IOMMU map ([`map`]), launch timings of the `pinlab` binary ([`launch`]), what host tracing
+//! costs the DMA path ([`trace`]), and how each cost grows ([`scale`]). The goals ([`goals`]),
+//! the text ([`render`]) and the HTML page ([`html`], with the scale charts of [`curves`]) are
+//! read from the one typed [`BenchReport`] that `--json` prints.
 //!
 //! Timing lives here, never in pass/fail tests. The machine is shared and noisy, so every figure
 //! is a set of trials (median, min, max, [`stat`]) and every goal is a ratio against a raw
@@ -13,7 +15,10 @@
 //! spawns and always reaps, the tracing section's tracefs instance, removed at its end); it
 //! changes no host knob.
 
+pub mod curves;
 pub mod dma;
+pub mod goals;
+pub mod html;
 pub mod launch;
 pub mod machine;
 pub mod map;

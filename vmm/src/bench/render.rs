@@ -1,6 +1,9 @@
 //! The benchmark report for humans: medians first, then min/max, and the ratios against their
 //! goals. The JSON form is the report structs themselves (`serde`).
 
+use super::dma::DmaReport;
+use super::launch::{LaunchReport, StartupSteps};
+use super::map::MapReport;
 use super::scale::ScaleReport;
 use super::stat::{Stat, MIB};
 use super::BenchReport;
@@ -22,8 +25,103 @@ fn ratio_line(name: &str, r: Option<f64>, goal: &str) -> String {
     }
 }
 
-fn percent(c: Option<f64>) -> String {
+/// A THP coverage fraction as a percentage ("?" when not measured).
+pub fn percent(c: Option<f64>) -> String {
     c.map_or("?".into(), |c| format!("{:.0}%", c * 100.0))
+}
+
+/// The DMA section's throughputs, GiB/s, by name (the raw sweep by depth last).
+pub fn dma_stats(d: &DmaReport) -> Vec<(String, Option<Stat>)> {
+    let mut v: Vec<(String, Option<Stat>)> = [
+        ("engine to-guest (fill + READ)", d.engine_to_guest),
+        ("engine from-guest (WRITE + sums)", d.engine_from_guest),
+        ("pin to-guest (READ_FIXED)", d.pin_to_guest),
+        ("pin from-guest (WRITE_FIXED)", d.pin_from_guest),
+        ("raw READ_FIXED", d.raw_read_fixed),
+        ("raw WRITE_FIXED", d.raw_write_fixed),
+        ("raw READ_FIXED, ring full", d.raw_read_fixed_deep),
+        ("raw WRITE_FIXED, ring full", d.raw_write_fixed_deep),
+        ("memcpy", d.memcpy),
+        ("pattern fill alone", d.fill_pattern),
+        ("page checksums alone", d.checksum),
+    ]
+    .into_iter()
+    .map(|(n, s)| (n.to_string(), s))
+    .collect();
+    for r in &d.raw_by_depth {
+        v.push((format!("raw READ_FIXED, depth {}", r.depth), r.read_fixed));
+        v.push((format!("raw WRITE_FIXED, depth {}", r.depth), r.write_fixed));
+    }
+    v
+}
+
+/// The DMA section's other ratios (not goals), with what each says.
+pub fn dma_ratios(d: &DmaReport) -> [(&'static str, Option<f64>, &'static str); 6] {
+    let x = &d.ratios;
+    [
+        (
+            "engine/raw to-guest",
+            x.engine_to_guest_vs_raw,
+            "same depth",
+        ),
+        (
+            "engine/raw from-guest",
+            x.engine_from_guest_vs_raw,
+            "same depth",
+        ),
+        ("pin/raw to-guest", x.pin_to_guest_vs_raw, "transfer alone"),
+        (
+            "pin/raw from-guest",
+            x.pin_from_guest_vs_raw,
+            "transfer alone",
+        ),
+        (
+            "raw/raw-ring-full read",
+            x.raw_vs_raw_deep_read,
+            "depth cost",
+        ),
+        (
+            "raw/raw-ring-full write",
+            x.raw_vs_raw_deep_write,
+            "depth cost",
+        ),
+    ]
+}
+
+/// One map size's timings, ms, by name.
+pub fn map_stats(m: &MapReport) -> [(&'static str, Option<Stat>); 4] {
+    [
+        ("Iommu::map (pin + pagemap)", m.iommu_map),
+        ("pfn::pfns (pagemap) alone", m.pagemap),
+        ("raw ring + register_buffers", m.raw_register),
+        ("unmap (unpin)", m.unmap),
+    ]
+}
+
+/// The launch section's spawn timings, ms, by name.
+pub fn launch_stats(l: &LaunchReport) -> [(&'static str, Option<Stat>); 8] {
+    [
+        ("run: spawn -> exit", l.run_spawn_to_exit),
+        ("run: launch -> guest start", l.run_launch_to_guest_start),
+        ("run: launch -> first DMA", l.run_launch_to_first_dma),
+        ("run: launch -> guest done", l.run_launch_to_guest_done),
+        ("boot: spawn -> exit", l.boot_spawn_to_exit),
+        ("boot: launch -> guest start", l.boot_launch_to_guest_start),
+        ("boot: launch -> guest done", l.boot_launch_to_guest_done),
+        ("--version: spawn -> exit", l.bare_spawn_to_exit),
+    ]
+}
+
+/// The in-process startup steps, ms, by name.
+pub fn step_stats(st: &StartupSteps) -> [(&'static str, Option<Stat>); 6] {
+    [
+        ("GuestRam::new", st.guest_ram_new),
+        ("populate (MADV_POPULATE_WRITE)", st.populate),
+        ("Vm::create", st.vm_create),
+        ("pfn::thp_coverage", st.thp_coverage),
+        ("drop vCPU + VM", st.vm_drop),
+        ("drop guest RAM (munmap)", st.ram_drop),
+    ]
 }
 
 /// The whole report as text.
@@ -41,25 +139,8 @@ pub fn render(r: &BenchReport) -> String {
             d.staging / MIB,
             percent(d.thp_coverage)
         );
-        for (name, st) in [
-            ("engine to-guest (fill + READ)", d.engine_to_guest),
-            ("engine from-guest (WRITE + sums)", d.engine_from_guest),
-            ("pin to-guest (READ_FIXED)", d.pin_to_guest),
-            ("pin from-guest (WRITE_FIXED)", d.pin_from_guest),
-            ("raw READ_FIXED", d.raw_read_fixed),
-            ("raw WRITE_FIXED", d.raw_write_fixed),
-            ("raw READ_FIXED, ring full", d.raw_read_fixed_deep),
-            ("raw WRITE_FIXED, ring full", d.raw_write_fixed_deep),
-            ("memcpy", d.memcpy),
-            ("pattern fill alone", d.fill_pattern),
-            ("page checksums alone", d.checksum),
-        ] {
-            o += &stat_line(name, st, "GiB/s");
-        }
-        for r in &d.raw_by_depth {
-            let name = |op: &str| format!("raw {op}, depth {}", r.depth);
-            o += &stat_line(&name("READ_FIXED"), r.read_fixed, "GiB/s");
-            o += &stat_line(&name("WRITE_FIXED"), r.write_fixed, "GiB/s");
+        for (name, st) in dma_stats(d) {
+            o += &stat_line(&name, st, "GiB/s");
         }
         for (dir, f) in [("to-guest", &d.to_guest), ("from-guest", &d.from_guest)] {
             o += &format!("  {dir}: best raw loop: {}\n", f.best_raw_loop);
@@ -68,35 +149,7 @@ pub fn render(r: &BenchReport) -> String {
             let mc = format!("engine/memcpy {dir}");
             o += &ratio_line(&mc, f.engine_vs_memcpy, "goal >= 0.7");
         }
-        let x = &d.ratios;
-        for (name, v, goal) in [
-            (
-                "engine/raw to-guest",
-                x.engine_to_guest_vs_raw,
-                "same depth",
-            ),
-            (
-                "engine/raw from-guest",
-                x.engine_from_guest_vs_raw,
-                "same depth",
-            ),
-            ("pin/raw to-guest", x.pin_to_guest_vs_raw, "transfer alone"),
-            (
-                "pin/raw from-guest",
-                x.pin_from_guest_vs_raw,
-                "transfer alone",
-            ),
-            (
-                "raw/raw-ring-full read",
-                x.raw_vs_raw_deep_read,
-                "depth cost",
-            ),
-            (
-                "raw/raw-ring-full write",
-                x.raw_vs_raw_deep_write,
-                "depth cost",
-            ),
-        ] {
+        for (name, v, goal) in dma_ratios(d) {
             o += &ratio_line(name, v, goal);
         }
     }
@@ -107,10 +160,9 @@ pub fn render(r: &BenchReport) -> String {
             m.size / MIB,
             percent(m.thp_coverage)
         );
-        o += &stat_line("Iommu::map (pin + pagemap)", m.iommu_map, "ms");
-        o += &stat_line("pfn::pfns (pagemap) alone", m.pagemap, "ms");
-        o += &stat_line("raw ring + register_buffers", m.raw_register, "ms");
-        o += &stat_line("unmap (unpin)", m.unmap, "ms");
+        for (name, st) in map_stats(m) {
+            o += &stat_line(name, st, "ms");
+        }
         o += &ratio_line("map/raw", m.map_vs_raw, "goal <= 1.25");
         o += &ratio_line("pagemap/raw", m.pagemap_vs_raw, "");
         if m.recorded_pfns_moved > 0 {
@@ -128,26 +180,16 @@ pub fn render(r: &BenchReport) -> String {
             l.first_spawn_ms
                 .map_or("-".into(), |t| format!("{t:.1} ms"))
         );
-        for (name, st) in [
-            ("run: spawn -> exit", l.run_spawn_to_exit),
-            ("run: launch -> guest start", l.run_launch_to_guest_start),
-            ("run: launch -> first DMA", l.run_launch_to_first_dma),
-            ("run: launch -> guest done", l.run_launch_to_guest_done),
-            ("boot: spawn -> exit", l.boot_spawn_to_exit),
-            ("boot: launch -> guest start", l.boot_launch_to_guest_start),
-            ("boot: launch -> guest done", l.boot_launch_to_guest_done),
-            ("--version: spawn -> exit", l.bare_spawn_to_exit),
-        ] {
+        for (name, st) in launch_stats(l) {
             o += &stat_line(name, st, "ms");
         }
-        let st = &l.steps;
-        o += &format!("  startup steps, in process ({} MiB):\n", st.memory / MIB);
-        o += &stat_line("GuestRam::new", st.guest_ram_new, "ms");
-        o += &stat_line("populate (MADV_POPULATE_WRITE)", st.populate, "ms");
-        o += &stat_line("Vm::create", st.vm_create, "ms");
-        o += &stat_line("pfn::thp_coverage", st.thp_coverage, "ms");
-        o += &stat_line("drop vCPU + VM", st.vm_drop, "ms");
-        o += &stat_line("drop guest RAM (munmap)", st.ram_drop, "ms");
+        o += &format!(
+            "  startup steps, in process ({} MiB):\n",
+            l.steps.memory / MIB
+        );
+        for (name, st) in step_stats(&l.steps) {
+            o += &stat_line(name, st, "ms");
+        }
     }
     if let Some(t) = &r.trace {
         o += &trace_cost(t);
@@ -193,7 +235,8 @@ fn md_ratio(r: Option<f64>) -> String {
     r.map_or("-".into(), |r| format!("{r:.2}"))
 }
 
-fn size(bytes: u64) -> String {
+/// A size as "64 MiB" or, for whole GiB, "8 GiB".
+pub fn size(bytes: u64) -> String {
     if bytes >= 1 << 30 && bytes.is_multiple_of(1 << 30) {
         format!("{} GiB", bytes >> 30)
     } else {

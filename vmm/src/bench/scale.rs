@@ -84,6 +84,8 @@ pub struct LaunchPoint {
 #[derive(Clone, Debug, Serialize)]
 pub struct ExplorerPoint {
     pub program: String,
+    /// The stress program `program` is a cut of (one curve per family).
+    pub family: String,
     pub era: String,
     pub threads: usize,
     /// Ops over all threads (setup and the final round excluded).
@@ -202,6 +204,7 @@ fn explorer_points() -> Result<Vec<ExplorerPoint>> {
             let secs = start.elapsed().as_secs_f64();
             out.push(ExplorerPoint {
                 program: format!("{name} ({num}/4 of each thread)"),
+                family: name.to_string(),
                 era: era.name().to_string(),
                 threads: prog.threads.len(),
                 ops,

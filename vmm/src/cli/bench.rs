@@ -1,4 +1,5 @@
-//! `pinlab bench`: benchmarks as ratios to raw baselines measured in the same run.
+//! `pinlab bench`: benchmarks as ratios to raw baselines measured in the same run; the table,
+//! or `--json`, on stdout, and with `--report FILE.html` also the HTML page (`bench::html`).
 
 use std::process::ExitCode;
 
@@ -26,6 +27,15 @@ pub fn cmd_bench(args: BenchArgs) -> ExitCode {
         (o.dma, o.map, o.launch, o.trace) = (on("dma"), on("map"), on("launch"), on("trace"));
     }
     o.scale = args.scale;
+    if let Err(e) = o.validate() {
+        eprintln!("pinlab bench: {e}");
+        return ExitCode::from(2);
+    }
+    // An unwritable report path is a usage error before anything is measured.
+    let page = match args.report.as_deref().map(pinlab::html::ReportFile::create) {
+        Some(Err(e)) => return usage_error(e),
+        file => file.and_then(Result::ok),
+    };
     let report = match bench::run(&o) {
         Ok(r) => r,
         Err(e) => {
@@ -40,6 +50,16 @@ pub fn cmd_bench(args: BenchArgs) -> ExitCode {
         }
     } else {
         print!("{}", bench::render::render(&report));
+    }
+    if let Some(f) = page {
+        let path = f.path().display().to_string();
+        match bench::html::write(f, &report) {
+            Ok(n) => eprintln!("pinlab: report {path} ({n} bytes)"),
+            Err(e) => {
+                eprintln!("pinlab: {e}");
+                return ExitCode::from(2);
+            }
+        }
     }
     ExitCode::SUCCESS
 }
