@@ -40,6 +40,15 @@ fn chromium() -> Result<PathBuf, String> {
     Err("skipped: no chromium on PATH (.ci/run installs Debian's `chromium`; apt-get failed or was not run)".into())
 }
 
+/// What a report test needs: /dev/kvm when it runs the VMM (`kvm`; see `support`), and
+/// Chromium. `None` (the reason printed) when the test is skipped.
+fn prerequisites(kvm: bool) -> Option<PathBuf> {
+    if kvm && support::skip_without_kvm() {
+        return None;
+    }
+    chromium().map_err(|why| println!("{why}")).ok()
+}
+
 /// Runs `cmd` to completion or kills it at `deadline`.
 fn run_with_deadline(mut cmd: Command, deadline: Duration) -> Output {
     let mut child = cmd
@@ -249,12 +258,8 @@ fn cells_in_group(dom: &str, group: &str) -> (usize, u32) {
 
 #[test]
 fn run_report_renders_with_its_parts() {
-    if support::skip_without_kvm() {
+    let Some(exe) = prerequisites(true) else {
         return;
-    }
-    let exe = match chromium() {
-        Ok(e) => e,
-        Err(why) => return println!("{why}"),
     };
     let dir = tempfile::tempdir().unwrap();
     let page = dir.path().join("run.html");
@@ -369,12 +374,8 @@ fn an_unwritable_report_path_is_a_usage_error_before_the_vm_starts() {
 
 #[test]
 fn matrix_report_renders_a_section_per_scenario_and_stays_small() {
-    if support::skip_without_kvm() {
+    let Some(exe) = prerequisites(true) else {
         return;
-    }
-    let exe = match chromium() {
-        Ok(e) => e,
-        Err(why) => return println!("{why}"),
     };
     let dir = tempfile::tempdir().unwrap();
     let set = dir.path().join("configs");
@@ -427,12 +428,8 @@ fn matrix_report_renders_a_section_per_scenario_and_stays_small() {
 /// for the one that agrees, a full section for the one that does not, and the two not built.
 #[test]
 fn sweep_report_draws_disagreements_in_full_and_the_rest_as_rows() {
-    if support::skip_without_kvm() {
+    let Some(exe) = prerequisites(true) else {
         return;
-    }
-    let exe = match chromium() {
-        Ok(e) => e,
-        Err(why) => return println!("{why}"),
     };
     let dir = tempfile::tempdir().unwrap();
     let page = dir.path().join("sweep.html");
@@ -497,9 +494,8 @@ fn sweep_report_draws_disagreements_in_full_and_the_rest_as_rows() {
 
 #[test]
 fn replay_report_renders_one_cell_per_scenario_and_era() {
-    let exe = match chromium() {
-        Ok(e) => e,
-        Err(why) => return println!("{why}"),
+    let Some(exe) = prerequisites(false) else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     let page = dir.path().join("replay.html");
@@ -541,12 +537,8 @@ fn replay_report_renders_one_cell_per_scenario_and_era() {
 /// the curves need `--scale`.
 #[test]
 fn bench_report_renders_its_goals_and_says_the_curves_need_scale() {
-    if support::skip_without_kvm() {
+    let Some(exe) = prerequisites(true) else {
         return;
-    }
-    let exe = match chromium() {
-        Ok(e) => e,
-        Err(why) => return println!("{why}"),
     };
     let dir = tempfile::tempdir().unwrap();
     let page = dir.path().join("bench.html");
@@ -599,9 +591,8 @@ fn bench_report_renders_its_goals_and_says_the_curves_need_scale() {
 /// and runs a script is caught (the browser refuses both and logs it).
 #[test]
 fn the_log_check_sees_a_page_that_breaks_the_policy() {
-    let exe = match chromium() {
-        Ok(e) => e,
-        Err(why) => return println!("{why}"),
+    let Some(exe) = prerequisites(false) else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     let page = dir.path().join("bad.html");
