@@ -92,7 +92,8 @@ fn ksm_counters() -> Result<Vec<u64>> {
 /// With no mm left on KSM's list ksmd completes no scan at all: then there is nothing stale,
 /// and the wait ends at its deadline.
 fn settle() -> Result<()> {
-    let ksm = Ksm::start_fast().map_err(|e| failed(format!("starting KSM: {e}")))?;
+    let ksm = Ksm::start(host::KsmSettings::COUNTED_SCANS)
+        .map_err(|e| failed(format!("starting KSM: {e}")))?;
     let scans = ksm.wait_full_scans(1, Instant::now() + SETTLE_WITHIN);
     ksm.restore()
         .map_err(|e| failed(format!("restoring KSM knobs: {e}")))?;
@@ -166,7 +167,8 @@ pub fn ksm_shadow(ctx: &Ctx) -> Result<Done> {
     };
     let at_ready = helper.frames().map_err(|e| failed(e.to_string()))?;
 
-    let ksm = Ksm::start_fast().map_err(|e| failed(format!("starting KSM: {e}")))?;
+    let ksm = Ksm::start(host::KsmSettings::COUNTED_SCANS)
+        .map_err(|e| failed(format!("starting KSM: {e}")))?;
     let scans = ksm.wait_full_scans(SCANS, Instant::now() + SCANS_WITHIN);
     // Stopping ksmd (run back to 0) waits for its batch in progress: the picture below is still.
     ksm.restore()
