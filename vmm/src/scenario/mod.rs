@@ -23,10 +23,23 @@ pub struct Invalid {
     pub reason: String,
 }
 
+/// A validation error. Its reason quotes values from the file, which may hold line breaks or
+/// other control characters: they are escaped (`\n`), so every error stays one line (found by
+/// libFuzzer: a `device.vfio` value with line breaks made a multi-line error).
 fn invalid(key: &str, reason: impl Into<String>) -> Invalid {
+    let reason: String = reason.into();
     Invalid {
         key: key.to_string(),
-        reason: reason.into(),
+        reason: reason
+            .chars()
+            .flat_map(|c| {
+                let escaped: Vec<char> = match c.is_control() {
+                    true => c.escape_debug().collect(),
+                    false => vec![c],
+                };
+                escaped
+            })
+            .collect(),
     }
 }
 

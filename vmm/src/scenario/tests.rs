@@ -11,6 +11,25 @@ fn defaults_validate() {
     base().validate().unwrap();
 }
 
+/// A value with line breaks and other control characters is quoted escaped, so the error is
+/// one line (libFuzzer's `config` target, input kept as `tests/fuzz-regressions/config/
+/// vfio-value-newlines.bin`). A bug: the raw value in the message, breaking "one line that
+/// names the file and key".
+#[test]
+fn a_quoted_value_with_line_breaks_stays_on_one_line() {
+    let mut s = base();
+    s.device.pin = PinKind::Vfio;
+    s.device.vfio = Some("00\n00:01\r\t\u{7}:00".into());
+    let e = s.validate().unwrap_err();
+    assert_eq!(e.key, "device.vfio");
+    assert!(!e.reason.chars().any(char::is_control), "{:?}", e.reason);
+    assert!(
+        e.reason.contains("00\\n00:01\\r\\t\\u{7}:00"),
+        "{}",
+        e.reason
+    );
+}
+
 /// A fuzz scenario parses with its seed and op count, and only fuzz mode sends ops. A bug:
 /// a DMA run told to send hostile operations, or a fuzz run with none.
 #[test]
