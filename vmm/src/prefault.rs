@@ -104,8 +104,9 @@ fn populate(ram: &GuestRam, gpa: u64, len: u64, chunk: u64) -> Result<Faulted> {
 }
 
 impl Prefault {
-    /// Starts the thread: the first `hot_len` bytes, then the rest of RAM. Each part is a
-    /// `Prefault` span on `timeline` (thread "prefault").
+    /// Starts the thread: the first `hot_len` bytes, then the rest of RAM if
+    /// [`Prefault::wait`] asks for it. Each part is a `Prefault` span on `timeline` (thread
+    /// "prefault").
     pub fn start(
         ram: Arc<RwLock<GuestRam>>,
         hot_len: u64,
@@ -231,7 +232,10 @@ impl Prefault {
 
 impl Drop for Prefault {
     fn drop(&mut self) {
-        // Never outlives its owner; a panic is dropped here (the run is already ending).
+        // Never outlives its owner: the rest's sender goes first (a thread waiting to be asked
+        // for the rest ends without it), then the join; a panic is dropped here (the run is
+        // already ending).
+        self.rest.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -299,6 +303,25 @@ mod tests {
             present,
             hot / crate::addr::PAGE_SIZE,
             "the rest stayed unfaulted"
+        );
+    }
+
+    /// A prefault dropped without `wait` or `finish` (a run that fails between the hot part and
+    /// its end) ends its thread: the drop returns. A bug: the thread still waiting to be asked
+    /// for the rest while the drop joins it, so the run hangs on its error path.
+    #[test]
+    fn a_dropped_prefault_ends_its_thread() {
+        let ram = Arc::new(RwLock::new(GuestRam::new(8 << 20, true, false).unwrap()));
+        let mut p = Prefault::start(ram, 2 << 20, Arc::new(Timeline::new())).unwrap();
+        p.hot().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            drop(p);
+            let _ = tx.send(());
+        });
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_secs(30)).is_ok(),
+            "dropping the prefault hung"
         );
     }
 }
