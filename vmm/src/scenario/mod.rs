@@ -27,19 +27,16 @@ pub struct Invalid {
 /// other control characters: they are escaped (`\n`), so every error stays one line (found by
 /// libFuzzer: a `device.vfio` value with line breaks made a multi-line error).
 fn invalid(key: &str, reason: impl Into<String>) -> Invalid {
-    let reason: String = reason.into();
+    let mut one_line = String::new();
+    for c in reason.into().chars() {
+        match c.is_control() {
+            true => one_line.extend(c.escape_debug()),
+            false => one_line.push(c),
+        }
+    }
     Invalid {
         key: key.to_string(),
-        reason: reason
-            .chars()
-            .flat_map(|c| {
-                let escaped: Vec<char> = match c.is_control() {
-                    true => c.escape_debug().collect(),
-                    false => vec![c],
-                };
-                escaped
-            })
-            .collect(),
+        reason: one_line,
     }
 }
 
