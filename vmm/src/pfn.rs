@@ -7,8 +7,8 @@
 //! coverage, counts, which pages changed PFN).
 //!
 //! It only reads. It must not touch the memory it describes (no faulting pages in, no madvise),
-//! and it holds no pins: a pin's evidence is a PFN list recorded here by the caller at pin time and
-//! compared later with [`diff_pfns`].
+//! and it holds no pins: a pin's evidence is the PFN list [`crate::pfn_runs`] reads at pin time,
+//! compared later with what [`pfns`] reads then.
 //!
 //! Privileges: the PFN field of pagemap reads as 0 without CAP_SYS_ADMIN (reported here as
 //! [`PageMapping::pfn`] = `None` on a present page), and `/proc/kpageflags` needs root; opening it
@@ -121,7 +121,7 @@ impl PageMapping {
 }
 
 /// First page index and page count covering `hva..hva+len` (partial pages included).
-fn page_span(hva: Hva, len: u64) -> Result<(u64, u64)> {
+pub(crate) fn page_span(hva: Hva, len: u64) -> Result<(u64, u64)> {
     let end = hva
         .checked_add(len)
         .ok_or(Error::RangeOverflow { hva, len })?;
@@ -157,12 +157,21 @@ fn pagemap_entries(hva: Hva, first: u64, count: u64) -> Result<Vec<u64>> {
 fn pread_u64s(file: &std::fs::File, offset: u64, count: usize) -> std::io::Result<Vec<u64>> {
     use std::os::unix::fs::FileExt;
     let mut words = vec![0u64; count];
-    // SAFETY: the u64 buffer viewed as its bytes: same memory, u8 has no alignment or validity
-    // requirement, and every byte pattern read back is a valid u64.
-    let bytes =
-        unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), count * 8) };
-    file.read_exact_at(bytes, offset)?;
+    file.read_exact_at(u64s_as_bytes(&mut words), offset)?;
     Ok(words)
+}
+
+/// A u64 buffer viewed as its bytes, for a read(2) straight into it.
+fn u64s_as_bytes(words: &mut [u64]) -> &mut [u8] {
+    // SAFETY: the same memory, borrowed mutably for as long as `words` is: u8 has no alignment
+    // or validity requirement, every byte pattern written is a valid u64, and the length is
+    // the buffer's size in bytes (a slice never exceeds isize::MAX bytes).
+    unsafe {
+        std::slice::from_raw_parts_mut(
+            words.as_mut_ptr().cast::<u8>(),
+            std::mem::size_of_val(words),
+        )
+    }
 }
 
 /// The pagemap entry of every 4 KiB page overlapping `hva..hva+len`.
@@ -191,12 +200,32 @@ pub fn pfns(hva: Hva, len: u64) -> Result<Vec<Option<Pfn>>> {
     }
     Ok(pagemap_entries(hva, first, count)?
         .into_iter()
-        .map(|e| {
-            let present = e & PM_PRESENT != 0 && e & PM_SWAP == 0;
-            let pfn = e & PM_PFN_MASK;
-            (present && pfn != 0).then_some(Pfn(pfn))
-        })
+        .map(entry_pfn)
         .collect())
+}
+
+/// The PFN a raw pagemap entry gives (`None`: not present, swapped, or hidden), as [`pfns`]
+/// reports it.
+pub(crate) fn entry_pfn(e: u64) -> Option<Pfn> {
+    let present = e & PM_PRESENT != 0 && e & PM_SWAP == 0;
+    let pfn = e & PM_PFN_MASK;
+    (present && pfn != 0).then_some(Pfn(pfn))
+}
+
+/// Fills `buf` with the raw pagemap entries of the pages from `first` on, with one pread(2)
+/// through the open `pagemap` (`hva` names the range in the error).
+pub(crate) fn read_entries_into(
+    pagemap: &std::fs::File,
+    hva: Hva,
+    first: u64,
+    buf: &mut [u64],
+) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let pages = buf.len() as u64;
+    // Page indices are below 2^52 on x86_64, so the byte offset cannot overflow.
+    pagemap
+        .read_exact_at(u64s_as_bytes(buf), first * 8)
+        .map_err(|source| Error::ReadPagemap { hva, pages, source })
 }
 
 /// Pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst): present, swapped, PFN.

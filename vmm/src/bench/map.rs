@@ -73,7 +73,7 @@ pub enum Error {
     #[error("Iommu::map of {len:#x} bytes recorded {recorded} PFNs")]
     PfnsMissing { len: u64, recorded: usize },
     /// The pagemap read alone failed.
-    #[error("pfn::pfns of {len:#x} bytes: {source}")]
+    #[error("reading the PFNs of {len:#x} bytes: {source}")]
     Pagemap {
         len: u64,
         #[source]
@@ -93,7 +93,7 @@ pub struct MapReport {
     pub thp_coverage: Option<f64>,
     /// `Iommu::map`: ring setup, buffer registration in parts (the pin), pagemap PFN evidence.
     pub iommu_map: Option<Stat>,
-    /// `pfn::pfns` (the pagemap read `Iommu::map` makes) of the same range alone.
+    /// `pfn_runs::read` (the PFN evidence read `Iommu::map` makes) of the same range alone.
     pub pagemap: Option<Stat>,
     /// `IoUring::new` + one `register_buffers` of the range.
     pub raw_register: Option<Stat>,
@@ -165,20 +165,20 @@ pub fn run(size: u64, thp: bool, trials: usize) -> Result<MapReport> {
             };
             let pages = pinlab::pfn::pfns(ram.hva(), size)
                 .map_err(|source| Error::Pagemap { len: size, source })?;
-            if recorded.len() != pages.len() {
+            if recorded.pages() != pages.len() as u64 {
                 return Err(Error::PfnsMissing {
                     len: size,
-                    recorded: recorded.len(),
+                    recorded: recorded.pages() as usize,
                 });
             }
-            moved_pages = pinlab::pfn::diff_pfns(recorded, &pages).len();
+            moved_pages = recorded.diff(&pages).len();
         }
         let t = Instant::now();
         iommu.clear();
         let unmap_ms = ms(t);
 
         let t = Instant::now();
-        let pages = pinlab::pfn::pfns(ram.hva(), size)
+        let pages = pinlab::pfn_runs::read(ram.hva(), size)
             .map_err(|source| Error::Pagemap { len: size, source })?;
         std::hint::black_box(&pages);
         let pagemap_ms = ms(t);

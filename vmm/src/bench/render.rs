@@ -91,8 +91,8 @@ pub fn dma_ratios(d: &DmaReport) -> [(&'static str, Option<f64>, &'static str); 
 /// One map size's timings, ms, by name.
 pub fn map_stats(m: &MapReport) -> [(&'static str, Option<Stat>); 4] {
     [
-        ("Iommu::map (pin + pagemap)", m.iommu_map),
-        ("pfn::pfns (pagemap) alone", m.pagemap),
+        ("Iommu::map (pin + PFN evidence)", m.iommu_map),
+        ("PFN evidence read alone", m.pagemap),
         ("raw ring + register_buffers", m.raw_register),
         ("unmap (unpin)", m.unmap),
     ]
@@ -164,7 +164,7 @@ pub fn render(r: &BenchReport) -> String {
             o += &stat_line(name, st, "ms");
         }
         o += &ratio_line("map/raw", m.map_vs_raw, "goal <= 1.25");
-        o += &ratio_line("pagemap/raw", m.pagemap_vs_raw, "");
+        o += &ratio_line("PFN read/raw", m.pagemap_vs_raw, "");
         if m.recorded_pfns_moved > 0 {
             o += &format!(
                 "  {} recorded PFNs moved before the check (the host moved the RAM)\n",

@@ -14,6 +14,7 @@ use pinlab_abi as abi;
 use crate::addr::{Gpa, Hva, Iova, Pfn, PAGE_SIZE};
 use crate::devices::request::{IovaRange, Map, Perm, Unmap};
 use crate::memory::GuestRam;
+use crate::pfn_runs::PfnRuns;
 use crate::pin::{self, Pin};
 use crate::scenario::PinKind;
 
@@ -75,8 +76,8 @@ pub struct Mapping {
     pub pin: Box<dyn Pin>,
     /// Host address the pin was taken at (guest RAM may move later, the pin does not).
     pub hva_at_map: Hva,
-    /// PFN of each 4 KiB page at map time (`None`: not present, or pagemap unreadable).
-    pub pinned_pfns: Vec<Option<Pfn>>,
+    /// PFN of each 4 KiB page at map time (none: not present, or pagemap unreadable).
+    pub pinned_pfns: PfnRuns,
     /// Why `pinned_pfns` is empty, if it is.
     pub pfn_error: Option<String>,
 }
@@ -144,7 +145,7 @@ impl Mapping {
                 return ev;
             }
         };
-        let diff = crate::pfn::diff_pfns(&self.pinned_pfns, &mapped);
+        let diff = self.pinned_pfns.diff(&mapped);
         ev.pinned_pfns_changed_pages = diff.len();
         ev.changed_left_out = diff.len().saturating_sub(DETAILED_CHANGES);
         for &i in &diff {
@@ -159,7 +160,7 @@ impl Mapping {
             .map(|&i| PfnChange {
                 page: i,
                 gpa: Gpa(self.gpa.raw() + i as u64 * PAGE_SIZE),
-                pinned: self.pinned_pfns.get(i).copied().flatten(),
+                pinned: self.pinned_pfns.get(i as u64),
                 mapped: mapped.get(i).copied().flatten(),
             })
             .collect();
@@ -272,10 +273,10 @@ impl Iommu {
         let mut pin = pinned.map_err(|source| Error::Pin { hva, len, source })?;
         let (pinned_pfns, pfn_error) = match pin
             .take_pinned_pfns()
-            .unwrap_or_else(|| crate::pfn::pfns(hva, len))
+            .unwrap_or_else(|| crate::pfn_runs::read(hva, len))
         {
             Ok(pfns) => (pfns, None),
-            Err(e) => (Vec::new(), Some(e.to_string())),
+            Err(e) => (PfnRuns::new(), Some(e.to_string())),
         };
         self.mappings.insert(
             req.iova(),

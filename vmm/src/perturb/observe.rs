@@ -9,95 +9,12 @@
 //! is what tells "PMD-mapped THP" from "PTE-mapped THP".
 
 use std::io;
-use std::os::fd::AsRawFd;
 
 use crate::addr::{Hva, HUGE_PAGE_SIZE, PAGE_SIZE};
 use crate::evidence::{HugePage, Vma, VmaPerms};
-
-// <linux/fs.h>: the PAGEMAP_SCAN categories and ioctl.
-const PAGE_IS_WRITTEN: u64 = 1 << 1;
-const PAGE_IS_PRESENT: u64 = 1 << 3;
-const PAGE_IS_HUGE: u64 = 1 << 6;
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct PageRegion {
-    start: u64,
-    end: u64,
-    categories: u64,
-}
-
-#[repr(C)]
-struct PmScanArg {
-    size: u64,
-    flags: u64,
-    start: u64,
-    end: u64,
-    walk_end: u64,
-    vec: u64,
-    vec_len: u64,
-    max_pages: u64,
-    category_inverted: u64,
-    category_mask: u64,
-    category_anyof_mask: u64,
-    return_mask: u64,
-}
-
-const _: () = assert!(std::mem::size_of::<PmScanArg>() == 96);
-const _: () = assert!(std::mem::size_of::<PageRegion>() == 24);
-// _IOWR('f', 16, struct pm_scan_arg)
-const PAGEMAP_SCAN: u64 = (3 << 30) | (96 << 16) | ((b'f' as u64) << 8) | 16;
-
-/// The ranges of `[hva, hva+len)` that have every category in `all_of`, as `(start, end)`.
-fn scan(hva: Hva, len: u64, all_of: u64) -> io::Result<Vec<(u64, u64)>> {
-    let pagemap = std::fs::File::open("/proc/self/pagemap")?;
-    let end = hva
-        .raw()
-        .checked_add(len)
-        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let mut out = Vec::new();
-    let mut start = hva.raw();
-    // Adjacent pages with equal categories come back as one region; a range of n pages needs
-    // at most n regions, and the walk resumes at `walk_end` when the vector fills.
-    let mut vec = vec![PageRegion::default(); 64];
-    while start < end {
-        let mut arg = PmScanArg {
-            size: std::mem::size_of::<PmScanArg>() as u64,
-            flags: 0,
-            start,
-            end,
-            walk_end: 0,
-            vec: vec.as_mut_ptr() as u64,
-            vec_len: vec.len() as u64,
-            max_pages: 0,
-            category_inverted: 0,
-            category_mask: all_of,
-            category_anyof_mask: 0,
-            return_mask: all_of,
-        };
-        // SAFETY: PAGEMAP_SCAN on our own pagemap fd; `arg` is a pm_scan_arg sized as the
-        // kernel's (asserted above) and `vec` points at `vec_len` writable page_region entries
-        // that outlive the call. Without PM_SCAN_WP_MATCHING it changes no page table.
-        let n = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        out.extend(vec[..n as usize].iter().map(|r| (r.start, r.end)));
-        if arg.walk_end <= start {
-            break;
-        }
-        start = arg.walk_end;
-    }
-    Ok(out)
-}
-
-/// Bytes of `[start, end)` covered by `ranges`.
-fn covered(ranges: &[(u64, u64)], start: u64, end: u64) -> u64 {
-    ranges
-        .iter()
-        .map(|&(s, e)| e.min(end).saturating_sub(s.max(start)))
-        .sum()
-}
+use crate::pagemap_scan::{
+    covered, regions as scan, PAGE_IS_HUGE, PAGE_IS_PRESENT, PAGE_IS_WRITTEN,
+};
 
 /// Whether one PMD maps all of the 2 MiB huge page at `huge` (which must be 2 MiB aligned).
 pub fn pmd_mapped(huge: Hva) -> io::Result<bool> {

@@ -26,7 +26,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use serde::{Deserialize, Serialize};
 
-use crate::addr::{Hva, Pfn};
+use crate::addr::Hva;
 use crate::mmap::{self, Mapping};
 
 pub mod io_uring;
@@ -152,7 +152,7 @@ pub trait Pin: Send {
     /// right after MAP_DMA, possibly long before this range was handed out; io-uring: each
     /// part's PFNs read right after that part was pinned, while the next part pinned). Taken
     /// once: a second call may say `None`. `None`: the caller reads pagemap now, after the pin.
-    fn take_pinned_pfns(&mut self) -> Option<crate::pfn::Result<Vec<Option<Pfn>>>> {
+    fn take_pinned_pfns(&mut self) -> Option<crate::pfn::Result<crate::pfn_runs::PfnRuns>> {
         None
     }
     /// Device write ("to guest"): copy `staging[staging_offset..+len]` into the pinned pages at

@@ -110,8 +110,8 @@ impl super::Pin for VfioPin {
             op: CANNOT_MOVE_DATA,
         })
     }
-    fn take_pinned_pfns(&mut self) -> Option<pfn::Result<Vec<Option<Pfn>>>> {
-        Some(Ok(self.pinned.clone()))
+    fn take_pinned_pfns(&mut self) -> Option<pfn::Result<crate::pfn_runs::PfnRuns>> {
+        Some(Ok(self.pinned.iter().copied().collect()))
     }
 }
 
@@ -333,7 +333,11 @@ mod tests {
             pinned: pinned.clone(),
         };
         assert_eq!((p.kind(), p.len()), (PinKind::Vfio, 3 * PAGE_SIZE));
-        assert_eq!(p.take_pinned_pfns().map(Result::unwrap), Some(pinned));
+        assert_eq!(
+            p.take_pinned_pfns()
+                .map(|r| r.unwrap().iter().collect::<Vec<_>>()),
+            Some(pinned)
+        );
         let mut staging = Staging::new(PAGE_SIZE).unwrap();
         let ops = [Transfer {
             pin_offset: 0,

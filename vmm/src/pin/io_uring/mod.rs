@@ -23,7 +23,7 @@
 use std::io;
 
 use super::{Pin, PinKind, Staging, Transfer};
-use crate::addr::{Hva, Pfn};
+use crate::addr::Hva;
 
 mod ring;
 
@@ -173,17 +173,18 @@ pub struct IoUringPin {
     ring: FixedRing,
     depth: usize,
     /// The PFNs read as each part was pinned ([`Self::reading_pfns`]), until taken.
-    pinned: Option<crate::pfn::Result<Vec<Option<Pfn>>>>,
+    pinned: Option<crate::pfn::Result<crate::pfn_runs::PfnRuns>>,
 }
 
 /// A pin of more than this is registered in parts, each part's PFNs read while the next part
 /// pins ([`IoUringPin::reading_pfns`]); a multiple of 2 MiB.
 pub const PFN_PART: u64 = 128 << 20;
-/// The largest pin registered in parts. Measured on the development machine (`pinlab bench
-/// --only map`, docs/performance.md): in parts, 1 GiB of THP RAM maps in 1.65x a raw
-/// registration (1.7-2.0x at once) and 1-2 GiB of 4 KiB pages in 1.0x (1.45x at once), 2 GiB of
-/// THP the same either way, but 4 GiB of THP in 2.7x (1.8x at once) and 8 GiB in 6x (3x): over
-/// this size the concurrent pagemap reads slow the pinning down more than they hide.
+/// The largest pin registered in parts. Only ranges that PMDs mostly do not map are: measured
+/// on the development machine (`pinlab bench --only map`, docs/performance.md), registering
+/// THP RAM in parts is itself slower than at once (map/raw at 1 GiB 1.49-1.58 in parts against
+/// 1.31-1.46 at once, 2 GiB 1.73-1.85 against 1.32-1.34, 8 GiB 5.4-6.2 against 1.37-1.38), and
+/// its PFNs, read a huge page at a time ([`crate::pfn_runs`]), leave little to hide; 1-2 GiB of
+/// 4 KiB pages map in 1.0-1.4x in parts against 1.45x at once.
 pub const PFN_PIPELINE_MAX: u64 = 2 << 30;
 /// How many parts a pipelined registration aims for (each at least [`PFN_PART`], at most
 /// [`MAX_BUFFER_LEN`], a multiple of 2 MiB).
@@ -196,6 +197,15 @@ pub fn pfn_part(len: u64) -> u64 {
         .div_ceil(HUGE)
         .saturating_mul(HUGE)
         .clamp(PFN_PART, MAX_BUFFER_LEN)
+}
+
+/// Whether PMDs map at least half of `hva..hva+len` (PAGEMAP_SCAN; `false` when it cannot
+/// tell, e.g. before Linux 6.7).
+fn mostly_pmd_mapped(hva: Hva, len: u64) -> bool {
+    use crate::pagemap_scan::{covered, regions, PAGE_IS_HUGE, PAGE_IS_PRESENT};
+    regions(hva, len, PAGE_IS_HUGE | PAGE_IS_PRESENT)
+        .map(|r| covered(&r, hva.raw(), hva.raw().saturating_add(len)) >= len / 2)
+        .unwrap_or(false)
 }
 
 impl IoUringPin {
@@ -230,10 +240,12 @@ impl IoUringPin {
         })
     }
 
-    /// As [`Self::with_depth`], and reads the PFN of every page after the page is pinned: a
-    /// range over [`PFN_PART`] and up to [`PFN_PIPELINE_MAX`] registers part by part while a second thread reads the pinned
-    /// parts' PFNs, so the reading hides behind the pinning ([`FixedRing::register_in_parts`]);
-    /// a smaller range, or a kernel without sparse buffer tables, pins at once and then reads.
+    /// As [`Self::with_depth`], and reads the PFN of every page after the page is pinned
+    /// ([`crate::pfn_runs::read`]): a range over [`PFN_PART`] and up to [`PFN_PIPELINE_MAX`]
+    /// that PMDs mostly do not map registers part by part while a second thread reads the
+    /// pinned parts' PFNs, so the reading hides behind the pinning
+    /// ([`FixedRing::register_in_parts`]); any other range, or a kernel without sparse buffer
+    /// tables, pins at once and then reads.
     /// The PFNs are handed out by [`Pin::take_pinned_pfns`].
     ///
     /// # Safety
@@ -241,20 +253,20 @@ impl IoUringPin {
     /// As [`Self::new`].
     pub unsafe fn reading_pfns(hva: Hva, len: u64, depth: usize) -> Result<Self, Error> {
         let depth = depth.clamp(1, RING_ENTRIES as usize);
-        if (PFN_PART + 1..=PFN_PIPELINE_MAX).contains(&len) {
+        if (PFN_PART + 1..=PFN_PIPELINE_MAX).contains(&len) && !mostly_pmd_mapped(hva, len) {
             // SAFETY: forwarded from this function's contract.
-            let parts =
-                unsafe { FixedRing::register_in_parts(hva, len, pfn_part(len), crate::pfn::pfns) };
+            let parts = unsafe {
+                FixedRing::register_in_parts(hva, len, pfn_part(len), crate::pfn_runs::read)
+            };
             match parts {
                 Ok((ring, per_part)) => {
-                    let pages = (len / crate::addr::PAGE_SIZE) as usize;
-                    let pinned =
-                        per_part
-                            .into_iter()
-                            .try_fold(Vec::with_capacity(pages), |mut all, p| {
-                                all.extend(p?);
-                                Ok(all)
-                            });
+                    let pinned = per_part.into_iter().try_fold(
+                        crate::pfn_runs::PfnRuns::new(),
+                        |mut all, p| {
+                            all.append(&p?);
+                            Ok(all)
+                        },
+                    );
                     return Ok(IoUringPin {
                         ring,
                         depth,
@@ -269,7 +281,7 @@ impl IoUringPin {
         // SAFETY: forwarded from this function's contract.
         let mut pin = unsafe { Self::new(hva, len) }?;
         pin.depth = depth;
-        pin.pinned = Some(crate::pfn::pfns(hva, len));
+        pin.pinned = Some(crate::pfn_runs::read(hva, len));
         Ok(pin)
     }
 
@@ -300,7 +312,7 @@ impl Pin for IoUringPin {
     fn kind(&self) -> PinKind {
         PinKind::IoUring
     }
-    fn take_pinned_pfns(&mut self) -> Option<crate::pfn::Result<Vec<Option<Pfn>>>> {
+    fn take_pinned_pfns(&mut self) -> Option<crate::pfn::Result<crate::pfn_runs::PfnRuns>> {
         self.pinned.take()
     }
 
@@ -343,7 +355,7 @@ impl Pin for IoUringPin {
 mod tests {
     use super::*;
     use crate::addr::PAGE_SIZE;
-    use crate::pfn::test_support::AnonRegion;
+    use crate::pfn::test_support::{thp_setup, AnonRegion};
 
     const GIB: u64 = 1 << 30;
     const MIB: u64 = 1 << 20;
@@ -458,14 +470,20 @@ mod tests {
     fn a_pin_in_parts_reads_every_parts_pfns_after_pinning_it() {
         let len = PFN_PART * 2 + 4 * MIB;
         assert!(len <= PFN_PIPELINE_MAX);
-        let mut r = AnonRegion::new(len, libc::MADV_HUGEPAGE);
+        // 4 KiB pages: THP RAM pins at once (`mostly_pmd_mapped`).
+        let mut r = AnonRegion::new(len, libc::MADV_NOHUGEPAGE);
         r.fill(|i| (i % 241) as u8);
         let part = pfn_part(len);
         assert_eq!(part, PFN_PART, "parts at least PFN_PART");
         // SAFETY: `r` outlives the pin; no reference into it is held across pin calls.
         let mut p = unsafe { IoUringPin::reading_pfns(r.hva, r.len, 8) }.unwrap();
         assert_eq!(p.buffers(), len.div_ceil(part) as usize);
-        let pinned = p.take_pinned_pfns().expect("read at pin time").unwrap();
+        let pinned: Vec<_> = p
+            .take_pinned_pfns()
+            .expect("read at pin time")
+            .unwrap()
+            .iter()
+            .collect();
         assert!(p.take_pinned_pfns().is_none(), "taken once");
         assert_eq!(pinned.len() as u64, len / PAGE_SIZE);
         assert!(
@@ -485,6 +503,25 @@ mod tests {
             staging.as_slice() == want,
             "bytes across the parts' boundary"
         );
+    }
+
+    /// THP RAM of the same size pins at once (one buffer), its PFNs read after the pin, a
+    /// huge page at a time, still the pagemap's page for page.
+    #[test]
+    fn a_pmd_mapped_pin_registers_at_once_and_reads_its_pfns_after() {
+        let len = PFN_PART * 2 + 4 * MIB;
+        let mut r = AnonRegion::new(len, libc::MADV_HUGEPAGE);
+        r.fill(|i| (i % 239) as u8);
+        if !mostly_pmd_mapped(r.hva, r.len) {
+            eprintln!("skipped: no PMD-mapped THP here ({})", thp_setup());
+            return;
+        }
+        // SAFETY: `r` outlives the pin; no reference into it is held across pin calls.
+        let mut p = unsafe { IoUringPin::reading_pfns(r.hva, r.len, 8) }.unwrap();
+        assert_eq!(p.buffers(), 1);
+        let pinned: Vec<_> = p.take_pinned_pfns().unwrap().unwrap().iter().collect();
+        assert_eq!(pinned, crate::pfn::pfns(r.hva, r.len).unwrap());
+        assert!(pinned.iter().all(Option::is_some));
     }
 
     #[test]
