@@ -1,6 +1,7 @@
 //! The scale curves of `pinlab bench --scale` as line charts for the bench report: map time
 //! against guest RAM (THP and 4 KiB pages), DMA throughput against region size and against queue
-//! depth, launch time against guest RAM, explorer states per second against program size. Each
+//! depth, launch time against guest RAM, sweep wall time against cells, explorer states per
+//! second against program size. Each
 //! point is a median of the typed [`ScaleReport`], its tooltip the median with min, max and n.
 //! Drawn by the library's one chart layer (`pinlab::html::chart::line_chart`); owns no markup
 //! of its own beyond which series go on which chart.
@@ -157,8 +158,10 @@ fn map_curve(sc: &ScaleReport) -> Curve {
     let ticks = distinct(sc.map.iter().map(|m| m.size as f64));
     Curve {
         title: "IOMMU map (pin + PFN evidence) vs guest RAM",
-        note: "Iommu::map pins in parts and reads each part's PFNs after it is pinned; the raw \
-               registration is one ring and one IORING_REGISTER_BUFFERS of the same memory."
+        note: "Iommu::map pins the range (at once, or in parts while a thread reads each pinned \
+               part's PFNs, for 128 MiB to 2 GiB of mostly 4 KiB pages), then reads every page's \
+               PFN (a PMD-mapped huge page by its head's entry); the raw registration is one \
+               ring and one IORING_REGISTER_BUFFERS of the same memory."
             .into(),
         chart: LineChart {
             id: "curve-map".into(),
@@ -316,6 +319,56 @@ fn launch_curve(sc: &ScaleReport) -> Curve {
     }
 }
 
+/// Sweep wall time against the cells it ran: the sweep's own time and the process's.
+fn sweep_curve(sc: &ScaleReport) -> Curve {
+    let mut s = [
+        series("sweep wall", palette::BLUE, Shape::Circle, false),
+        series("spawn → exit", palette::VERMILLION, Shape::Square, true),
+    ];
+    for p in &sc.sweep {
+        let per_cell = p
+            .seconds_per_cell
+            .map_or("-".to_string(), |c| format!("{} s a cell", num(c)));
+        let what = format!(
+            "{} cells run of {} picked ({} not built here)",
+            p.run, p.cells, p.not_built
+        );
+        s[0].points.push(Point {
+            x: p.run as f64,
+            y: p.seconds,
+            title: format!("{what}: sweep wall {} s, {per_cell}", num(p.seconds)),
+        });
+        s[1].points.push(Point {
+            x: p.run as f64,
+            y: p.spawn_to_exit_s,
+            title: format!("{what}: spawn → exit {} s", num(p.spawn_to_exit_s)),
+        });
+    }
+    let ticks = distinct(sc.sweep.iter().map(|p| p.run as f64));
+    Curve {
+        title: "Sweep wall time vs cells",
+        note: "pinlab sweep --cells N --json, spawned and reaped: N cells evenly spaced over the                whole sweep (the last point is all of it), one process a cell, one at a time."
+            .into(),
+        chart: LineChart {
+            id: "curve-sweep".into(),
+            // Linear on both axes: the question is whether the wall grows in proportion.
+            x: Axis {
+                desc: "cells run".into(),
+                scale: Scale::Linear,
+                ticks,
+                format: int_label,
+            },
+            y: Axis {
+                desc: "seconds, one sweep".into(),
+                scale: Scale::Linear,
+                ticks: Vec::new(),
+                format: num,
+            },
+            series: s.into(),
+        },
+    }
+}
+
 /// Explorer speed against program size, one series per stress program.
 fn explorer_curve(sc: &ScaleReport) -> Curve {
     let colours = [
@@ -380,6 +433,7 @@ pub fn curves(sc: &ScaleReport) -> Vec<Curve> {
     let mut v = vec![map_curve(sc)];
     v.extend(dma_curves(sc));
     v.push(launch_curve(sc));
+    v.push(sweep_curve(sc));
     v.push(explorer_curve(sc));
     v
 }

@@ -207,7 +207,7 @@ fn curves_section(r: &BenchReport) -> pinlab::html::Result<Markup> {
             h2 id="curves" { "How each cost grows" }
             p.note id="no-curves" {
                 "The curves need " code { "--scale" } ": " code { "pinlab bench --scale --report FILE.html" }
-                " measures map time, DMA throughput, launch time and explorer speed against the size of the work "
+                " measures map time, DMA throughput, launch time, sweep wall time and explorer speed against the size of the work "
                 "(it takes minutes and maps up to 8 GiB)."
             }
         });
@@ -224,7 +224,7 @@ fn curves_section(r: &BenchReport) -> pinlab::html::Result<Markup> {
     }
     Ok(html! {
         h2 id="curves" { "How each cost grows" }
-        p.note { "Medians; hover a point for its min, max and n, or open the points under each chart. The sweep's wall time against its cells is not among the curves: run " code { "pinlab sweep" } " for it." }
+        p.note { "Medians; hover a point for its min, max and n, or open the points under each chart." }
         div style="display: flex; flex-wrap: wrap; gap: 8px 24px" {
             @for (c, chart) in &drawn {
                 figure.curve data-curve=(c.chart.id) style="margin: 0; width: 660px" {
@@ -274,7 +274,7 @@ pub fn write(file: ReportFile, r: &BenchReport) -> pinlab::html::Result<u64> {
 mod tests {
     use super::super::dma::DmaPoint;
     use super::super::goals::fixtures::{launch_report, map_report};
-    use super::super::scale::{ExplorerPoint, LaunchPoint, ScaleReport};
+    use super::super::scale::{ExplorerPoint, LaunchPoint, ScaleReport, SweepPoint};
     use super::super::stat::MIB;
     use super::*;
 
@@ -359,10 +359,22 @@ mod tests {
                 })
             })
             .collect();
+        let sweep = [(24usize, 22usize, 2.9), (372, 336, 44.1)]
+            .into_iter()
+            .map(|(cells, run, seconds)| SweepPoint {
+                cells,
+                run,
+                not_built: cells - run,
+                seconds,
+                spawn_to_exit_s: seconds + 0.2,
+                seconds_per_cell: Some(seconds / run as f64),
+            })
+            .collect();
         ScaleReport {
             map,
             dma,
             launch,
+            sweep,
             explorer,
         }
     }
@@ -401,6 +413,7 @@ mod tests {
             "curve-dma-region",
             "curve-dma-depth",
             "curve-launch",
+            "curve-sweep",
             "curve-explorer",
         ];
         assert_eq!(html.matches("<div class=\"chart\"").count(), ids.len());
@@ -451,6 +464,23 @@ mod tests {
         assert!(t[1].contains(&format!("{} ms median", num(311.0))), "{t:?}");
         assert_eq!(titles(launch, "spawn → exit, THP").len(), 2);
         assert!(launch.contains("ms, median of the launches (log scale)"));
+
+        let sweep = figure(&html, "curve-sweep");
+        assert!(
+            sweep.contains("cells run") && !sweep.contains("(log scale)"),
+            "linear axes"
+        );
+        let t = titles(sweep, "sweep wall");
+        assert_eq!(t.len(), 2, "{t:?}");
+        assert!(
+            t[1].contains("336 cells run of 372 picked (36 not built here)"),
+            "{t:?}"
+        );
+        assert!(
+            t[1].contains(&format!("sweep wall {} s", num(44.1))),
+            "{t:?}"
+        );
+        assert_eq!(titles(sweep, "spawn → exit").len(), 2);
 
         let explorer = figure(&html, "curve-explorer");
         assert!(explorer.contains("states explored per second"));

@@ -120,7 +120,7 @@ pub(super) struct RunTimings {
 
 /// One run of the binary with `args`: wall-clock spawn -> exit, milliseconds, and its stdout.
 /// The child is always reaped (`output` waits); a failure carries its stderr.
-fn spawn_timed(pinlab: &Path, args: &[&str]) -> Result<(f64, Vec<u8>)> {
+pub(super) fn spawn_timed(pinlab: &Path, args: &[&str]) -> Result<(f64, Vec<u8>)> {
     let cmd = || format!("{} {}", pinlab.display(), args.join(" "));
     let t = Instant::now();
     let out = Command::new(pinlab)

@@ -290,6 +290,20 @@ pub fn scale_tables(sc: &ScaleReport) -> String {
             md_stat(l.spawn_to_exit)
         );
     }
+    o += "\n### Sweep wall time vs cells, s\n\n\
+          | cells picked | run | not built | sweep wall | s / cell | spawn -> exit |\n\
+          |---|---|---|---|---|---|\n";
+    for p in &sc.sweep {
+        o += &format!(
+            "| {} | {} | {} | {:.2} | {} | {:.2} |\n",
+            p.cells,
+            p.run,
+            p.not_built,
+            p.seconds,
+            p.seconds_per_cell.map_or("-".into(), |c| format!("{c:.3}")),
+            p.spawn_to_exit_s
+        );
+    }
     o += "\n### Explorer vs program size (modern era)\n\n\
           | program | threads | ops | states | ms / exploration | states/s |\n\
           |---|---|---|---|---|---|\n";
@@ -308,15 +322,7 @@ mod tests {
 
     #[test]
     fn render_without_sections_is_the_machine_line() {
-        let r = BenchReport {
-            machine: super::super::machine::Machine::probe(),
-            trials: 1,
-            dma: None,
-            map: Vec::new(),
-            launch: None,
-            trace: None,
-            scale: None,
-        };
+        let r = super::super::goals::fixtures::empty_report();
         assert_eq!(render(&r).lines().count(), 1, "only the machine line");
     }
 

@@ -1,10 +1,13 @@
 //! `pinlab bench --scale`: how each cost grows with the work. Map time against guest RAM (THP
 //! and 4 KiB pages), DMA throughput against region size and queue depth, launch time against
-//! guest RAM, and explorer states per second against program size. Every point is a typed row
-//! of [`ScaleReport`], serialized as JSON, so a chart can be drawn from it.
+//! guest RAM, sweep wall time against cells, and explorer states per second against program
+//! size. Every point is a typed row of [`ScaleReport`], serialized as JSON, so a chart can be
+//! drawn from it.
 //!
 //! Owns what its sections own (one guest RAM at a time, children always reaped); changes no
-//! host knob. The largest points map 8 GiB: the map section checks MemAvailable first.
+//! host knob itself (the sweep points spawn `pinlab sweep`, which journals and restores its
+//! own under the system lock). The largest points map 8 GiB: the map section checks
+//! MemAvailable first.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -26,6 +29,13 @@ pub enum Error {
     Dma(#[from] dma::Error),
     #[error("launch: {0}")]
     Launch(#[from] launch::Error),
+    /// `pinlab sweep --json` printed something that is not a sweep.
+    #[error("{cmd}: its JSON: {source}")]
+    SweepJson {
+        cmd: String,
+        #[source]
+        source: serde_json::Error,
+    },
     /// The explorer failed on one of the stress programs.
     #[error("explore {program}: {source}")]
     Explore {
@@ -52,6 +62,8 @@ pub struct ScaleOptions {
     pub dma_depths: Vec<u32>,
     /// Guest RAM sizes of the launch curve (THP and 4 KiB pages).
     pub launch_memory: Vec<u64>,
+    /// Cells of each sweep point (`pinlab sweep --cells N`; at least the whole sweep is all).
+    pub sweep_cells: Vec<usize>,
 }
 
 impl Default for ScaleOptions {
@@ -64,6 +76,7 @@ impl Default for ScaleOptions {
             dma_regions: vec![8 * MIB, 64 * MIB, 256 * MIB, GIB],
             dma_depths: vec![1, 2, 4, 16, 64],
             launch_memory: vec![64 * MIB, 256 * MIB, GIB, 4 * GIB],
+            sweep_cells: SWEEP_CELLS.to_vec(),
         }
     }
 }
@@ -78,6 +91,27 @@ pub struct LaunchPoint {
     pub launch_to_guest_start: Option<Stat>,
     pub launch_to_first_dma: Option<Stat>,
     pub launch_to_guest_done: Option<Stat>,
+}
+
+/// Cells of the default sweep points: doubling, the last one the whole sweep (`sweep::cells`
+/// has 372; `subset` takes all of them for any N at least that).
+pub const SWEEP_CELLS: [usize; 5] = [24, 48, 96, 192, usize::MAX];
+
+/// One `pinlab sweep --cells N --json`, spawned and reaped.
+#[derive(Clone, Debug, Serialize)]
+pub struct SweepPoint {
+    /// Cells picked (`sweep::subset`), run or not.
+    pub cells: usize,
+    /// Cells run (one process each).
+    pub run: usize,
+    /// Cells that could not be built here (each with its reason in the sweep's own JSON).
+    pub not_built: usize,
+    /// The sweep's own wall time, seconds.
+    pub seconds: f64,
+    /// Spawn -> exit of `pinlab sweep`, seconds.
+    pub spawn_to_exit_s: f64,
+    /// `seconds / run`.
+    pub seconds_per_cell: Option<f64>,
 }
 
 /// The explorer on one program.
@@ -103,6 +137,7 @@ pub struct ScaleReport {
     pub map: Vec<MapReport>,
     pub dma: Vec<DmaPoint>,
     pub launch: Vec<LaunchPoint>,
+    pub sweep: Vec<SweepPoint>,
     pub explorer: Vec<ExplorerPoint>,
 }
 
@@ -132,12 +167,44 @@ pub fn run(o: &ScaleOptions) -> Result<ScaleReport> {
             launch.push(launch_point(o, memory, thp)?);
         }
     }
+    let mut sweep = Vec::new();
+    for &n in &o.sweep_cells {
+        sweep.push(sweep_point(o, n)?);
+    }
     let explorer = explorer_points()?;
     Ok(ScaleReport {
         map,
         dma,
         launch,
+        sweep,
         explorer,
+    })
+}
+
+/// `pinlab sweep --cells n --json`: its cells, its wall time and the process's.
+fn sweep_point(o: &ScaleOptions, n: usize) -> Result<SweepPoint> {
+    /// The part of the sweep's JSON the point reads.
+    #[derive(serde::Deserialize)]
+    struct SweepJson {
+        rows: Vec<serde::de::IgnoredAny>,
+        not_built: Vec<serde::de::IgnoredAny>,
+        seconds: f64,
+    }
+    let cells = n.to_string();
+    let args = ["sweep", "--cells", &cells, "--json"];
+    let (wall_ms, stdout) = launch::spawn_timed(&o.pinlab, &args)?;
+    let s: SweepJson = serde_json::from_slice(&stdout).map_err(|source| Error::SweepJson {
+        cmd: format!("{} {}", o.pinlab.display(), args.join(" ")),
+        source,
+    })?;
+    let run = s.rows.len();
+    Ok(SweepPoint {
+        cells: run + s.not_built.len(),
+        run,
+        not_built: s.not_built.len(),
+        seconds: s.seconds,
+        spawn_to_exit_s: wall_ms / 1e3,
+        seconds_per_cell: (run > 0).then(|| s.seconds / run as f64),
     })
 }
 

@@ -270,8 +270,9 @@ pub struct BenchArgs {
     /// host tracing). Default: all (none with --scale).
     #[arg(long, value_parser = ["dma", "map", "launch", "trace"])]
     pub only: Vec<String>,
-    /// How each cost grows: map time, DMA throughput, launch time and explorer speed against
-    /// the size of the work (markdown tables, or JSON with --json). Takes minutes; maps 8GiB.
+    /// How each cost grows: map time, DMA throughput, launch time, sweep wall time and explorer
+    /// speed against the size of the work (markdown tables, or JSON with --json). Takes
+    /// minutes (it runs the whole sweep once, and subsets of it); maps 8GiB.
     #[arg(long)]
     pub scale: bool,
     /// Print one JSON object instead of the table.
