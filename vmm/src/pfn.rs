@@ -518,9 +518,24 @@ pub fn thp_blocks(hva: Hva, len: u64) -> Result<Vec<u16>> {
 /// Indices of the pages whose PFN differs between two recordings (a page that became or stopped
 /// being present counts as changed). Pages beyond the shorter list count as changed.
 pub fn diff_pfns(before: &[Option<Pfn>], after: &[Option<Pfn>]) -> Vec<usize> {
-    (0..before.len().max(after.len()))
-        .filter(|&i| before.get(i) != after.get(i))
-        .collect()
+    diff_pfns_of(before.iter().copied(), after)
+}
+
+/// As [`diff_pfns`], with the earlier recording given page by page (a pin's
+/// [`crate::pfn_runs::PfnRuns::iter`]).
+pub(crate) fn diff_pfns_of(
+    before: impl ExactSizeIterator<Item = Option<Pfn>>,
+    after: &[Option<Pfn>],
+) -> Vec<usize> {
+    let recorded = before.len();
+    let mut changed: Vec<usize> = before
+        .zip(after)
+        .enumerate()
+        .filter(|(_, (b, a))| b != *a)
+        .map(|(i, _)| i)
+        .collect();
+    changed.extend(recorded.min(after.len())..recorded.max(after.len()));
+    changed
 }
 
 /// Anonymous test memory, shared by the tests of this crate's pin and pfn modules.

@@ -57,11 +57,6 @@ impl PfnRuns {
         u64::from(self.pages)
     }
 
-    /// Whether no page is recorded.
-    pub fn is_empty(&self) -> bool {
-        self.pages == 0
-    }
-
     /// The runs, in page order.
     pub fn runs(&self) -> &[PfnRun] {
         &self.runs
@@ -114,7 +109,7 @@ impl PfnRuns {
     }
 
     /// Every page's PFN, in order.
-    pub fn iter(&self) -> impl Iterator<Item = Option<Pfn>> + '_ {
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = Option<Pfn>> + '_ {
         let mut runs = self.runs.iter().peekable();
         (0..self.pages).map(move |page| {
             while runs.next_if(|r| r.page + r.pages <= page).is_some() {}
@@ -124,20 +119,10 @@ impl PfnRuns {
         })
     }
 
-    /// Indices of the pages whose PFN in `now` differs from the one recorded here (a page that
-    /// became or stopped being present counts as changed; pages beyond the shorter list too),
-    /// as [`pfn::diff_pfns`] says of two lists.
+    /// Indices of the pages whose PFN in `now` differs from the one recorded here, as
+    /// [`pfn::diff_pfns`] says of two lists.
     pub fn diff(&self, now: &[Option<Pfn>]) -> Vec<usize> {
-        let recorded = self.pages as usize;
-        let mut changed: Vec<usize> = self
-            .iter()
-            .zip(now)
-            .enumerate()
-            .filter(|(_, (a, b))| a != *b)
-            .map(|(i, _)| i)
-            .collect();
-        changed.extend(recorded.min(now.len())..recorded.max(now.len()));
-        changed
+        pfn::diff_pfns_of(self.iter(), now)
     }
 }
 

@@ -347,7 +347,8 @@ fn sweep_curve(sc: &ScaleReport) -> Curve {
     let ticks = distinct(sc.sweep.iter().map(|p| p.run as f64));
     Curve {
         title: "Sweep wall time vs cells",
-        note: "pinlab sweep --cells N --json, spawned and reaped: N cells evenly spaced over the                whole sweep (the last point is all of it), one process a cell, one at a time."
+        note: "pinlab sweep --cells N --json, spawned and reaped: N cells evenly spaced over the \
+               whole sweep (the last point is all of it), one process a cell, one at a time."
             .into(),
         chart: LineChart {
             id: "curve-sweep".into(),
