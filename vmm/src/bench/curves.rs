@@ -158,10 +158,10 @@ fn map_curve(sc: &ScaleReport) -> Curve {
     let ticks = distinct(sc.map.iter().map(|m| m.size as f64));
     Curve {
         title: "IOMMU map (pin + PFN evidence) vs guest RAM",
-        note: "Iommu::map pins the range (at once, or in parts while a thread reads each pinned \
-               part's PFNs, for 128 MiB to 2 GiB of mostly 4 KiB pages), then reads every page's \
-               PFN (a PMD-mapped huge page by its head's entry); the raw registration is one \
-               ring and one IORING_REGISTER_BUFFERS of the same memory."
+        note: "Iommu::map pins the range (over 128 MiB in parts, each through a staging ring, \
+               while a thread reads each pinned part's PFNs; else at once, then reads) and reads \
+               every page's PFN after its pin (a PMD-mapped huge page by its head's entry); the \
+               raw registration is one ring and one IORING_REGISTER_BUFFERS of the same memory."
             .into(),
         chart: LineChart {
             id: "curve-map".into(),

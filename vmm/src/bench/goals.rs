@@ -172,8 +172,10 @@ pub(crate) mod fixtures {
             iommu_map: Stat::of(&[2.0]),
             pagemap: Stat::of(&[0.5]),
             raw_register: Stat::of(&[1.0]),
+            pin_alone: Stat::of(&[0.9]),
             unmap: Stat::of(&[0.3]),
             map_vs_raw: ratio,
+            map_vs_pin: ratio.map(|r| r / 0.9),
             pagemap_vs_raw: Some(0.5),
             recorded_pfns_moved: 0,
         }

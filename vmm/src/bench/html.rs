@@ -137,7 +137,7 @@ fn map_section(maps: &[super::map::MapReport]) -> Markup {
     html! {
         h3 { "IOMMU map (pin + PFN evidence)" }
         table id="figures-map" {
-            tr { th { "guest RAM" } th { "pages" } th.num { "THP" } @for (n, _) in render::map_stats(&maps[0]) { th.num { (n) ", ms" } } th.num { "map/raw" } th.num { "PFN read/raw" } th.num { "PFNs moved" } }
+            tr { th { "guest RAM" } th { "pages" } th.num { "THP" } @for (n, _) in render::map_stats(&maps[0]) { th.num { (n) ", ms" } } th.num { "map/raw" } th.num { "PFN read/raw" } th.num { "map/its pin" } th.num { "PFNs moved" } }
             @for m in maps {
                 tr {
                     td { (size(m.size)) } td { @if m.thp { "THP" } @else { "4 KiB" } } td.num { (percent(m.thp_coverage)) }
@@ -146,7 +146,7 @@ fn map_section(maps: &[super::map::MapReport]) -> Markup {
                             (s.map_or("–".into(), |s| num(s.median)))
                         }
                     }
-                    td.num { (ratio(m.map_vs_raw)) } td.num { (ratio(m.pagemap_vs_raw)) } td.num { (m.recorded_pfns_moved) }
+                    td.num { (ratio(m.map_vs_raw)) } td.num { (ratio(m.pagemap_vs_raw)) } td.num { (ratio(m.map_vs_pin)) } td.num { (m.recorded_pfns_moved) }
                 }
             }
         }

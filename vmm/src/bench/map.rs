@@ -2,9 +2,10 @@
 //!
 //! For each size and page kind (THP, 4 KiB), each trial, interleaved: a raw [`FixedRing`]
 //! registration of the range (ring setup + one IORING_REGISTER_BUFFERS of 1 GiB buffers) and its
-//! release; `Iommu::map` of the same range (validation, the pin in parts, each part's pagemap
-//! PFNs read after that part is pinned while the next part pins) and its unmap; the pagemap read
-//! of the whole range alone.
+//! release; the same pin `Iommu::map` makes (in parts through a staging ring over 128 MiB,
+//! [`FixedRing::register_staged`]) without the PFN read; `Iommu::map` of the same range
+//! (validation, the pin, each part's PFNs read after that part is pinned while the next part
+//! pins) and its unmap; the PFN read of the whole range alone.
 //!
 //! Owns the guest RAM it maps, one size at a time, unmapped before the next (8 GiB on a shared
 //! machine: it checks MemAvailable first); changes no host knob.
@@ -15,7 +16,7 @@ use pinlab::addr::{Gpa, Iova};
 use pinlab::devices::iommu::Iommu;
 use pinlab::devices::request::Map;
 use pinlab::memory::GuestRam;
-use pinlab::pin::io_uring::FixedRing;
+use pinlab::pin::io_uring::{pfn_part, FixedRing, PFN_STAGED_MIN};
 use pinlab::scenario::PinKind;
 use pinlab_abi as abi;
 use serde::Serialize;
@@ -91,15 +92,22 @@ pub struct MapReport {
     /// THP-advised guest RAM (else 4 KiB pages: MADV_NOHUGEPAGE).
     pub thp: bool,
     pub thp_coverage: Option<f64>,
-    /// `Iommu::map`: ring setup, buffer registration in parts (the pin), pagemap PFN evidence.
+    /// `Iommu::map`: ring setup, buffer registration (the pin, in parts over 128 MiB), PFN
+    /// evidence.
     pub iommu_map: Option<Stat>,
     /// `pfn_runs::read` (the PFN evidence read `Iommu::map` makes) of the same range alone.
     pub pagemap: Option<Stat>,
     /// `IoUring::new` + one `register_buffers` of the range.
     pub raw_register: Option<Stat>,
+    /// The pin `Iommu::map` makes, without the PFN read: registration in parts through a
+    /// staging ring over [`PFN_STAGED_MIN`], else as `raw_register`; `None` when the kernel
+    /// cannot clone buffers between rings (the map then registers at once).
+    pub pin_alone: Option<Stat>,
     /// Unpin (unregister) after `Iommu::map`, for completeness.
     pub unmap: Option<Stat>,
     pub map_vs_raw: Option<f64>,
+    /// What the PFN evidence adds to the same pin.
+    pub map_vs_pin: Option<f64>,
     pub pagemap_vs_raw: Option<f64>,
     /// Pages whose PFN recorded by the (warm-up) map differs from the pagemap read while it is
     /// mapped (0 unless the host moved the RAM between the two reads).
@@ -136,7 +144,8 @@ pub fn run(size: u64, thp: bool, trials: usize) -> Result<MapReport> {
     ram.populate().map_err(ram_error)?;
     let thp_coverage = pinlab::pfn::thp_coverage(ram.hva(), size).ok();
     let mut iommu = Iommu::new(PinKind::IoUring);
-    let mut s: [Vec<f64>; 4] = Default::default();
+    let mut s: [Vec<f64>; 5] = Default::default();
+    let mut staged = size > PFN_STAGED_MIN;
     let mut moved_pages = 0;
     let req = Map::new(Iova(0), Gpa(0), size, RW, ram.size())
         .map_err(|source| Error::Request { len: size, source })?;
@@ -148,6 +157,25 @@ pub fn run(size: u64, thp: bool, trials: usize) -> Result<MapReport> {
             .map_err(|source| Error::RawRegister { len: size, source })?;
         let raw_ms = ms(t);
         drop(raw);
+
+        let t = Instant::now();
+        let pin_ms = if staged {
+            // SAFETY: as the raw registration's.
+            match unsafe { FixedRing::register_parts(ram.hva(), size, pfn_part(size)) } {
+                Ok(pin) => {
+                    let pin_ms = ms(t);
+                    drop(pin);
+                    Some(pin_ms)
+                }
+                Err(pinlab::pin::io_uring::Error::CloneBuffers { part: 0, .. }) => {
+                    staged = false;
+                    None
+                }
+                Err(source) => return Err(Error::RawRegister { len: size, source }),
+            }
+        } else {
+            Some(raw_ms)
+        };
 
         let t = Instant::now();
         iommu
@@ -187,18 +215,22 @@ pub fn run(size: u64, thp: bool, trials: usize) -> Result<MapReport> {
             for (v, x) in s.iter_mut().zip([map_ms, pagemap_ms, raw_ms, unmap_ms]) {
                 v.push(x);
             }
+            s[4].extend(pin_ms);
         }
     }
-    let [iommu_map, pagemap, raw_register, unmap] = std::array::from_fn(|i| Stat::of(&s[i]));
+    let [iommu_map, pagemap, raw_register, unmap, pin_alone] =
+        std::array::from_fn(|i| Stat::of(&s[i]));
     Ok(MapReport {
         size,
         thp,
         thp_coverage,
         map_vs_raw: ratio(iommu_map, raw_register),
+        map_vs_pin: ratio(iommu_map, pin_alone),
         pagemap_vs_raw: ratio(pagemap, raw_register),
         iommu_map,
         pagemap,
         raw_register,
+        pin_alone,
         unmap,
         recorded_pfns_moved: moved_pages,
     })

@@ -89,11 +89,12 @@ pub fn dma_ratios(d: &DmaReport) -> [(&'static str, Option<f64>, &'static str); 
 }
 
 /// One map size's timings, ms, by name.
-pub fn map_stats(m: &MapReport) -> [(&'static str, Option<Stat>); 4] {
+pub fn map_stats(m: &MapReport) -> [(&'static str, Option<Stat>); 5] {
     [
         ("Iommu::map (pin + PFN evidence)", m.iommu_map),
         ("PFN evidence read alone", m.pagemap),
         ("raw ring + register_buffers", m.raw_register),
+        ("the map's pin alone", m.pin_alone),
         ("unmap (unpin)", m.unmap),
     ]
 }
@@ -165,6 +166,7 @@ pub fn render(r: &BenchReport) -> String {
         }
         o += &ratio_line("map/raw", m.map_vs_raw, "goal <= 1.25");
         o += &ratio_line("PFN read/raw", m.pagemap_vs_raw, "");
+        o += &ratio_line("map/its pin alone", m.map_vs_pin, "what the evidence adds");
         if m.recorded_pfns_moved > 0 {
             o += &format!(
                 "  {} recorded PFNs moved before the check (the host moved the RAM)\n",

@@ -18,7 +18,9 @@
 //! Limits: Linux 6.18 refuses a registered buffer longer than 1 GiB (`io_validate_user_buf_range`
 //! in io_uring/rsrc.c: "arbitrary limit, but we need something", `ulen > SZ_1G` -> -EFAULT), and
 //! at most IORING_MAX_REG_BUFFERS (1 << 14) buffers per ring. A longer range is registered as
-//! consecutive 1 GiB buffers; a transfer crossing a buffer boundary is split there.
+//! consecutive 1 GiB buffers; a transfer crossing a buffer boundary is split there. A pin that
+//! reads its PFNs ([`IoUringPin::reading_pfns`]) registers a range over [`PFN_STAGED_MIN`] in
+//! parts of at most [`PFN_PART_MAX`] instead ([`FixedRing::register_staged`]).
 
 use std::io;
 
@@ -63,13 +65,17 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// IORING_REGISTER_BUFFERS2 of a sparse table failed (kernels before 5.19 have none).
-    #[error("IORING_REGISTER_BUFFERS2 (sparse, {buffers} buffers): {source}")]
-    RegisterSparse {
-        buffers: u32,
+    /// IORING_REGISTER_CLONE_BUFFERS of part `part` of a staged registration failed (EINVAL
+    /// on part 0: a kernel before 6.13, which cannot clone into an offset).
+    #[error("IORING_REGISTER_CLONE_BUFFERS of part {part} from the staging ring: {source}")]
+    CloneBuffers {
+        part: usize,
         #[source]
         source: io::Error,
     },
+    /// IORING_UNREGISTER_BUFFERS of the staging ring failed.
+    #[error("IORING_UNREGISTER_BUFFERS of the staging ring: {0}")]
+    UnregisterStaging(#[source] io::Error),
     /// The thread that reads each pinned part's PFNs could not start.
     #[error("spawning the PFN reader of a pipelined registration: {0}")]
     SpawnReader(#[source] io::Error),
@@ -172,40 +178,31 @@ pub(super) fn plan(ops: &[Transfer], max_buffer: u64, chunk: u64) -> Vec<Chunk> 
 pub struct IoUringPin {
     ring: FixedRing,
     depth: usize,
-    /// The PFNs read as each part was pinned ([`Self::reading_pfns`]), until taken.
+    /// The PFNs read after the pin ([`Self::reading_pfns`]), until taken.
     pinned: Option<crate::pfn::Result<crate::pfn_runs::PfnRuns>>,
 }
 
-/// A pin of more than this is registered in parts, each part's PFNs read while the next part
-/// pins ([`IoUringPin::reading_pfns`]); a multiple of 2 MiB.
-pub const PFN_PART: u64 = 128 << 20;
-/// The largest pin registered in parts. Only ranges that PMDs mostly do not map are: measured
-/// on the development machine (`pinlab bench --only map`, docs/performance.md), registering
-/// THP RAM in parts is itself slower than at once (map/raw at 1 GiB 1.49-1.58 in parts against
-/// 1.31-1.46 at once, 2 GiB 1.73-1.85 against 1.32-1.34, 8 GiB 5.4-6.2 against 1.37-1.38), and
-/// its PFNs, read a huge page at a time ([`crate::pfn_runs`]), leave little to hide; 1-2 GiB of
-/// 4 KiB pages map in 1.0-1.4x in parts against 1.45x at once.
-pub const PFN_PIPELINE_MAX: u64 = 2 << 30;
-/// How many parts a pipelined registration aims for (each at least [`PFN_PART`], at most
-/// [`MAX_BUFFER_LEN`], a multiple of 2 MiB).
+/// A pin that reads its PFNs registers in parts when it is longer than this
+/// ([`IoUringPin::reading_pfns`]); a shorter one pins at once and then reads (a second thread
+/// would cost more than the reading it hides: 64 MiB of THP RAM reads in about 0.04 ms).
+pub const PFN_STAGED_MIN: u64 = 128 << 20;
+/// The smallest part of a registration in parts (a multiple of 2 MiB).
+pub const PFN_PART_MIN: u64 = 32 << 20;
+/// The largest part of a registration in parts (a multiple of 2 MiB, at most
+/// [`MAX_BUFFER_LEN`]). Larger parts leave more of the last part's reading exposed and cost
+/// the kernel more per part to account (see [`FixedRing::register_staged`]).
+pub const PFN_PART_MAX: u64 = 256 << 20;
+/// How many parts a registration in parts aims for, within [`PFN_PART_MIN`] and
+/// [`PFN_PART_MAX`].
 pub const PFN_PARTS: u64 = 8;
 
-/// The part size of a pipelined registration of `len` bytes.
+/// The part size of a registration in parts of `len` bytes.
 pub fn pfn_part(len: u64) -> u64 {
     const HUGE: u64 = 2 << 20;
     (len / PFN_PARTS)
         .div_ceil(HUGE)
         .saturating_mul(HUGE)
-        .clamp(PFN_PART, MAX_BUFFER_LEN)
-}
-
-/// Whether PMDs map at least half of `hva..hva+len` (PAGEMAP_SCAN; `false` when it cannot
-/// tell, e.g. before Linux 6.7).
-fn mostly_pmd_mapped(hva: Hva, len: u64) -> bool {
-    use crate::pagemap_scan::{covered, regions, PAGE_IS_HUGE, PAGE_IS_PRESENT};
-    regions(hva, len, PAGE_IS_HUGE | PAGE_IS_PRESENT)
-        .map(|r| covered(&r, hva.raw(), hva.raw().saturating_add(len)) >= len / 2)
-        .unwrap_or(false)
+        .clamp(PFN_PART_MIN, PFN_PART_MAX)
 }
 
 impl IoUringPin {
@@ -241,11 +238,10 @@ impl IoUringPin {
     }
 
     /// As [`Self::with_depth`], and reads the PFN of every page after the page is pinned
-    /// ([`crate::pfn_runs::read`]): a range over [`PFN_PART`] and up to [`PFN_PIPELINE_MAX`]
-    /// that PMDs mostly do not map registers part by part while a second thread reads the
-    /// pinned parts' PFNs, so the reading hides behind the pinning
-    /// ([`FixedRing::register_in_parts`]); any other range, or a kernel without sparse buffer
-    /// tables, pins at once and then reads.
+    /// ([`crate::pfn_runs::read`]): a range over [`PFN_STAGED_MIN`] registers part by part
+    /// ([`pfn_part`]) while a second thread reads the pinned parts' PFNs, so the reading hides
+    /// behind the pinning ([`FixedRing::register_staged`]); a shorter range, or any range on a
+    /// kernel that cannot clone registered buffers, pins at once and then reads.
     /// The PFNs are handed out by [`Pin::take_pinned_pfns`].
     ///
     /// # Safety
@@ -253,10 +249,10 @@ impl IoUringPin {
     /// As [`Self::new`].
     pub unsafe fn reading_pfns(hva: Hva, len: u64, depth: usize) -> Result<Self, Error> {
         let depth = depth.clamp(1, RING_ENTRIES as usize);
-        if (PFN_PART + 1..=PFN_PIPELINE_MAX).contains(&len) && !mostly_pmd_mapped(hva, len) {
+        if len > PFN_STAGED_MIN {
             // SAFETY: forwarded from this function's contract.
             let parts = unsafe {
-                FixedRing::register_in_parts(hva, len, pfn_part(len), crate::pfn_runs::read)
+                FixedRing::register_staged(hva, len, pfn_part(len), crate::pfn_runs::read)
             };
             match parts {
                 Ok((ring, per_part)) => {
@@ -273,8 +269,8 @@ impl IoUringPin {
                         pinned: Some(pinned),
                     });
                 }
-                // No sparse tables here: the plain registration below.
-                Err(Error::RegisterSparse { .. }) => {}
+                // No cloning between rings here: the plain registration below.
+                Err(Error::CloneBuffers { part: 0, .. }) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -355,7 +351,7 @@ impl Pin for IoUringPin {
 mod tests {
     use super::*;
     use crate::addr::PAGE_SIZE;
-    use crate::pfn::test_support::{thp_setup, AnonRegion};
+    use crate::pfn::test_support::AnonRegion;
 
     const GIB: u64 = 1 << 30;
     const MIB: u64 = 1 << 20;
@@ -461,23 +457,17 @@ mod tests {
         }
     }
 
-    /// A pin over [`PFN_PART`] registers in parts while a second thread reads each pinned
-    /// part's PFNs: the PFNs it hands out are the pagemap's after the pin, one per page in
-    /// order, taken once; and a transfer across the parts' boundary moves every byte. A bug: a
-    /// part's PFNs out of order or missing, a part left unregistered (EFAULT on transfer), or
-    /// PFNs read before the part was pinned (unpopulated pages would read as absent).
-    #[test]
-    fn a_pin_in_parts_reads_every_parts_pfns_after_pinning_it() {
-        let len = PFN_PART * 2 + 4 * MIB;
-        assert!(len <= PFN_PIPELINE_MAX);
-        // 4 KiB pages: THP RAM pins at once (`mostly_pmd_mapped`).
-        let mut r = AnonRegion::new(len, libc::MADV_NOHUGEPAGE);
-        r.fill(|i| (i % 241) as u8);
-        let part = pfn_part(len);
-        assert_eq!(part, PFN_PART, "parts at least PFN_PART");
+    /// The checks of a pin that read its PFNs: the PFNs it hands out are the pagemap's after
+    /// the pin, one per page in order, taken once; every page is present (a part's PFNs read
+    /// before the part was pinned would see unpopulated pages as absent: the region is
+    /// populated only by the pin); and a transfer across the boundary at `boundary` moves every
+    /// byte (a part left unregistered fails with EFAULT).
+    fn check_pin_reading_pfns(r: &mut AnonRegion, seed: usize, buffers: usize, boundary: u64) {
+        let hva = r.hva;
+        let len = r.len;
         // SAFETY: `r` outlives the pin; no reference into it is held across pin calls.
-        let mut p = unsafe { IoUringPin::reading_pfns(r.hva, r.len, 8) }.unwrap();
-        assert_eq!(p.buffers(), len.div_ceil(part) as usize);
+        let mut p = unsafe { IoUringPin::reading_pfns(hva, len, 8) }.unwrap();
+        assert_eq!(p.buffers(), buffers);
         let pinned: Vec<_> = p
             .take_pinned_pfns()
             .expect("read at pin time")
@@ -490,38 +480,60 @@ mod tests {
             pinned.iter().all(Option::is_some),
             "every pinned page is present"
         );
-        assert_eq!(pinned, crate::pfn::pfns(r.hva, r.len).unwrap());
+        assert_eq!(pinned, crate::pfn::pfns(hva, len).unwrap());
+        r.fill(|i| (i % seed) as u8);
         let ops = [Transfer {
-            pin_offset: part - 3 * MIB,
+            pin_offset: boundary - 3 * MIB,
             staging_offset: 0,
             len: 6 * MIB,
         }];
         let mut staging = Staging::new(6 * MIB).unwrap();
         p.read_from_guest(&mut staging, &ops).unwrap();
-        let want = &r.bytes()[(part - 3 * MIB) as usize..(part + 3 * MIB) as usize];
-        assert!(
-            staging.as_slice() == want,
-            "bytes across the parts' boundary"
-        );
+        let want = &r.bytes()[(boundary - 3 * MIB) as usize..(boundary + 3 * MIB) as usize];
+        assert!(staging.as_slice() == want, "bytes across {boundary:#x}");
     }
 
-    /// THP RAM of the same size pins at once (one buffer), its PFNs read after the pin, a
-    /// huge page at a time, still the pagemap's page for page.
+    /// A pin over [`PFN_STAGED_MIN`] registers in parts of [`pfn_part`] (cloned one by one from
+    /// the staging ring) while a second thread reads each pinned part's PFNs.
     #[test]
-    fn a_pmd_mapped_pin_registers_at_once_and_reads_its_pfns_after() {
-        let len = PFN_PART * 2 + 4 * MIB;
+    fn a_pin_in_parts_reads_every_parts_pfns_after_pinning_it() {
+        let len = PFN_STAGED_MIN + 4 * MIB;
+        let part = pfn_part(len);
+        assert_eq!(part, PFN_PART_MIN, "parts at least PFN_PART_MIN");
+        let mut r = AnonRegion::new(len, libc::MADV_NOHUGEPAGE);
+        check_pin_reading_pfns(&mut r, 241, len.div_ceil(part) as usize, part);
+    }
+
+    /// THP RAM in parts: its PFNs read a huge page at a time ([`crate::pfn_runs`]), still the
+    /// pagemap's page for page, and the parts' boundaries on huge-page boundaries.
+    #[test]
+    fn a_thp_pin_in_parts_reads_its_pfns_after_pinning_them() {
+        let len = 2 * PFN_PART_MAX + 8 * MIB;
+        let part = pfn_part(len);
+        assert_eq!(part % (2 * MIB), 0);
         let mut r = AnonRegion::new(len, libc::MADV_HUGEPAGE);
-        r.fill(|i| (i % 239) as u8);
-        if !mostly_pmd_mapped(r.hva, r.len) {
-            eprintln!("skipped: no PMD-mapped THP here ({})", thp_setup());
-            return;
+        check_pin_reading_pfns(&mut r, 239, len.div_ceil(part) as usize, 3 * part);
+    }
+
+    /// A pin of at most [`PFN_STAGED_MIN`] registers at once (one buffer) and reads its PFNs
+    /// after.
+    #[test]
+    fn a_short_pin_registers_at_once_and_reads_its_pfns_after() {
+        let mut r = AnonRegion::new(PFN_STAGED_MIN, libc::MADV_HUGEPAGE);
+        check_pin_reading_pfns(&mut r, 233, 1, 64 * MIB);
+    }
+
+    #[test]
+    fn pfn_parts_are_huge_page_multiples_within_bounds() {
+        for (len, want) in [
+            (PFN_STAGED_MIN + 4 * MIB, PFN_PART_MIN),
+            (GIB, 128 * MIB),
+            (GIB + 4096, 130 * MIB),
+            (8 * GIB, PFN_PART_MAX),
+            (64 * GIB, PFN_PART_MAX),
+        ] {
+            assert_eq!(pfn_part(len), want, "{len:#x}");
         }
-        // SAFETY: `r` outlives the pin; no reference into it is held across pin calls.
-        let mut p = unsafe { IoUringPin::reading_pfns(r.hva, r.len, 8) }.unwrap();
-        assert_eq!(p.buffers(), 1);
-        let pinned: Vec<_> = p.take_pinned_pfns().unwrap().unwrap().iter().collect();
-        assert_eq!(pinned, crate::pfn::pfns(r.hva, r.len).unwrap());
-        assert!(pinned.iter().all(Option::is_some));
     }
 
     #[test]

@@ -137,31 +137,39 @@ impl FixedRing {
         Ok(ring)
     }
 
-    /// As [`Self::with_max_buffer`], one buffer per part of at most `part` bytes, registered one
-    /// part at a time (a sparse table, then one IORING_REGISTER_BUFFERS_UPDATE per part) while a
-    /// second thread calls `pinned(part's hva, part's len)` on each part already pinned: the
-    /// caller's work on part k (reading its PFNs) overlaps the kernel pinning part k+1, and
-    /// always starts after part k is pinned. Returns `pinned`'s results in part order.
+    /// As [`Self::with_max_buffer`], one buffer per part of at most `part` bytes, pinned one part
+    /// at a time while a second thread calls `pinned(part's hva, part's len)` on each part
+    /// already pinned: the caller's work on part k (reading its PFNs) overlaps the kernel
+    /// pinning part k+1, and always starts after part k is pinned. Returns `pinned`'s results in
+    /// part order.
+    ///
+    /// Each part is registered alone in a second, staging ring (IORING_REGISTER_BUFFERS, one
+    /// iovec), cloned into slot k of this ring (IORING_REGISTER_CLONE_BUFFERS, Linux 6.13 for
+    /// an offset into a table already holding buffers) and unregistered from the staging ring,
+    /// which leaves this ring the only holder of the pin. Registering into this ring's own
+    /// table part by part (a sparse table, then IORING_REGISTER_BUFFERS_UPDATE) would cost more
+    /// than the pin itself on THP RAM: the kernel looks for every new huge page among the
+    /// folios of every buffer the ring already holds, before it accounts it
+    /// (`headpage_already_acct` in io_uring/rsrc.c), and a table being registered is not yet
+    /// the ring's. Measured here, 8 GiB of THP RAM: 52-57 ms that way, 10-14 ms staged, 12-17 ms
+    /// in one IORING_REGISTER_BUFFERS (docs/performance.md).
+    ///
+    /// [`Error::CloneBuffers`] with `part: 0` says the kernel cannot clone buffers between
+    /// rings; nothing is registered then.
     ///
     /// # Safety
     ///
     /// As [`Self::register`].
-    pub(crate) unsafe fn register_in_parts<T: Send>(
+    pub(crate) unsafe fn register_staged<T: Send>(
         hva: Hva,
         len: u64,
         part: u64,
         pinned: impl Fn(Hva, u64) -> T + Sync,
     ) -> Result<(Self, Vec<T>), Error> {
         let (ring, spans) = Self::empty(hva, len, part)?;
-        let nr = spans.len() as u32;
-        ring.ring
-            .submitter()
-            .register_buffers_sparse(nr)
-            .map_err(|source| Error::RegisterSparse {
-                buffers: nr,
-                source,
-            })?;
-        std::thread::scope(|scope| {
+        let staging = IoUring::new(1).map_err(|source| Error::Setup { entries: 1, source })?;
+        // If a part fails, `ring`'s `Drop` unregisters the parts it holds.
+        let results = std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::channel::<BufferSpan>();
             let worker = std::thread::Builder::new()
                 .name("pinlab-pin-pfns".into())
@@ -172,21 +180,8 @@ impl FixedRing {
                 .map_err(Error::SpawnReader)?;
             let mut registered = Ok(());
             for (k, span) in spans.iter().enumerate() {
-                // SAFETY: the iovec describes part k of `hva..hva+len`, which the caller keeps
-                // mapped for our lifetime; the kernel pins its pages into slot k of the table
-                // registered above. The table is unregistered in `Drop`.
-                let r = unsafe {
-                    ring.ring
-                        .submitter()
-                        .register_buffers_update(k as u32, &[span.iovec()], None)
-                };
-                if let Err(source) = r {
-                    registered = Err(Error::RegisterBuffers {
-                        hva: span.hva,
-                        len: span.len,
-                        buffers: 1,
-                        source,
-                    });
+                if let Err(e) = ring.stage(&staging, k, span) {
+                    registered = Err(e);
                     break;
                 }
                 // The reader is gone only if it panicked; `join` below says so.
@@ -197,8 +192,52 @@ impl FixedRing {
                 .join()
                 .unwrap_or_else(|p| std::panic::resume_unwind(p));
             registered.map(|()| results)
-        })
-        .map(|results| (ring, results))
+        })?;
+        Ok((ring, results))
+    }
+
+    /// The registration of [`Self::register_staged`] with nothing done beside it: what the
+    /// pin in parts costs alone (`pinlab bench --only map`).
+    ///
+    /// # Safety
+    ///
+    /// As [`Self::register`].
+    pub unsafe fn register_parts(hva: Hva, len: u64, part: u64) -> Result<Self, Error> {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { Self::register_staged(hva, len, part, |_, _| ()) }.map(|(ring, _)| ring)
+    }
+
+    /// Pins `span` into `staging` alone, clones it into slot `k` of this ring and unregisters
+    /// it from `staging`.
+    fn stage(&self, staging: &IoUring, k: usize, span: &BufferSpan) -> Result<(), Error> {
+        // SAFETY: the iovec describes part k of the range `register_staged`'s caller keeps
+        // mapped for this ring's lifetime; the kernel pins its pages. The staging ring's table
+        // is unregistered below, this ring's in `Drop`.
+        unsafe { staging.submitter().register_buffers(&[span.iovec()]) }.map_err(|source| {
+            Error::RegisterBuffers {
+                hva: span.hva,
+                len: span.len,
+                buffers: 1,
+                source,
+            }
+        })?;
+        let flags = if k == 0 {
+            types::CloneBuffersFlags::empty()
+        } else {
+            types::CloneBuffersFlags::DST_REPLACE
+        };
+        let cloned = self.ring.submitter().register_buffers_clone_offset(
+            staging.as_raw_fd(),
+            0,
+            k as u32,
+            1,
+            flags,
+        );
+        // This ring holds its own reference to the pinned pages now (or nothing, on failure);
+        // the staging ring lets go of its own either way.
+        let unregistered = staging.submitter().unregister_buffers();
+        cloned.map_err(|source| Error::CloneBuffers { part: k, source })?;
+        unregistered.map_err(Error::UnregisterStaging)
     }
 
     /// Bytes registered.
