@@ -313,10 +313,13 @@ fn run_inner<H: PhaseHook>(
     }
 
     let doorbells = Doorbells::new().map_err(RunError::Devices)?;
-    vm.register_doorbell(abi::PORT_IOMMU_DOORBELL, doorbells.iommu())
-        .map_err(RunError::Doorbell)?;
-    vm.register_doorbell(abi::PORT_DMA_DOORBELL, doorbells.dma())
-        .map_err(RunError::Doorbell)?;
+    let rings_doorbells = s.workload.mode.rings_doorbells();
+    if rings_doorbells {
+        vm.register_doorbell(abi::PORT_IOMMU_DOORBELL, doorbells.iommu())
+            .map_err(RunError::Doorbell)?;
+        vm.register_doorbell(abi::PORT_DMA_DOORBELL, doorbells.dma())
+            .map_err(RunError::Doorbell)?;
+    }
     vcpu::install_kick_handler().map_err(RunError::KickHandler)?;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -414,7 +417,10 @@ fn run_inner<H: PhaseHook>(
                 .0
                 .saturating_mul(s.workload.rounds.saturating_add(2)),
         };
+        // While the guest boots: what the first request would otherwise wait for.
+        let ready = rings_doorbells.then(|| devices.prepare_thread());
         let stopped = devices::serve(&devices, &doorbells, limits, &stop, &kick);
+        drop(ready);
         let joined = vcpu_thread.join().map_err(|_| RunError::Panicked("vCPU"));
         let stopped = stopped.map_err(RunError::Devices)?;
         joined.map(|(exit, console, end)| (exit, console, end, stopped))

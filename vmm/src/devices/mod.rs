@@ -129,6 +129,16 @@ impl Devices {
         }
     }
 
+    /// Readies the calling thread, the one that serves the doorbells, for the pins this device
+    /// takes ([`crate::pin::prepare_thread`]); keep the result while it serves. A failure is
+    /// only logged (`None`): the first request does the same work then.
+    pub fn prepare_thread(&self) -> Option<crate::pin::ThreadReady> {
+        let kind = self.state().iommu.kind();
+        crate::pin::prepare_thread(kind)
+            .inspect_err(|e| tracing::debug!("readying the device thread for {kind:?} pins: {e}"))
+            .ok()
+    }
+
     /// The device state (a poisoned lock is taken over: the state is plain data and each
     /// request leaves it consistent). Take guest RAM's lock first if you need both.
     pub fn state(&self) -> MutexGuard<'_, State> {

@@ -158,6 +158,20 @@ pub enum GuestMode {
     Fuzz,
 }
 
+impl GuestMode {
+    /// Whether the guest program of this mode rings the device doorbells. The VMM registers
+    /// the doorbells (KVM_IOEVENTFD) and readies the device thread only then: each registration
+    /// leaves KVM an SRCU grace period of 7-15 ms to wait for before the VM can be destroyed
+    /// (`srcu_barrier` in `kvm_destroy_vm`), which a run that ends within it pays at exit. A
+    /// write to a doorbell port without one exits to the VMM as an unknown port, and resumes.
+    pub fn rings_doorbells(self) -> bool {
+        match self {
+            GuestMode::Dma | GuestMode::Hostile | GuestMode::PhaseRepeat | GuestMode::Fuzz => true,
+            GuestMode::Boot | GuestMode::Spin | GuestMode::ConsoleFlood => false,
+        }
+    }
+}
+
 /// Which DMA directions each round exercises.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
