@@ -307,33 +307,35 @@ pub fn plan(cells: &[Cell], era: Era) -> (Vec<(Cell, Loaded)>, Vec<Skipped>) {
     (run, not_built)
 }
 
-/// Runs `cells` under `era` with the `pinlab` binary `exe`, each in its own process (traced to
-/// `trace`/<cell>.json when given).
+/// Runs `cells` under `era` with the `pinlab` binary `exe`, each in its own process, up to
+/// `jobs` at once (traced to `trace`/<cell>.json when given).
 pub fn run(
     cells: &[Cell],
     era: Era,
     exe: &std::path::Path,
     trace: Option<&std::path::Path>,
     stop: &Stop,
+    jobs: usize,
     progress: impl FnMut(usize, usize, &Row),
 ) -> Result<Sweep, matrix::Error> {
     let start = std::time::Instant::now();
     let (planned, not_built) = plan(cells, era);
     let (cells, set): (Vec<Cell>, Vec<Loaded>) = planned.into_iter().unzip();
-    let m = matrix::run(set, exe, trace, stop, progress)?;
-    let rows = cells
+    let rows = matrix::run_each(&set, exe, trace, stop, jobs, progress)?
         .into_iter()
-        .zip(m.rows)
-        .map(|(cell, row)| SweepRow { cell, row })
+        .map(|(i, row)| SweepRow {
+            cell: cells[i].clone(),
+            row,
+        })
         .collect();
     Ok(Sweep {
         kind: "sweep",
-        identity: m.identity,
+        identity: Identity::of_this_host(),
         era: era.name().to_string(),
         rows,
         not_built,
         seconds: start.elapsed().as_secs_f64(),
-        interrupted: m.interrupted,
+        interrupted: stop.stopped(),
     })
 }
 

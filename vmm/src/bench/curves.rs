@@ -348,7 +348,8 @@ fn sweep_curve(sc: &ScaleReport) -> Curve {
     Curve {
         title: "Sweep wall time vs cells",
         note: "pinlab sweep --cells N --json, spawned and reaped: N cells evenly spaced over the \
-               whole sweep (the last point is all of it), one process a cell, one at a time."
+               whole sweep (the last point is all of it), one process a cell, one per CPU at a time \
+               (the default --jobs)."
             .into(),
         chart: LineChart {
             id: "curve-sweep".into(),

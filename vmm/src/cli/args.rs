@@ -172,6 +172,10 @@ pub enum Command {
         /// Trace every scenario: DIR/<scenario>.json (and .json.ftrace.txt), as `run --trace`.
         #[arg(long, value_name = "DIR")]
         trace: Option<PathBuf>,
+        /// Run up to N scenarios at once (default: one per CPU). Those that change system-wide
+        /// state still run one at a time (the system lock).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        jobs: Option<u16>,
     },
     /// Generate every cell of pin x action x memory kind x layout, run each live in its own VMM
     /// process, and compare each with the model's prediction for the running kernel's era.
@@ -236,6 +240,10 @@ pub struct SweepArgs {
     /// Trace every cell: DIR/<cell>.json (and .json.ftrace.txt), as `run --trace`.
     #[arg(long, value_name = "DIR")]
     pub trace: Option<PathBuf>,
+    /// Run up to N cells at once (default: one per CPU). Those that change system-wide state
+    /// still run one at a time (the system lock).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: Option<u16>,
     #[command(flatten)]
     pub out: OutputArgs,
     /// Also write a self-contained HTML report of the sweep to this file.

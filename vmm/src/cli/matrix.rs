@@ -1,7 +1,7 @@
 //! `pinlab matrix`: every live scenario of a directory (default: the embedded set), each in a
-//! fresh VMM process, printed in the format CI reads. SIGINT/SIGTERM are forwarded to the
-//! running child, which restores what it changed; the matrix then prints what ran and exits
-//! 128 + the signal.
+//! fresh VMM process, up to `--jobs` at once, printed in the format CI reads. SIGINT/SIGTERM
+//! are forwarded to every running child, which restores what it changed; the matrix then
+//! prints what ran and exits 128 + the signal.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -85,6 +85,7 @@ pub fn cmd_matrix(
     out: OutputArgs,
     report: Option<pinlab::html::ReportFile>,
     trace: Option<&Path>,
+    jobs: usize,
 ) -> ExitCode {
     let format = out.format();
     let set = match pinlab::config::load_set(dir) {
@@ -111,7 +112,7 @@ pub fn cmd_matrix(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let m = pinlab::matrix::run(set, &exe, trace, &stop, |done, _total, row| {
+    let m = pinlab::matrix::run(set, &exe, trace, &stop, jobs, |done, _total, row| {
         bar.set_position(done as u64);
         bar.set_message(format!(
             "{} {}",

@@ -57,6 +57,7 @@ pub fn dispatch(command: Command, launch: Mono) -> ExitCode {
             out,
             report,
             trace,
+            jobs,
         } => {
             if let Some(Err(e)) = trace.as_deref().map(pinlab::trace::check_dir) {
                 return usage_error(e);
@@ -68,6 +69,7 @@ pub fn dispatch(command: Command, launch: Mono) -> ExitCode {
                     out,
                     file.and_then(Result::ok),
                     trace.as_deref(),
+                    jobs.map_or_else(pinlab::matrix::default_jobs, usize::from),
                 ),
             }
         }

@@ -121,6 +121,8 @@ pub fn cmd_sweep(args: SweepArgs) -> ExitCode {
         &exe,
         args.trace.as_deref(),
         &stop,
+        args.jobs
+            .map_or_else(pinlab::matrix::default_jobs, usize::from),
         |done, total, row| {
             bar.set_length(total as u64);
             bar.set_position(done as u64);
