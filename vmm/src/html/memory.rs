@@ -321,6 +321,11 @@ pub fn ram_map(v: &RunView, id: &str) -> Result<Option<Markup>> {
                 .map_err(|e| fail(e.to_string()))?;
             }
             let lo = u64::from(b) * HUGE_PAGE_SIZE;
+            let unfaulted = v.prefaulted_bytes.is_some_and(|p| lo >= p);
+            let state = |c: Option<u16>| match c {
+                None if unfaulted => "not measured (past the prefaulted span)".to_string(),
+                c => thp_words(c),
+            };
             hits.push(Hit {
                 x: x0,
                 y: y0,
@@ -329,8 +334,8 @@ pub fn ram_map(v: &RunView, id: &str) -> Result<Option<Markup>> {
                 title: format!(
                     "block {b}: gpa {lo:#x}–{:#x}\nTHP at boot: {}\nTHP at end: {}{}",
                     lo + HUGE_PAGE_SIZE - 1,
-                    thp_words(boot),
-                    thp_words(end),
+                    state(boot),
+                    state(end),
                     if words.is_empty() {
                         String::new()
                     } else {
@@ -410,5 +415,36 @@ mod tests {
         assert!(html.contains("block 1: gpa 0x200000–0x3fffff"));
         assert!(html.contains("holds the DMA region (pinned)"));
         assert!(html.contains("holds the decoy"));
+    }
+
+    /// A run that faulted in only its first 4 MiB: the blocks past it say why they were not
+    /// measured, those inside it do not; and the page says it under the map.
+    #[test]
+    fn blocks_past_the_prefaulted_span_say_why_they_are_not_measured() {
+        let mut v = view();
+        v.prefaulted_bytes = Some(4 << 20);
+        v.blocks.boot = Some(vec![512, 512]);
+        v.blocks.end = Some(vec![512, 0]);
+        let html = ram_map(&v, "m").unwrap().unwrap().into_string();
+        let title = |b: usize| {
+            let at = html.find(&format!("block {b}: gpa")).unwrap();
+            html[at..at + html[at..].find("</title>").unwrap()].to_string()
+        };
+        assert!(!title(1).contains("not measured"), "{}", title(1));
+        assert!(title(1).contains("at end: not THP (0/512)"), "{}", title(1));
+        assert_eq!(
+            title(2)
+                .matches("not measured (past the prefaulted span)")
+                .count(),
+            2,
+            "{}",
+            title(2)
+        );
+        let note = super::super::run::unfaulted_note(&v).into_string();
+        assert!(note.contains("Only the first 4MiB of guest RAM"), "{note}");
+        v.prefaulted_bytes = Some(v.memory_bytes);
+        assert!(super::super::run::unfaulted_note(&v)
+            .into_string()
+            .is_empty());
     }
 }

@@ -124,6 +124,20 @@ fn ram_legend() -> Markup {
     }
 }
 
+/// Why the blocks past the prefaulted span are grey, when there are any.
+pub(super) fn unfaulted_note(v: &RunView) -> Markup {
+    html! {
+        @if let Some(p) = v.prefaulted_bytes.filter(|&p| p < v.memory_bytes) {
+            p.note {
+                "Only the first " (bytes(p)) " of guest RAM were faulted in and measured: a run "
+                "with no host action that needs all of RAM faults in the part the guest touches "
+                "first, and leaves the rest to the guest. The blocks past it are not measured, "
+                "not assumed."
+            }
+        }
+    }
+}
+
 fn changed_pages(v: &RunView) -> Markup {
     let start = v.layout.map(|l| l.region.start.raw());
     let pfn = |p: Option<u64>| p.map_or("not present".into(), |p| format!("{p:#x}"));
@@ -208,7 +222,7 @@ pub fn sections(v: &RunView, id: &str, detail: timeline::Detail) -> Result<Marku
             None => { p.note { "The run reached no DMA: " (why) } }
         }
         h2 { "Guest RAM, 2 MiB block by block" }
-        @match map { Some(m) => { (ram_legend()) (m) } None => { p.note { "No guest RAM." } } }
+        @match map { Some(m) => { (ram_legend()) (m) (unfaulted_note(v)) } None => { p.note { "No guest RAM." } } }
         h2 { "Changed pages" }
         (changed_pages(v))
         h2 { "Host actions and their evidence" }

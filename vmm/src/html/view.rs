@@ -353,6 +353,9 @@ pub struct RunView {
     pub pin: PinKind,
     pub thp: bool,
     pub memory_bytes: u64,
+    /// Guest RAM faulted in and measured, from GPA 0 (`Outcome::prefaulted_bytes`); the blocks
+    /// past it were never measured.
+    pub prefaulted_bytes: Option<u64>,
     pub rounds: u32,
     pub thp_coverage: Option<f64>,
     pub thp_coverage_end: Option<f64>,
@@ -391,6 +394,7 @@ impl RunView {
             pin: o.pin,
             thp: o.thp,
             memory_bytes: o.memory_bytes,
+            prefaulted_bytes: o.prefaulted_bytes,
             rounds: o.rounds,
             thp_coverage: o.thp_coverage,
             thp_coverage_end: o.thp_coverage_end,
@@ -521,6 +525,8 @@ pub struct ChildResult {
     pub pin: PinKind,
     pub thp: bool,
     pub memory_bytes: u64,
+    #[serde(default)]
+    pub prefaulted_bytes: Option<u64>,
     pub rounds: u32,
     pub thp_coverage: Option<f64>,
     pub thp_coverage_end: Option<f64>,
@@ -621,6 +627,7 @@ impl ChildResult {
             pin: self.pin,
             thp: self.thp,
             memory_bytes: self.memory_bytes,
+            prefaulted_bytes: self.prefaulted_bytes,
             rounds: self.rounds,
             thp_coverage: self.thp_coverage,
             thp_coverage_end: self.thp_coverage_end,
