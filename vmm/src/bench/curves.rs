@@ -158,7 +158,8 @@ fn map_curve(sc: &ScaleReport) -> Curve {
     let ticks = distinct(sc.map.iter().map(|m| m.size as f64));
     Curve {
         title: "IOMMU map (pin + PFN evidence) vs guest RAM",
-        note: "Iommu::map pins the range (over 128 MiB in parts, each through a staging ring, \
+        note: "Iommu::map pins the range (from 512 MiB, or from 128 MiB of mostly 4 KiB pages, in \
+               parts, each through a staging ring, \
                while a thread reads each pinned part's PFNs; else at once, then reads) and reads \
                every page's PFN after its pin (a PMD-mapped huge page by its head's entry); the \
                raw registration is one ring and one IORING_REGISTER_BUFFERS of the same memory."
@@ -308,7 +309,7 @@ fn launch_curve(sc: &ScaleReport) -> Curve {
     Curve {
         title: "Launch time vs guest RAM",
         note: "pinlab run --memory M --thp on|off --json (the default scenario), spawned and \
-               reaped; one launch per point over 1 GiB (THP allocation there takes seconds)."
+               reaped, the same number of launches at every size."
             .into(),
         chart: LineChart {
             id: "curve-launch".into(),

@@ -2,8 +2,8 @@
 //!
 //! For each size and page kind (THP, 4 KiB), each trial, interleaved: a raw [`FixedRing`]
 //! registration of the range (ring setup + one IORING_REGISTER_BUFFERS of 1 GiB buffers) and its
-//! release; the same pin `Iommu::map` makes (in parts through a staging ring over 128 MiB,
-//! [`FixedRing::register_staged`]) without the PFN read; `Iommu::map` of the same range
+//! release; the same pin `Iommu::map` makes (in parts through a staging ring where
+//! `io_uring::stages` says so, `FixedRing::register_staged`) without the PFN read; `Iommu::map` of the same range
 //! (validation, the pin, each part's PFNs read after that part is pinned while the next part
 //! pins) and its unmap; the PFN read of the whole range alone.
 //!
@@ -16,7 +16,7 @@ use pinlab::addr::{Gpa, Iova};
 use pinlab::devices::iommu::Iommu;
 use pinlab::devices::request::Map;
 use pinlab::memory::GuestRam;
-use pinlab::pin::io_uring::{pfn_part, FixedRing, PFN_STAGED_MIN};
+use pinlab::pin::io_uring::{pfn_part, stages, FixedRing};
 use pinlab::scenario::PinKind;
 use pinlab_abi as abi;
 use serde::Serialize;
@@ -92,7 +92,7 @@ pub struct MapReport {
     /// THP-advised guest RAM (else 4 KiB pages: MADV_NOHUGEPAGE).
     pub thp: bool,
     pub thp_coverage: Option<f64>,
-    /// `Iommu::map`: ring setup, buffer registration (the pin, in parts over 128 MiB), PFN
+    /// `Iommu::map`: ring setup, buffer registration (the pin, in parts where `io_uring::stages` says so), PFN
     /// evidence.
     pub iommu_map: Option<Stat>,
     /// `pfn_runs::read` (the PFN evidence read `Iommu::map` makes) of the same range alone.
@@ -100,7 +100,7 @@ pub struct MapReport {
     /// `IoUring::new` + one `register_buffers` of the range.
     pub raw_register: Option<Stat>,
     /// The pin `Iommu::map` makes, without the PFN read: registration in parts through a
-    /// staging ring over [`PFN_STAGED_MIN`], else as `raw_register`; `None` when the kernel
+    /// staging ring where `io_uring::stages` says so, else as `raw_register`; `None` when the kernel
     /// cannot clone buffers between rings (the map then registers at once).
     pub pin_alone: Option<Stat>,
     /// Unpin (unregister) after `Iommu::map`, for completeness.
@@ -145,7 +145,7 @@ pub fn run(size: u64, thp: bool, trials: usize) -> Result<MapReport> {
     let thp_coverage = pinlab::pfn::thp_coverage(ram.hva(), size).ok();
     let mut iommu = Iommu::new(PinKind::IoUring);
     let mut s: [Vec<f64>; 5] = Default::default();
-    let mut staged = size > PFN_STAGED_MIN;
+    let mut staged = stages(ram.hva(), size);
     let mut moved_pages = 0;
     let req = Map::new(Iova(0), Gpa(0), size, RW, ram.size())
         .map_err(|source| Error::Request { len: size, source })?;

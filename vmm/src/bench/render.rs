@@ -250,17 +250,19 @@ pub fn size(bytes: u64) -> String {
 pub fn scale_tables(sc: &ScaleReport) -> String {
     let mut o = String::from(
         "\n### IOMMU map (pin + PFN evidence) vs guest RAM, ms\n\n\
-         | guest RAM | pages | Iommu::map | raw registration | map/raw | pagemap alone |\n\
-         |---|---|---|---|---|---|\n",
+         | guest RAM | pages | Iommu::map | raw registration | map/raw | the map's pin alone | map/its pin | PFN read alone |\n\
+         |---|---|---|---|---|---|---|---|\n",
     );
     for m in &sc.map {
         o += &format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
             size(m.size),
             if m.thp { "THP" } else { "4 KiB" },
             md_stat(m.iommu_map),
             md_stat(m.raw_register),
             md_ratio(m.map_vs_raw),
+            md_stat(m.pin_alone),
+            md_ratio(m.map_vs_pin),
             md_stat(m.pagemap)
         );
     }

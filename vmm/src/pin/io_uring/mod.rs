@@ -19,7 +19,7 @@
 //! in io_uring/rsrc.c: "arbitrary limit, but we need something", `ulen > SZ_1G` -> -EFAULT), and
 //! at most IORING_MAX_REG_BUFFERS (1 << 14) buffers per ring. A longer range is registered as
 //! consecutive 1 GiB buffers; a transfer crossing a buffer boundary is split there. A pin that
-//! reads its PFNs ([`IoUringPin::reading_pfns`]) registers a range over [`PFN_STAGED_MIN`] in
+//! reads its PFNs ([`IoUringPin::reading_pfns`]) registers a long range ([`stages`]) in
 //! parts of at most [`PFN_PART_MAX`] instead ([`FixedRing::register_staged`]).
 
 use std::io;
@@ -221,10 +221,18 @@ pub fn start_worker() -> Result<WorkerStart, Error> {
     })
 }
 
-/// A pin that reads its PFNs registers in parts when it is longer than this
-/// ([`IoUringPin::reading_pfns`]); a shorter one pins at once and then reads (a second thread
-/// would cost more than the reading it hides: 64 MiB of THP RAM reads in about 0.04 ms).
+/// A pin that reads its PFNs registers in parts only when it is longer than this
+/// ([`stages`]); a shorter one pins at once and then reads (a second thread would cost more
+/// than the reading it hides: 64 MiB of THP RAM reads in about 0.04 ms).
 pub const PFN_STAGED_MIN: u64 = 128 << 20;
+/// A pin that reads its PFNs and is at least this long registers in parts whatever maps it
+/// ([`stages`]). Between [`PFN_STAGED_MIN`] and this, only a range that PMDs mostly do not map
+/// does: THP RAM there pins in well under a millisecond and reads in a quarter of that, and the
+/// parts' fixed costs (the reader thread, three calls a part) outweigh what they hide. Measured
+/// here (`pinlab bench --only map`, 9 trials): 256 MiB of THP RAM 0.67 ms in parts against
+/// 0.25 ms of raw registration and 0.24 ms of reading; 512 MiB 0.78 in parts against 0.62 + 0.33
+/// at once; 256 MiB of 4 KiB pages 4.82 in parts against 3.87 + 2.09 at once.
+pub const PFN_STAGED_ALWAYS: u64 = 512 << 20;
 /// The smallest part of a registration in parts (a multiple of 2 MiB).
 pub const PFN_PART_MIN: u64 = 32 << 20;
 /// The largest part of a registration in parts (a multiple of 2 MiB, at most
@@ -234,6 +242,23 @@ pub const PFN_PART_MAX: u64 = 256 << 20;
 /// How many parts a registration in parts aims for, within [`PFN_PART_MIN`] and
 /// [`PFN_PART_MAX`].
 pub const PFN_PARTS: u64 = 8;
+
+/// Whether [`IoUringPin::reading_pfns`] registers `hva..hva+len` in parts: over
+/// [`PFN_STAGED_ALWAYS`] always, over [`PFN_STAGED_MIN`] when PMDs map less than half of it
+/// (one PAGEMAP_SCAN: about 0.06 ms per GiB of THP RAM, 0.6 ms per GiB of 4 KiB pages; a kernel
+/// without PAGEMAP_SCAN counts as not PMD-mapped).
+pub fn stages(hva: Hva, len: u64) -> bool {
+    len >= PFN_STAGED_ALWAYS || (len > PFN_STAGED_MIN && !mostly_pmd_mapped(hva, len))
+}
+
+/// Whether PMDs map at least half of `hva..hva+len` (PAGEMAP_SCAN; `false` when it cannot
+/// tell, e.g. before Linux 6.7).
+fn mostly_pmd_mapped(hva: Hva, len: u64) -> bool {
+    use crate::pagemap_scan::{covered, regions, PAGE_IS_HUGE, PAGE_IS_PRESENT};
+    regions(hva, len, PAGE_IS_HUGE | PAGE_IS_PRESENT)
+        .map(|r| covered(&r, hva.raw(), hva.raw().saturating_add(len)) >= len / 2)
+        .unwrap_or(false)
+}
 
 /// The part size of a registration in parts of `len` bytes.
 pub fn pfn_part(len: u64) -> u64 {
@@ -277,9 +302,9 @@ impl IoUringPin {
     }
 
     /// As [`Self::with_depth`], and reads the PFN of every page after the page is pinned
-    /// ([`crate::pfn_runs::read`]): a range over [`PFN_STAGED_MIN`] registers part by part
+    /// ([`crate::pfn_runs::read`]): a range that [`stages`] registers part by part
     /// ([`pfn_part`]) while a second thread reads the pinned parts' PFNs, so the reading hides
-    /// behind the pinning ([`FixedRing::register_staged`]); a shorter range, or any range on a
+    /// behind the pinning ([`FixedRing::register_staged`]); any other range, or any range on a
     /// kernel that cannot clone registered buffers, pins at once and then reads.
     /// The PFNs are handed out by [`Pin::take_pinned_pfns`].
     ///
@@ -288,7 +313,7 @@ impl IoUringPin {
     /// As [`Self::new`].
     pub unsafe fn reading_pfns(hva: Hva, len: u64, depth: usize) -> Result<Self, Error> {
         let depth = depth.clamp(1, RING_ENTRIES as usize);
-        if len > PFN_STAGED_MIN {
+        if stages(hva, len) {
             // SAFETY: forwarded from this function's contract.
             let parts = unsafe {
                 FixedRing::register_staged(hva, len, pfn_part(len), crate::pfn_runs::read)
@@ -560,6 +585,25 @@ mod tests {
     fn a_short_pin_registers_at_once_and_reads_its_pfns_after() {
         let mut r = AnonRegion::new(PFN_STAGED_MIN, libc::MADV_HUGEPAGE);
         check_pin_reading_pfns(&mut r, 233, 1, 64 * MIB);
+    }
+
+    /// THP RAM between [`PFN_STAGED_MIN`] and [`PFN_STAGED_ALWAYS`], PMD-mapped before the
+    /// pin, registers at once; the same size of 4 KiB pages in parts (the test above).
+    #[test]
+    fn pmd_mapped_ram_below_the_always_size_registers_at_once() {
+        let len = PFN_STAGED_ALWAYS / 2;
+        let mut r = AnonRegion::new(len, libc::MADV_HUGEPAGE);
+        r.fill(|i| (i % 227) as u8);
+        if !mostly_pmd_mapped(r.hva, r.len) {
+            eprintln!(
+                "skipped: no PMD-mapped THP here ({})",
+                crate::pfn::test_support::thp_setup()
+            );
+            return;
+        }
+        assert!(!stages(r.hva, r.len));
+        check_pin_reading_pfns(&mut r, 227, 1, 64 * MIB);
+        assert!(stages(r.hva, PFN_STAGED_ALWAYS), "always over the size");
     }
 
     #[test]
