@@ -418,7 +418,7 @@ fn run_inner<H: PhaseHook>(
                 .saturating_mul(s.workload.rounds.saturating_add(2)),
         };
         // While the guest boots: what the first request would otherwise wait for.
-        let ready = rings_doorbells.then(|| devices.prepare_thread());
+        let ready = rings_doorbells.then(|| devices.prepare_thread()).flatten();
         let stopped = devices::serve(&devices, &doorbells, limits, &stop, &kick);
         drop(ready);
         let joined = vcpu_thread.join().map_err(|_| RunError::Panicked("vCPU"));

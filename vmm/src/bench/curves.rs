@@ -159,10 +159,10 @@ fn map_curve(sc: &ScaleReport) -> Curve {
     Curve {
         title: "IOMMU map (pin + PFN evidence) vs guest RAM",
         note: "Iommu::map pins the range (from 512 MiB, or from 128 MiB of mostly 4 KiB pages, in \
-               parts, each through a staging ring, \
-               while a thread reads each pinned part's PFNs; else at once, then reads) and reads \
-               every page's PFN after its pin (a PMD-mapped huge page by its head's entry); the \
-               raw registration is one ring and one IORING_REGISTER_BUFFERS of the same memory."
+               parts, each through a staging ring, while a thread reads each pinned part's PFNs; \
+               else at once, then reads) and reads every page's PFN after its pin (a PMD-mapped \
+               huge page by its head's entry); the raw registration is one ring and one \
+               IORING_REGISTER_BUFFERS of the same memory."
             .into(),
         chart: LineChart {
             id: "curve-map".into(),
@@ -349,8 +349,8 @@ fn sweep_curve(sc: &ScaleReport) -> Curve {
     Curve {
         title: "Sweep wall time vs cells",
         note: "pinlab sweep --cells N --json, spawned and reaped: N cells evenly spaced over the \
-               whole sweep (the last point is all of it), one process a cell, one per CPU at a time \
-               (the default --jobs)."
+               whole sweep (the last point is all of it), one process a cell, one per CPU at a \
+               time (the default --jobs)."
             .into(),
         chart: LineChart {
             id: "curve-sweep".into(),

@@ -3,9 +3,9 @@
 //! For each size and page kind (THP, 4 KiB), each trial, interleaved: a raw [`FixedRing`]
 //! registration of the range (ring setup + one IORING_REGISTER_BUFFERS of 1 GiB buffers) and its
 //! release; the same pin `Iommu::map` makes (in parts through a staging ring where
-//! `io_uring::stages` says so, `FixedRing::register_staged`) without the PFN read; `Iommu::map` of the same range
-//! (validation, the pin, each part's PFNs read after that part is pinned while the next part
-//! pins) and its unmap; the PFN read of the whole range alone.
+//! `io_uring::stages` says so, `FixedRing::register_staged`) without the PFN read;
+//! `Iommu::map` of the same range (validation, the pin, each part's PFNs read after that part
+//! is pinned while the next part pins) and its unmap; the PFN read of the whole range alone.
 //!
 //! Owns the guest RAM it maps, one size at a time, unmapped before the next (8 GiB on a shared
 //! machine: it checks MemAvailable first); changes no host knob.
@@ -92,16 +92,16 @@ pub struct MapReport {
     /// THP-advised guest RAM (else 4 KiB pages: MADV_NOHUGEPAGE).
     pub thp: bool,
     pub thp_coverage: Option<f64>,
-    /// `Iommu::map`: ring setup, buffer registration (the pin, in parts where `io_uring::stages` says so), PFN
-    /// evidence.
+    /// `Iommu::map`: ring setup, buffer registration (the pin, in parts where
+    /// `io_uring::stages` says so), PFN evidence.
     pub iommu_map: Option<Stat>,
     /// `pfn_runs::read` (the PFN evidence read `Iommu::map` makes) of the same range alone.
     pub pagemap: Option<Stat>,
     /// `IoUring::new` + one `register_buffers` of the range.
     pub raw_register: Option<Stat>,
     /// The pin `Iommu::map` makes, without the PFN read: registration in parts through a
-    /// staging ring where `io_uring::stages` says so, else as `raw_register`; `None` when the kernel
-    /// cannot clone buffers between rings (the map then registers at once).
+    /// staging ring where `io_uring::stages` says so, else as `raw_register`; `None` when the
+    /// kernel cannot clone buffers between rings (the map then registers at once).
     pub pin_alone: Option<Stat>,
     /// Unpin (unregister) after `Iommu::map`, for completeness.
     pub unmap: Option<Stat>,

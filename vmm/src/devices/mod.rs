@@ -132,11 +132,12 @@ impl Devices {
     /// Readies the calling thread, the one that serves the doorbells, for the pins this device
     /// takes ([`crate::pin::prepare_thread`]); keep the result while it serves. A failure is
     /// only logged (`None`): the first request does the same work then.
-    pub fn prepare_thread(&self) -> Option<crate::pin::ThreadReady> {
+    pub fn prepare_thread(&self) -> Option<crate::pin::io_uring::WorkerStart> {
         let kind = self.state().iommu.kind();
         crate::pin::prepare_thread(kind)
             .inspect_err(|e| tracing::debug!("readying the device thread for {kind:?} pins: {e}"))
             .ok()
+            .flatten()
     }
 
     /// The device state (a poisoned lock is taken over: the state is plain data and each

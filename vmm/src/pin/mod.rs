@@ -254,23 +254,15 @@ pub unsafe fn pin(kind: PinKind, hva: Hva, len: u64) -> Result<Box<dyn Pin>> {
     })
 }
 
-/// What readies a thread to drive pins ([`prepare_thread`]); keep it while the thread does.
-#[derive(Debug)]
-pub enum ThreadReady {
-    /// Nothing was needed.
-    Nothing,
-    /// io-uring: the thread's io-wq worker, started.
-    IoUring(io_uring::WorkerStart),
-}
-
 /// Readies the calling thread to drive pins of `kind` before the first one is asked for: for
 /// io-uring, starts the thread's io-wq worker ([`io_uring::start_worker`]), which the first
-/// device transfer would otherwise wait for; for the others, nothing. Does not wait: the
-/// device thread calls it while the guest boots, and serves the guest's doorbells right after.
-pub fn prepare_thread(kind: PinKind) -> Result<ThreadReady> {
+/// device transfer would otherwise wait for; for the others, nothing is needed (`None`). Does
+/// not wait: the device thread calls it while the guest boots, and serves the guest's doorbells
+/// right after. Keep what it returns while the thread drives pins.
+pub fn prepare_thread(kind: PinKind) -> Result<Option<io_uring::WorkerStart>> {
     match kind {
-        PinKind::IoUring => Ok(ThreadReady::IoUring(io_uring::start_worker()?)),
-        PinKind::Vmsplice | PinKind::Mapping | PinKind::Vfio => Ok(ThreadReady::Nothing),
+        PinKind::IoUring => Ok(Some(io_uring::start_worker()?)),
+        PinKind::Vmsplice | PinKind::Mapping | PinKind::Vfio => Ok(None),
     }
 }
 
