@@ -6,6 +6,7 @@ pub mod action_notes;
 pub mod addr;
 pub mod config;
 pub mod console;
+pub mod detached_mount;
 pub mod devices;
 pub mod diff;
 pub mod evidence;

@@ -122,6 +122,11 @@ pub struct DmaReport {
     pub engine_queue_depth: u32,
     pub staging: u64,
     pub thp_coverage: Option<f64>,
+    /// What holds the engine's staging pages (and the raw loops' file's: the same kind), and
+    /// the fraction of each in huge folios after the trials, measured.
+    pub staging_backing: String,
+    pub staging_thp_coverage: Option<f64>,
+    pub raw_file_thp_coverage: Option<f64>,
     /// The goals' three figures per direction: the engine, the best raw loop, memcpy.
     pub to_guest: Figures,
     pub from_guest: Figures,
@@ -586,6 +591,12 @@ pub fn run(o: &DmaOptions) -> Result<DmaReport> {
             }
         }
     }
+    let staging_backing = rig
+        .engine
+        .staging()
+        .map_or_else(|| "none".to_string(), |s| s.backing().to_string());
+    let staging_thp_coverage = rig.engine.staging().and_then(|s| s.thp_coverage().ok());
+    let raw_file_thp_coverage = rig.raw_file.thp_coverage().ok();
     drop(rig);
     let [e_to, e_from, p_to, p_from, r_rd, r_wr, mc, fill, sum] =
         std::array::from_fn(|i| Stat::of(&s[i]));
@@ -619,6 +630,9 @@ pub fn run(o: &DmaOptions) -> Result<DmaReport> {
         engine_queue_depth: o.queue_depth,
         staging: piece,
         thp_coverage,
+        staging_backing,
+        staging_thp_coverage,
+        raw_file_thp_coverage,
         to_guest,
         from_guest,
         raw_by_depth,

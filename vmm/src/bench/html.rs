@@ -122,7 +122,9 @@ fn dma_section(d: &super::dma::DmaReport) -> Markup {
         p.note {
             (size(d.region)) " region, " (size(d.descriptor)) " descriptors, " (size(d.chunk))
             " SQEs x " (d.queue_depth) " in flight (engine queue depth " (d.engine_queue_depth) "), "
-            (size(d.staging)) " staging, THP " (percent(d.thp_coverage)) ". Best raw loop: to-guest "
+            (size(d.staging)) " staging, THP " (percent(d.thp_coverage)) ". Staging: "
+            (d.staging_backing) ", huge folios " (percent(d.staging_thp_coverage))
+            " (the raw loops' file " (percent(d.raw_file_thp_coverage)) "). Best raw loop: to-guest "
             (d.to_guest.best_raw_loop) ", from-guest " (d.from_guest.best_raw_loop) "."
         }
         (stat_table("figures-dma", "GiB/s", &render::dma_stats(d)))

@@ -131,14 +131,18 @@ pub fn render(r: &BenchReport) -> String {
     if let Some(d) = &r.dma {
         o += &format!(
             "DMA through io-uring pins: {} MiB region, {} MiB descriptors, {} MiB SQEs x {} \
-             in flight (engine queue depth {}), {} MiB staging, THP {}\n",
+             in flight (engine queue depth {}), {} MiB staging, THP {}\n  staging: {}, huge \
+             folios {} (the raw loops' file {})\n",
             d.region / MIB,
             d.descriptor / MIB,
             d.chunk / MIB,
             d.queue_depth,
             d.engine_queue_depth,
             d.staging / MIB,
-            percent(d.thp_coverage)
+            percent(d.thp_coverage),
+            d.staging_backing,
+            percent(d.staging_thp_coverage),
+            percent(d.raw_file_thp_coverage),
         );
         for (name, st) in dma_stats(d) {
             o += &stat_line(&name, st, "GiB/s");

@@ -130,7 +130,12 @@ pub struct DmaEngine {
 }
 
 impl DmaEngine {
-    fn staging(&mut self, len: u64) -> Result<&mut Staging> {
+    /// The staging area, once a request has needed one.
+    pub fn staging(&self) -> Option<&Staging> {
+        self.staging.as_ref()
+    }
+
+    fn staging_for(&mut self, len: u64) -> Result<&mut Staging> {
         let want = len.clamp(PAGE_SIZE, STAGING_MAX);
         if self.staging.as_ref().is_none_or(|s| s.len() < want) {
             self.staged_pattern = None;
@@ -180,7 +185,7 @@ impl DmaEngine {
             let key = (seed, at, chunk);
             let cached = self.staged_pattern == Some(key);
             self.staged_pattern = None;
-            let staging = self.staging(chunk)?;
+            let staging = self.staging_for(chunk)?;
             let r = if cached {
                 let whole = Transfer {
                     pin_offset: base + done,
@@ -214,7 +219,7 @@ impl DmaEngine {
         while done < len {
             let chunk = (len - done).min(STAGING_MAX);
             self.staged_pattern = None;
-            let staging = self.staging(chunk)?;
+            let staging = self.staging_for(chunk)?;
             let ops = pieces(base + done, chunk);
             let first = sums.len();
             sums.resize(first + (chunk / PAGE_SIZE) as usize, 0);

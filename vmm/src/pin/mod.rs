@@ -20,19 +20,19 @@
 //! length and the staging length with checked arithmetic before any byte moves, and an
 //! out-of-range one is an error, never a panic.
 
-use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use serde::{Deserialize, Serialize};
 
 use crate::addr::Hva;
-use crate::mmap::{self, Mapping};
 
 pub mod io_uring;
 pub mod mapping;
+mod staging;
 pub mod vfio;
 pub mod vmsplice;
+
+pub use staging::{Backing, Staging};
 
 /// Errors of the pin layer.
 #[derive(Debug, thiserror::Error)]
@@ -308,98 +308,6 @@ pub unsafe fn pin_with(
     }
     // SAFETY: forwarded from this function's contract.
     unsafe { pin(kind, hva, len) }
-}
-
-/// The host-side bounce area: a memfd of `len` bytes, mmapped read-write, so the DMA engine can
-/// fill patterns and checksum results. Its size is sealed (it can never shrink under the mapping);
-/// the mapping is unmapped and the fd closed on drop.
-pub struct Staging {
-    map: Mapping,
-    fd: OwnedFd,
-    len: u64,
-}
-
-impl Staging {
-    /// A staging area of `len` bytes, zero filled.
-    pub fn new(len: u64) -> Result<Self> {
-        if len == 0 || usize::try_from(len).map_or(true, |l| l > isize::MAX as usize) {
-            return Err(Error::StagingLen { len });
-        }
-        // SAFETY: memfd_create with a NUL-terminated name; the returned fd is checked below.
-        let raw = unsafe {
-            libc::memfd_create(
-                c"pinlab-staging".as_ptr(),
-                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-            )
-        };
-        if raw < 0 {
-            return Err(Error::StagingMemfd(io::Error::last_os_error()));
-        }
-        // SAFETY: `raw` is a fresh fd that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let ilen = libc::off_t::try_from(len).map_err(|_| Error::StagingLen { len })?;
-        // SAFETY: ftruncate on an fd we own.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), ilen) } < 0 {
-            return Err(Error::StagingTruncate {
-                len,
-                source: io::Error::last_os_error(),
-            });
-        }
-        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
-        // SAFETY: fcntl(F_ADD_SEALS) on an fd we own.
-        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
-            return Err(Error::StagingSeal(io::Error::last_os_error()));
-        }
-        let map = Mapping::of_fd(fd.as_fd(), len).map_err(|e| match e {
-            mmap::Error::Mmap { source, .. } => Error::StagingMmap { len, source },
-            _ => Error::StagingLen { len },
-        })?;
-        Ok(Staging { map, fd, len })
-    }
-
-    /// The contents.
-    pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: `map` is `len` bytes mapped for our lifetime (the memfd size is sealed, so no
-        // page of it can go away); the kernel writes to it only inside `&mut self` methods of a
-        // pin, so no write happens while this shared borrow lives.
-        unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.len as usize) }
-    }
-
-    /// The contents, writable.
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as in `as_slice`, and `&mut self` makes this the only reference.
-        unsafe { std::slice::from_raw_parts_mut(self.map.as_ptr(), self.len as usize) }
-    }
-
-    /// Pointer to byte `offset` (for the kernel to copy into). `offset <= len` is the caller's check.
-    pub(crate) fn ptr_at(&mut self, offset: u64) -> *mut u8 {
-        debug_assert!(offset <= self.len);
-        self.map.as_ptr().wrapping_add(offset as usize)
-    }
-
-    /// The memfd, for io_uring reads and writes at file offsets.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-
-    /// Length in bytes.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// Whether the staging area is empty (never: `new` refuses 0).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-impl fmt::Debug for Staging {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Staging")
-            .field("fd", &self.fd.as_raw_fd())
-            .field("len", &self.len)
-            .finish()
-    }
 }
 
 #[cfg(test)]
@@ -734,19 +642,5 @@ mod tests {
             let res = unsafe { pin(kind, Hva(!(PAGE_SIZE - 1)), PAGE_SIZE) };
             assert!(matches!(res, Err(Error::RangeOverflow { .. })), "{kind}");
         }
-    }
-
-    #[test]
-    fn staging_is_zeroed_sized_and_refuses_zero() {
-        let mut s = Staging::new(3 * PAGE_SIZE + 5).unwrap();
-        assert_eq!(s.len(), 3 * PAGE_SIZE + 5);
-        assert!(s.as_slice().iter().all(|&b| b == 0));
-        s.as_mut_slice()[3 * PAGE_SIZE as usize + 4] = 9;
-        assert_eq!(s.as_slice()[3 * PAGE_SIZE as usize + 4], 9);
-        assert!(matches!(Staging::new(0), Err(Error::StagingLen { len: 0 })));
-        // The size is sealed: the mapping can never be truncated under us.
-        // SAFETY: ftruncate on the staging fd; expected to fail with EPERM.
-        let rc = unsafe { libc::ftruncate(s.fd().as_raw_fd(), 0) };
-        assert_eq!(rc, -1);
     }
 }

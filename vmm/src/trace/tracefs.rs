@@ -19,7 +19,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -32,12 +32,8 @@ pub enum Error {
     NotInKernel,
     #[error("tracefs is mounted read-only at {0} (and nowhere read-write)")]
     ReadOnly(PathBuf),
-    #[error("fsopen(\"tracefs\"): {0}")]
-    Fsopen(io::Error),
-    #[error("fsconfig(FSCONFIG_CMD_CREATE) for tracefs: {0}")]
-    Fsconfig(io::Error),
-    #[error("fsmount(tracefs): {0}")]
-    Fsmount(io::Error),
+    #[error("a detached tracefs mount: {0}")]
+    Detached(#[from] crate::detached_mount::Error),
     #[error("tracefs at {0} has no instances directory")]
     NoInstances(PathBuf),
     #[error("reading {path}: {source}")]
@@ -113,46 +109,6 @@ fn unescape_mount_path(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn sys_result(rc: libc::c_long) -> io::Result<RawFd> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc as RawFd)
-    }
-}
-
-/// A detached tracefs mount: `fsopen`, `FSCONFIG_CMD_CREATE`, `fsmount`. Nothing is attached to
-/// any mount table; the returned fd is the only way in.
-fn detached_mount() -> Result<OwnedFd> {
-    const FSOPEN_CLOEXEC: libc::c_uint = 1;
-    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
-    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
-    // SAFETY: fsopen takes a NUL-terminated fs name and flags; it returns a new fd or -1.
-    let fs =
-        sys_result(unsafe { libc::syscall(libc::SYS_fsopen, c"tracefs".as_ptr(), FSOPEN_CLOEXEC) })
-            .map_err(Error::Fsopen)?;
-    // SAFETY: `fs` was just returned by fsopen and is owned by nobody else.
-    let fs = unsafe { OwnedFd::from_raw_fd(fs) };
-    // SAFETY: fsconfig(CMD_CREATE) takes no key or value (NULL, NULL, 0) on an fsopen fd we own.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            fs.as_raw_fd(),
-            FSCONFIG_CMD_CREATE,
-            std::ptr::null::<libc::c_char>(),
-            std::ptr::null::<libc::c_void>(),
-            0,
-        )
-    };
-    sys_result(rc).map_err(Error::Fsconfig)?;
-    // SAFETY: fsmount on the configured fs context fd we own; no attribute flags.
-    let m =
-        sys_result(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0) })
-            .map_err(Error::Fsmount)?;
-    // SAFETY: `m` was just returned by fsmount and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(m) })
-}
-
 impl Tracefs {
     /// The host's read-write tracefs mount if there is one, else a detached mount of our own.
     pub fn open() -> Result<Tracefs> {
@@ -173,7 +129,7 @@ impl Tracefs {
             {
                 return Err(Error::NotInKernel);
             }
-            let fd = detached_mount()?;
+            let fd = crate::detached_mount::detached(c"tracefs", &[], 0)?;
             Tracefs {
                 root: PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
                 origin: Origin::Detached(fd),

@@ -3,8 +3,8 @@
 //! IORING_REGISTER_BUFFERS pins the pages with FOLL_PIN | FOLL_LONGTERM (`io_pin_pages` ->
 //! `pin_user_pages_fast`), the same class of pin VFIO type1's MAP_DMA takes. The pin lasts until
 //! the buffers are unregistered (on drop). Device writes are IORING_OP_READ_FIXED from the staging
-//! memfd into a registered buffer, device reads IORING_OP_WRITE_FIXED from a registered buffer
-//! into the staging memfd: the kernel copies to and from the pinned pages, never through the
+//! file into a registered buffer, device reads IORING_OP_WRITE_FIXED from a registered buffer
+//! into the staging file: the kernel copies to and from the pinned pages, never through the
 //! VMM's page tables. `read_from_guest_each` hands each finished transfer to the caller from the
 //! completion loop while later SQEs are still in flight (the DMA engine checksums piece k while
 //! the kernel copies piece k+1).
@@ -12,8 +12,8 @@
 //! [`FixedRing`] owns the ring, the registration and the one submission/completion loop of the
 //! codebase (at a given depth, with a per-transfer completion hand-over); [`IoUringPin`] is a
 //! `FixedRing` over guest RAM, and the raw baseline of `pinlab bench` drives a `FixedRing` over
-//! its own memory and memfd. It must not touch the VMM mapping of the range and records no PFNs
-//! (that is [`crate::pfn`]'s job, by the caller at pin time).
+//! its own memory and staging file. It must not touch the VMM mapping of the range and records
+//! no PFNs (that is [`crate::pfn`]'s job, by the caller at pin time).
 //!
 //! Limits: Linux 6.18 refuses a registered buffer longer than 1 GiB (`io_validate_user_buf_range`
 //! in io_uring/rsrc.c: "arbitrary limit, but we need something", `ulen > SZ_1G` -> -EFAULT), and
@@ -201,7 +201,7 @@ impl std::fmt::Debug for WorkerStart {
 /// Starts the calling thread's io-wq worker without waiting for it: one IORING_OP_NOP with
 /// IOSQE_ASYNC on a one-entry ring, submitted and not waited for (the kernel creates the worker
 /// in the submission; the worker runs the NOP when it gets a CPU). A READ_FIXED or WRITE_FIXED
-/// against the staging memfd runs on an io-wq worker (the kernel does not try it inline), and a
+/// against the staging file runs on an io-wq worker (the kernel does not try it inline), and a
 /// thread's first such request otherwise waits while the kernel creates that worker and finds
 /// it a CPU, with the vCPU spinning on the other one: 1.7-5.4 ms for the first batch of the
 /// default scenario against 0.2-0.5 ms for the next. The worker belongs to the thread (its
