@@ -1,7 +1,7 @@
 //! An owned range of this process's address space: `mmap` when made, `munmap` on Drop.
 //!
 //! Every mapping the VMM makes by hand is a `Mapping`: guest RAM (private anonymous, 2 MiB
-//! aligned, see `memory`), the staging memfd of the pin layer (`of_fd`), the page a fork child
+//! aligned, see `memory`), the staging file of the pin layer (`of_fd`), the page a fork child
 //! reports into (`shared`), and the tests' anonymous regions. All are read-write.
 //!
 //! A `Mapping` owns the address range, not what is stored in it: it hands out addresses (`Hva`)

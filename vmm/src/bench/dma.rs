@@ -75,7 +75,7 @@ pub enum Error {
         #[source]
         source: pinlab::devices::dma::Error,
     },
-    /// A staging memfd could not be made.
+    /// A staging area could not be made.
     #[error("Staging::new({len:#x}): {source}")]
     Staging {
         len: u64,

@@ -1,7 +1,7 @@
 //! The DMA engine: executes descriptors through the pin of the IOVA range, never through the
 //! VMM's mapping of guest RAM (except with the `mapping` mechanism, the control group).
 //!
-//! Device writes (`OP_TO_GUEST`) fill a staging memfd with the pattern and move it into the
+//! Device writes (`OP_TO_GUEST`) fill a staging file with the pattern and move it into the
 //! pinned pages; device reads (`OP_FROM_GUEST`) move the pinned pages into staging and checksum
 //! each 4 KiB page, writing the checksums to an output array in guest RAM (a control-plane
 //! write, like a completion record). The engine takes typed requests (`request.rs` checked the

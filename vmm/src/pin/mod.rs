@@ -74,8 +74,8 @@ pub enum Error {
     /// memfd_create(2) for the staging area failed.
     #[error("memfd_create for staging: {0}")]
     StagingMemfd(#[source] io::Error),
-    /// ftruncate(2) of the staging memfd failed.
-    #[error("ftruncate staging memfd to {len:#x}: {source}")]
+    /// ftruncate(2) of the staging file failed.
+    #[error("ftruncate staging file to {len:#x}: {source}")]
     StagingTruncate {
         len: u64,
         #[source]
@@ -84,8 +84,8 @@ pub enum Error {
     /// Sealing the staging memfd's size failed.
     #[error("seal staging memfd: {0}")]
     StagingSeal(#[source] io::Error),
-    /// mmap(2) of the staging memfd failed.
-    #[error("mmap staging memfd of {len:#x} bytes: {source}")]
+    /// mmap(2) of the staging file failed.
+    #[error("mmap staging file of {len:#x} bytes: {source}")]
     StagingMmap {
         len: u64,
         #[source]
