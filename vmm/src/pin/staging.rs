@@ -8,9 +8,8 @@
 //! the lab does not change for a bounce buffer. So a staging area of at least one huge page is a
 //! nameless file (O_TMPFILE) on the process's own `huge=within_size` tmpfs, a detached mount
 //! ([`crate::detached_mount`]): no path reaches it, it is in no mount table, and the kernel frees
-//! it with the last fd. Where that mount cannot be made
-//! (no CAP_SYS_ADMIN, a kernel before 5.2), or for a smaller area, staging is a sealed memfd
-//! and [`Backing::Memfd`] says why. Huge folios are asked for, never assumed: the bench
+//! it with the last fd. Where that mount cannot be made (no CAP_SYS_ADMIN, a kernel before 5.2),
+//! or for a smaller area, staging is a sealed memfd and [`Backing::Memfd`] says why. Huge folios are asked for, never assumed: the bench
 //! measures the coverage it got ([`Staging::thp_coverage`]).
 //!
 //! Owns the file and its mapping: drop unmaps and closes.
