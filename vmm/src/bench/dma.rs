@@ -591,11 +591,9 @@ pub fn run(o: &DmaOptions) -> Result<DmaReport> {
             }
         }
     }
-    let staging_backing = rig
-        .engine
-        .staging()
-        .map_or_else(|| "none".to_string(), |s| s.backing().to_string());
-    let staging_thp_coverage = rig.engine.staging().and_then(|s| s.thp_coverage().ok());
+    let engine_staging = rig.engine.staging();
+    let staging_backing = engine_staging.map_or_else(|| "none".into(), |s| s.backing().to_string());
+    let staging_thp_coverage = engine_staging.and_then(|s| s.thp_coverage().ok());
     let raw_file_thp_coverage = rig.raw_file.thp_coverage().ok();
     drop(rig);
     let [e_to, e_from, p_to, p_from, r_rd, r_wr, mc, fill, sum] =

@@ -9,8 +9,9 @@
 //! nameless file (O_TMPFILE) on the process's own `huge=within_size` tmpfs, a detached mount
 //! ([`crate::detached_mount`]): no path reaches it, it is in no mount table, and the kernel frees
 //! it with the last fd. Where that mount cannot be made (no CAP_SYS_ADMIN, a kernel before 5.2),
-//! or for a smaller area, staging is a sealed memfd and [`Backing::Memfd`] says why. Huge folios are asked for, never assumed: the bench
-//! measures the coverage it got ([`Staging::thp_coverage`]).
+//! or for a smaller area, staging is a sealed memfd and [`Backing::Memfd`] says why. Huge folios
+//! are asked for, never assumed: the bench measures the coverage it got
+//! ([`Staging::thp_coverage`]).
 //!
 //! Owns the file and its mapping: drop unmaps and closes.
 
@@ -19,16 +20,13 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::OnceLock;
 
-use serde::Serialize;
-
 use super::{Error, Result};
 use crate::addr::HUGE_PAGE_SIZE;
 use crate::detached_mount;
 use crate::mmap::{self, Mapping};
 
 /// What holds a staging area's pages.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Backing {
     /// A nameless file on the process's private `huge=within_size` tmpfs.
     HugeTmpfs,
@@ -179,7 +177,8 @@ impl Staging {
         unsafe { std::slice::from_raw_parts_mut(self.map.as_ptr(), self.len as usize) }
     }
 
-    /// Pointer to byte `offset` (for the kernel to copy into). `offset <= len` is the caller's check.
+    /// Pointer to byte `offset` (for the kernel to copy into). `offset <= len` is the caller's
+    /// check.
     pub(crate) fn ptr_at(&mut self, offset: u64) -> *mut u8 {
         debug_assert!(offset <= self.len);
         self.map.as_ptr().wrapping_add(offset as usize)

@@ -54,7 +54,8 @@ impl Direction {
 /// An io_uring ring with a range of memory registered as fixed buffers, and the one
 /// submission/completion loop of the codebase that moves bytes between that range and a
 /// [`Staging`] file. [`IoUringPin`] is one (over guest RAM); the raw baseline of `pinlab bench`
-/// is another, over its own memory and its own staging file. Drop unregisters the buffers (unpins).
+/// is another, over its own memory and its own staging file. Drop unregisters the buffers
+/// (unpins).
 pub struct FixedRing {
     ring: IoUring,
     hva: Hva,
@@ -273,8 +274,8 @@ impl FixedRing {
     /// As [`Self::read_fixed`], asking for each transfer's bytes just before it moves:
     /// `fill(i, bytes)` writes `from[staging_offset..+len]` of transfer `i`, then its SQEs are
     /// submitted at once, so the fill of transfer `i + 1` overlaps the kernel's copy of `i`
-    /// (READ_FIXED from a shmem file may run on an io-wq worker). When transfers overlap in staging,
-    /// each fill waits until nothing is in flight. Transfers of no bytes are not filled.
+    /// (READ_FIXED from a shmem file may run on an io-wq worker). When transfers overlap in
+    /// staging, each fill waits until nothing is in flight. Transfers of no bytes are not filled.
     pub fn read_fixed_each(
         &mut self,
         from: &mut Staging,
@@ -332,9 +333,9 @@ impl FixedRing {
 
     /// As [`Self::write_fixed`], handing each transfer to `done(i, bytes)` (with
     /// `into[staging_offset..+len]`) from the completion loop as soon as it has landed, while
-    /// later ones may still be in flight: WRITE_FIXED into a shmem file may run on an io-wq worker, so
-    /// the caller's work on transfer k overlaps the kernel's copy of k+1. When transfers overlap
-    /// in staging, everything is moved first and handed over in order.
+    /// later ones may still be in flight: WRITE_FIXED into a shmem file may run on an io-wq
+    /// worker, so the caller's work on transfer k overlaps the kernel's copy of k+1. When
+    /// transfers overlap in staging, everything is moved first and handed over in order.
     pub fn write_fixed_each(
         &mut self,
         into: &mut Staging,
