@@ -199,7 +199,21 @@ impl Devices {
     /// The IOMMU doorbell rang: execute every pending MAP/UNMAP, each recorded on the timeline
     /// with the status the guest was answered with.
     pub fn service_iommu(&self) {
-        self.service(Which::Iommu, |ram, st, d, _| {
+        self.service(Which::Iommu, |ram, st, pending, _, answer| {
+            for (i, (_, d)) in pending.iter().enumerate() {
+                answer(i, self.iommu_one(ram, st, d));
+            }
+        });
+    }
+
+    /// One IOMMU descriptor: mapped or unmapped, counted, and put on the timeline.
+    fn iommu_one(
+        &self,
+        ram: &GuestRam,
+        st: &mut State,
+        d: &abi::Descriptor,
+    ) -> Result<u64, Rejection> {
+        {
             let r: Result<&AtomicU64, Rejection> = match IommuRequest::parse(d, ram.size()) {
                 Ok(IommuRequest::Map(m)) => st
                     .iommu
@@ -235,51 +249,79 @@ impl Devices {
             };
             self.timeline.instant(THREAD, what);
             r.map(|_| 0)
-        });
+        }
     }
 
-    /// The DMA doorbell rang: execute every pending descriptor through the pins. Each run of
-    /// descriptors in one direction is a `DmaBatch` span on the timeline.
+    /// The DMA doorbell rang: execute every pending descriptor through the pins, the runs of
+    /// well-formed ones as batches ([`dma::DmaEngine::execute_batch`]). Each run of descriptors
+    /// in one direction is a `DmaBatch` span on the timeline.
     pub fn service_dma(&self) {
-        let mut batch = Batch::default();
-        self.service(Which::Dma, |ram, st, d, forbidden| {
-            self.stats.descriptors.fetch_add(1, Ordering::Relaxed);
-            let start = Mono::now();
-            let r = DmaRequest::parse(d, ram.size())
-                .map_err(Rejection::from)
-                .and_then(|req| {
-                    let bytes = st.dma.execute(ram, &mut st.iommu, &req, forbidden)?;
-                    match req {
-                        DmaRequest::ToGuest(_) => &self.stats.bytes_to_guest,
-                        DmaRequest::FromGuest(_) => &self.stats.bytes_from_guest,
-                        DmaRequest::Nop => return Ok(0),
+        let mut span = Batch::default();
+        self.service(Which::Dma, |ram, st, pending, forbidden, answer| {
+            // Each answer's span starts where the previous one ended.
+            let mut started = Mono::now();
+            let mut account = |d: &abi::Descriptor, r: &Result<u64, Rejection>| {
+                self.stats.descriptors.fetch_add(1, Ordering::Relaxed);
+                if let Ok(bytes) = r {
+                    let counter = match d.op {
+                        abi::OP_TO_GUEST => Some(&self.stats.bytes_to_guest),
+                        abi::OP_FROM_GUEST => Some(&self.stats.bytes_from_guest),
+                        _ => None,
+                    };
+                    if let Some(c) = counter {
+                        c.fetch_add(*bytes, Ordering::Relaxed);
+                        self.progress.bump();
                     }
-                    .fetch_add(bytes, Ordering::Relaxed);
-                    self.progress.bump();
-                    Ok(bytes)
-                });
-            if let Some(direction) = DmaRequest::direction_of(d.op) {
-                let bytes = *r.as_ref().unwrap_or(&0);
-                batch.add(&self.timeline, direction, start, bytes, r.is_err());
+                }
+                if let Some(direction) = DmaRequest::direction_of(d.op) {
+                    let bytes = *r.as_ref().unwrap_or(&0);
+                    span.add(&self.timeline, direction, started, bytes, r.is_err());
+                }
+                started = Mono::now();
+            };
+            let mut i = 0;
+            while i < pending.len() {
+                // The well-formed run from `i` goes to the engine as one batch.
+                let reqs: Vec<DmaRequest> = pending[i..]
+                    .iter()
+                    .map_while(|(_, d)| DmaRequest::parse(d, ram.size()).ok())
+                    .collect();
+                if reqs.is_empty() {
+                    let d = &pending[i].1;
+                    let r = DmaRequest::parse(d, ram.size())
+                        .map(|_| 0)
+                        .map_err(Rejection::from);
+                    account(d, &r);
+                    answer(i, r);
+                    i += 1;
+                    continue;
+                }
+                st.dma
+                    .execute_batch(ram, &mut st.iommu, &reqs, forbidden, &mut |k, r| {
+                        let r = r.map_err(Rejection::from);
+                        account(&pending[i + k].1, &r);
+                        answer(i + k, r);
+                    });
+                i += reqs.len();
             }
-            r
         });
-        batch.flush(&self.timeline);
+        span.flush(&self.timeline);
     }
 
-    /// Consumes one queue: each pending descriptor goes to `exec`, whose `Ok(result)` or
-    /// `Err(rejection)` becomes its completion. A queue not set up, or malformed, is a reject.
-    /// `exec` also gets the ranges an output buffer may not overlap (the reserved low area and
-    /// both queues).
+    /// Consumes one queue: the pending descriptors go to `exec`, which answers each (by its
+    /// index, in order) with `Ok(result)` or `Err(rejection)`; each answer becomes its
+    /// completion at once. A queue not set up, or malformed, is a reject. `exec` also gets the
+    /// ranges an output buffer may not overlap (the reserved low area and both queues).
     fn service(
         &self,
         which: Which,
         mut exec: impl FnMut(
             &GuestRam,
             &mut State,
-            &abi::Descriptor,
+            &[(u32, abi::Descriptor)],
             &[Range<Gpa>],
-        ) -> Result<u64, Rejection>,
+            &mut dyn FnMut(usize, Result<u64, Rejection>),
+        ),
     ) {
         let ram = self.ram();
         let mut guard = self.state();
@@ -303,8 +345,9 @@ impl Devices {
         match q.pending(&ram) {
             Err(fault) => self.stats.reject(fault.status()),
             Ok(pending) => {
-                for (n, d) in pending {
-                    let (status, result) = match exec(&ram, st, &d, &forbidden) {
+                let mut answer = |i: usize, r: Result<u64, Rejection>| {
+                    let (n, d) = &pending[i];
+                    let (status, result) = match r {
                         Ok(result) => (abi::STATUS_OK, result),
                         Err(e) => {
                             if e.is_host_failure() {
@@ -315,9 +358,10 @@ impl Devices {
                             (status, 0)
                         }
                     };
-                    q.complete(&ram, n, d.tag, status, result);
-                    q.publish(&ram, n);
-                }
+                    q.complete(&ram, *n, d.tag, status, result);
+                    q.publish(&ram, *n);
+                };
+                exec(&ram, st, &pending, &forbidden, &mut answer);
             }
         }
         match which {

@@ -186,19 +186,32 @@ pub trait Pin: Send {
     /// Device read that hands over each transfer as soon as its bytes are in staging:
     /// `done(i, bytes)` is called once per `ops[i]` with `staging[staging_offset..+len]`, in
     /// completion order, while later transfers may still be in flight (io-uring), so a caller can
-    /// consume piece k while piece k+1 moves. On error, `done` may have been called for some
-    /// transfers and not others. The default reads everything, then calls `done` in order.
+    /// consume piece k while piece k+1 moves. Transfers may reuse staging bytes: each one's
+    /// bytes are handed over before a later transfer overwrites them. On error, `done` may have
+    /// been called for some transfers and not others. The default reads everything, then calls
+    /// `done` in order; when transfers share staging bytes, it reads and hands over one at a time.
     fn read_from_guest_each(
         &mut self,
         staging: &mut Staging,
         ops: &[Transfer],
         done: &mut dyn FnMut(usize, &[u8]),
     ) -> Result<()> {
-        self.read_from_guest(staging, ops)?;
-        let bytes = staging.as_slice();
+        if staging_disjoint(ops) {
+            self.read_from_guest(staging, ops)?;
+            let bytes = staging.as_slice();
+            for (i, t) in ops.iter().enumerate() {
+                // In range: `read_from_guest` validated every transfer against staging's length.
+                done(i, &bytes[t.staging_offset as usize..][..t.len as usize]);
+            }
+            return Ok(());
+        }
         for (i, t) in ops.iter().enumerate() {
-            // In range: `read_from_guest` validated every transfer against staging's length.
-            done(i, &bytes[t.staging_offset as usize..][..t.len as usize]);
+            self.read_from_guest(staging, std::slice::from_ref(t))?;
+            // In range: `read_from_guest` validated the transfer against staging's length.
+            done(
+                i,
+                &staging.as_slice()[t.staging_offset as usize..][..t.len as usize],
+            );
         }
         Ok(())
     }

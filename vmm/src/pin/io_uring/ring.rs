@@ -16,7 +16,7 @@ use super::{
     RING_ENTRIES,
 };
 use crate::addr::Hva;
-use crate::pin::{staging_disjoint, validate, Staging, Transfer};
+use crate::pin::{validate, Staging, Transfer};
 
 /// Which fixed-buffer opcode moves the bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -268,14 +268,24 @@ impl FixedRing {
         validate(ops, self.len, from.len())?;
         let chunks = plan(ops, self.max_buffer, CHUNK_LEN);
         let fd = from.fd().as_raw_fd();
-        Ok(self.run(Direction::ToGuest, fd, chunks, depth, None, &mut |_| {})?)
+        Ok(self.run(
+            Direction::ToGuest,
+            fd,
+            ops,
+            chunks,
+            depth,
+            Order::Independent,
+            None,
+            &mut |_| {},
+        )?)
     }
 
     /// As [`Self::read_fixed`], asking for each transfer's bytes just before it moves:
     /// `fill(i, bytes)` writes `from[staging_offset..+len]` of transfer `i`, then its SQEs are
     /// submitted at once, so the fill of transfer `i + 1` overlaps the kernel's copy of `i`
-    /// (READ_FIXED from a shmem file may run on an io-wq worker). When transfers overlap in
-    /// staging, each fill waits until nothing is in flight. Transfers of no bytes are not filled.
+    /// (READ_FIXED from a shmem file may run on an io-wq worker). Transfers may reuse staging
+    /// bytes: a transfer is filled only once every earlier one sharing its staging bytes (or
+    /// its guest bytes) has moved (see [`FixedRing::run`]). Transfers of no bytes are not filled.
     pub fn read_fixed_each(
         &mut self,
         from: &mut Staging,
@@ -284,7 +294,6 @@ impl FixedRing {
         fill: &mut dyn FnMut(usize, &mut [u8]),
     ) -> crate::pin::Result<()> {
         validate(ops, self.len, from.len())?;
-        let overlap_ok = staging_disjoint(ops);
         let chunks = plan(ops, self.max_buffer, CHUNK_LEN);
         let fd = from.fd().as_raw_fd();
         let base = from.ptr_at(0);
@@ -292,9 +301,8 @@ impl FixedRing {
             let t = &ops[i];
             // SAFETY: `t` lies inside staging (validated above), which `&mut from` keeps mapped
             // and unaliased for this call. No SQE reading these bytes is in flight: `run` calls
-            // this before any chunk of transfer `i` is pushed, and the chunks in flight belong
-            // to other transfers, disjoint in staging (`overlap_ok`) or none at all (`run`
-            // waits for an empty ring first otherwise).
+            // this before any chunk of transfer `i` is pushed, only once every earlier transfer
+            // overlapping `t` in staging has moved, and later transfers are not pushed yet.
             let bytes = unsafe {
                 std::slice::from_raw_parts_mut(
                     base.wrapping_add(t.staging_offset as usize),
@@ -303,16 +311,14 @@ impl FixedRing {
             };
             fill(i, bytes);
         };
-        let prepare = Prepare {
-            prepare: &mut prepare,
-            while_in_flight: overlap_ok,
-        };
         Ok(self.run(
             Direction::ToGuest,
             fd,
+            ops,
             chunks,
             depth,
-            Some(prepare),
+            Order::StagingShared,
+            Some(&mut prepare),
             &mut |_| {},
         )?)
     }
@@ -328,14 +334,24 @@ impl FixedRing {
         validate(ops, self.len, into.len())?;
         let chunks = plan(ops, self.max_buffer, CHUNK_LEN);
         let fd = into.fd().as_raw_fd();
-        Ok(self.run(Direction::FromGuest, fd, chunks, depth, None, &mut |_| {})?)
+        Ok(self.run(
+            Direction::FromGuest,
+            fd,
+            ops,
+            chunks,
+            depth,
+            Order::Independent,
+            None,
+            &mut |_| {},
+        )?)
     }
 
     /// As [`Self::write_fixed`], handing each transfer to `done(i, bytes)` (with
-    /// `into[staging_offset..+len]`) from the completion loop as soon as it has landed, while
-    /// later ones may still be in flight: WRITE_FIXED into a shmem file may run on an io-wq
-    /// worker, so the caller's work on transfer k overlaps the kernel's copy of k+1. When
-    /// transfers overlap in staging, everything is moved first and handed over in order.
+    /// `into[staging_offset..+len]`) from the completion loop as soon as it has landed, in
+    /// completion order, while later ones may still be in flight: WRITE_FIXED into a shmem file
+    /// may run on an io-wq worker, so the caller's work on transfer k overlaps the kernel's copy
+    /// of k+1. Transfers may reuse staging bytes: one sharing bytes with an earlier transfer is
+    /// submitted only after that one was handed over (see [`FixedRing::run`]).
     pub fn write_fixed_each(
         &mut self,
         into: &mut Staging,
@@ -344,15 +360,6 @@ impl FixedRing {
         done: &mut dyn FnMut(usize, &[u8]),
     ) -> crate::pin::Result<()> {
         validate(ops, self.len, into.len())?;
-        if !staging_disjoint(ops) {
-            // A finished transfer could share bytes with one in flight: no early hand-over.
-            self.write_fixed(into, ops, depth)?;
-            let bytes = into.as_slice();
-            for (i, t) in ops.iter().enumerate() {
-                done(i, &bytes[t.staging_offset as usize..][..t.len as usize]);
-            }
-            return Ok(());
-        }
         for (i, _) in ops.iter().enumerate().filter(|(_, t)| t.len == 0) {
             done(i, &[]);
         }
@@ -362,9 +369,10 @@ impl FixedRing {
         let mut op_done = |i: usize| {
             let t = &ops[i];
             // SAFETY: `t` lies inside staging (validated above), which `&mut into` keeps mapped
-            // and unaliased for this call. Every SQE writing its bytes has completed, and the
-            // SQEs still in flight write other transfers' bytes, disjoint from these
-            // (`staging_disjoint`), so nothing writes this range while the slice lives.
+            // and unaliased for this call. Every SQE writing its bytes has completed, and no SQE
+            // writing them can be in flight while the slice lives: `run` calls this from its
+            // completion loop, and pushes a later transfer overlapping `t` in staging only after
+            // this call returned.
             let bytes = unsafe {
                 std::slice::from_raw_parts(
                     base.wrapping_add(t.staging_offset as usize),
@@ -373,7 +381,16 @@ impl FixedRing {
             };
             done(i, bytes);
         };
-        Ok(self.run(Direction::FromGuest, fd, chunks, depth, None, &mut op_done)?)
+        Ok(self.run(
+            Direction::FromGuest,
+            fd,
+            ops,
+            chunks,
+            depth,
+            Order::StagingShared,
+            None,
+            &mut op_done,
+        )?)
     }
 
     /// Runs every chunk, at most `depth` in flight; a short completion is resubmitted for the
@@ -382,23 +399,39 @@ impl FixedRing {
     /// error) when the last byte of transfer `i` has moved, with the later chunks still in flight.
     /// With `prepare`, transfer `i` is prepared (once, until the first error) before its first
     /// chunk is pushed, and what was pushed is submitted before the next one is prepared.
+    ///
+    /// Ordering: transfer `i` starts (is prepared, or has its first chunk pushed) only once
+    /// every earlier transfer it conflicts with has moved all its bytes (and had `op_done`):
+    /// moving into guest RAM, one sharing guest bytes with it; with [`Order::StagingShared`],
+    /// also one sharing staging bytes. So the caller's callbacks may reuse staging across
+    /// transfers, and of two writes to the same guest bytes the later lands last, as if the
+    /// transfers ran one by one.
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &mut self,
         dir: Direction,
         staging_fd: i32,
+        ops: &[Transfer],
         chunks: Vec<Chunk>,
         depth: usize,
-        mut prepare: Option<Prepare<'_>>,
+        order: Order,
+        mut prepare: Option<&mut dyn FnMut(usize)>,
         op_done: &mut dyn FnMut(usize),
     ) -> Result<(), Error> {
         // Bytes still to move per transfer.
-        let mut left: Vec<u64> = Vec::new();
+        let mut left: Vec<u64> = vec![0; ops.len()];
         for c in &chunks {
-            if left.len() <= c.op {
-                left.resize(c.op + 1, 0);
-            }
             left[c.op] += u64::from(c.len);
         }
+        let conflict = |i: usize, j: usize| {
+            let (a, b) = (&ops[i], &ops[j]);
+            let meet = |x: u64, y: u64| x < y.saturating_add(b.len) && y < x.saturating_add(a.len);
+            (order == Order::StagingShared && meet(a.staging_offset, b.staging_offset))
+                || (dir == Direction::ToGuest && meet(a.pin_offset, b.pin_offset))
+        };
+        // Transfers `..started` may move; `unfinished` is the first with bytes left.
+        let mut started = 0usize;
+        let mut unfinished = 0usize;
         let mut pending: VecDeque<Chunk> = chunks.into();
         let mut slots: Vec<Option<Chunk>> = vec![None; depth.clamp(1, RING_ENTRIES as usize)];
         let mut in_flight = 0usize;
@@ -406,10 +439,23 @@ impl FixedRing {
         // Transfers `..prepared` are ready to move.
         let mut prepared = if prepare.is_some() { 0 } else { usize::MAX };
         loop {
+            while unfinished < ops.len() && left[unfinished] == 0 {
+                unfinished += 1;
+            }
+            let may_start = |i: usize, started: &mut usize| {
+                if i < *started {
+                    return true;
+                }
+                let free = (unfinished..i).all(|j| left[j] == 0 || !conflict(i, j));
+                if free {
+                    *started = i + 1;
+                }
+                free
+            };
             let mut pushed = false;
             while first_error.is_none() && in_flight < slots.len() {
                 match pending.front() {
-                    Some(c) if c.op < prepared => {}
+                    Some(c) if c.op < prepared && may_start(c.op, &mut started) => {}
                     _ => break,
                 }
                 let Some(c) = pending.pop_front() else { break };
@@ -439,14 +485,14 @@ impl FixedRing {
             }
             if let (Some(p), None, Some(next)) = (&mut prepare, &first_error, pending.front()) {
                 let next = next.op;
-                if next >= prepared && (p.while_in_flight || in_flight == 0) {
+                if next >= prepared && may_start(next, &mut started) {
                     if pushed {
                         // Start the kernel on what was pushed before preparing the next. A
                         // failed submit leaves the entries queued for `submit_and_wait`
                         // below, which reports the error.
                         let _ = self.ring.submit();
                     }
-                    (p.prepare)(next);
+                    p(next);
                     prepared = next + 1;
                     continue;
                 }
@@ -503,12 +549,16 @@ impl FixedRing {
     }
 }
 
-/// The caller's preparation of each transfer before it moves (see [`FixedRing::run`]).
-struct Prepare<'a> {
-    prepare: &'a mut dyn FnMut(usize),
-    /// Whether a transfer may be prepared while others are in flight (they are disjoint in
-    /// staging); otherwise the ring is drained first.
-    while_in_flight: bool,
+/// Which earlier transfers a transfer waits for, besides those writing the same guest bytes
+/// (see [`FixedRing::run`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Order {
+    /// Nothing reads or writes staging between transfers: transfers sharing staging bytes may
+    /// be in flight together (the raw loops, and plain reads and writes).
+    Independent,
+    /// The caller fills or reads each transfer's staging bytes: a transfer waits for every
+    /// earlier one sharing them.
+    StagingShared,
 }
 
 impl Drop for FixedRing {
@@ -594,9 +644,10 @@ mod tests {
         let n = LEN / PIECE;
         // (description, staging offset of transfer i, staging length)
         type Row = (&'static str, fn(u64) -> u64, u64);
-        let table: [Row; 2] = [
+        let table: [Row; 3] = [
             ("disjoint", |i| i * PIECE, LEN),
             ("all at offset 0", |_| 0, PIECE),
+            ("round-robin over 3 slots", |i| i % 3 * PIECE, 3 * PIECE),
         ];
         for (desc, at, staging_len) in table {
             let mut ops: Vec<Transfer> = (0..n)
@@ -632,6 +683,86 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// Device reads through staging slots reused round-robin: each transfer is handed over with
+    /// its own bytes, before a later one overwrites its slot.
+    /// A bug: `done(i)` seeing a later transfer's bytes (a checksum of the wrong guest page).
+    #[test]
+    fn write_fixed_each_hands_over_before_a_slot_is_reused() {
+        const LEN: u64 = 8 * MIB;
+        const PIECE: u64 = MIB;
+        let mut r = AnonRegion::new(LEN, libc::MADV_HUGEPAGE);
+        r.fill(|off| (off as u64 / PIECE) as u8 ^ 0xa5);
+        // SAFETY: `r` outlives the ring; no reference into it is held across ring calls.
+        let mut ring = unsafe { FixedRing::register(r.hva, LEN) }.unwrap();
+        let ops: Vec<Transfer> = (0..LEN / PIECE)
+            .map(|i| Transfer {
+                pin_offset: i * PIECE,
+                staging_offset: i % 3 * PIECE,
+                len: PIECE,
+            })
+            .collect();
+        let mut staging = Staging::new(3 * PIECE).unwrap();
+        for depth in [1, 3, RING_ENTRIES as usize] {
+            let mut seen = vec![false; ops.len()];
+            ring.write_fixed_each(&mut staging, &ops, depth, &mut |i, bytes| {
+                let want = i as u8 ^ 0xa5;
+                assert!(
+                    bytes.iter().all(|&b| b == want),
+                    "depth {depth}: transfer {i}"
+                );
+                seen[i] = true;
+            })
+            .unwrap();
+            assert!(
+                seen.iter().all(|&s| s),
+                "depth {depth}: every transfer handed over"
+            );
+        }
+    }
+
+    /// Device writes to the same guest bytes, from different staging bytes: each is prepared
+    /// only once the one before has landed, so the last lands last, as if one by one.
+    /// A bug: two in flight at once (the earlier may complete last: the guest sees stale data).
+    #[test]
+    fn read_fixed_each_orders_writes_to_the_same_guest_bytes() {
+        const PIECE: u64 = 2 * MIB;
+        let mut r = AnonRegion::new(PIECE, libc::MADV_HUGEPAGE);
+        r.fill(|_| 0);
+        // SAFETY: `r` outlives the ring; no reference into it is held across ring calls.
+        let mut ring = unsafe { FixedRing::register(r.hva, PIECE) }.unwrap();
+        let ops: Vec<Transfer> = (0..8u64)
+            .map(|i| Transfer {
+                pin_offset: 0,
+                staging_offset: i * PIECE,
+                len: PIECE,
+            })
+            .collect();
+        let mut staging = Staging::new(8 * PIECE).unwrap();
+        for round in 0..4u8 {
+            ring.read_fixed_each(
+                &mut staging,
+                &ops,
+                RING_ENTRIES as usize,
+                &mut |i, bytes| {
+                    // Nothing writes the guest bytes now: the one before has landed.
+                    let before = match (i, round) {
+                        (0, 0) => 0,
+                        (0, _) => (round - 1) * 16 + ops.len() as u8,
+                        _ => round * 16 + i as u8,
+                    };
+                    assert!(
+                        r.bytes().iter().all(|&b| b == before),
+                        "round {round} transfer {i}"
+                    );
+                    bytes.fill(round * 16 + i as u8 + 1);
+                },
+            )
+            .unwrap();
+            let last = round * 16 + ops.len() as u8;
+            assert!(r.bytes().iter().all(|&b| b == last), "round {round}");
         }
     }
 }
