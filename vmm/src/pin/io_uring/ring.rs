@@ -265,19 +265,7 @@ impl FixedRing {
         ops: &[Transfer],
         depth: usize,
     ) -> crate::pin::Result<()> {
-        validate(ops, self.len, from.len())?;
-        let chunks = plan(ops, self.max_buffer, CHUNK_LEN);
-        let fd = from.fd().as_raw_fd();
-        Ok(self.run(
-            Direction::ToGuest,
-            fd,
-            ops,
-            chunks,
-            depth,
-            Order::Independent,
-            None,
-            &mut |_| {},
-        )?)
+        self.plain(Direction::ToGuest, from, ops, depth)
     }
 
     /// As [`Self::read_fixed`], asking for each transfer's bytes just before it moves:
@@ -331,19 +319,22 @@ impl FixedRing {
         ops: &[Transfer],
         depth: usize,
     ) -> crate::pin::Result<()> {
-        validate(ops, self.len, into.len())?;
+        self.plain(Direction::FromGuest, into, ops, depth)
+    }
+
+    /// `ops` moved in `dir` with nothing asked of the caller in between (see [`Self::run`]).
+    fn plain(
+        &mut self,
+        dir: Direction,
+        staging: &Staging,
+        ops: &[Transfer],
+        depth: usize,
+    ) -> crate::pin::Result<()> {
+        validate(ops, self.len, staging.len())?;
         let chunks = plan(ops, self.max_buffer, CHUNK_LEN);
-        let fd = into.fd().as_raw_fd();
-        Ok(self.run(
-            Direction::FromGuest,
-            fd,
-            ops,
-            chunks,
-            depth,
-            Order::Independent,
-            None,
-            &mut |_| {},
-        )?)
+        let fd = staging.fd().as_raw_fd();
+        let (order, prepare) = (Order::Independent, None);
+        Ok(self.run(dir, fd, ops, chunks, depth, order, prepare, &mut |_| {})?)
     }
 
     /// As [`Self::write_fixed`], handing each transfer to `done(i, bytes)` (with
