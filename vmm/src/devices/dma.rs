@@ -19,8 +19,8 @@
 //! The descriptors of one doorbell go through [`DmaEngine::execute_batch`]: a run of them in
 //! one direction, on one mapping, over guest bytes no earlier one of the run writes, is one
 //! *stream*: their [`STREAM_PIECE`]-sized pieces go through the pin in one call, round-robin
-//! over the staging file, so the ring does not drain between descriptors. The answers are what executing them one at
-//! a time gives: a stream that fails is replayed one descriptor at a time.
+//! over the staging file, so the ring does not drain between descriptors. The answers are what
+//! executing them one at a time gives: a stream that fails is replayed one descriptor at a time.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +30,7 @@ use pinlab_abi as abi;
 use crate::addr::{Gpa, Iova, PAGE_SIZE};
 use crate::devices::iommu::{self, Iommu};
 use crate::devices::queue::overlaps;
-use crate::devices::request::{DmaRequest, FromGuest, Perm, ToGuest};
+use crate::devices::request::{DmaRequest, FromGuest, IovaRange, Perm, ToGuest};
 use crate::memory::GuestRam;
 use crate::pin::{self, Staging, Transfer};
 
@@ -212,7 +212,7 @@ impl DmaEngine {
                 continue;
             }
             let n = members.len();
-            match self.stream(ram, iommu, &reqs[i], &members) {
+            match self.stream(ram, iommu, &members) {
                 Ok(results) => {
                     for (k, r) in results.into_iter().enumerate() {
                         answer(i + k, r);
@@ -229,23 +229,18 @@ impl DmaEngine {
         }
     }
 
-    /// Moves `members` (of `first`'s mapping) as one list of pieces through the pin. `Err`: the
+    /// Moves `members` (all on one mapping) as one list of pieces through the pin. `Err`: the
     /// pin failed part way (which members moved is unknown); `Ok`: each member's answer (a
     /// device read can still fail to write its checksums).
     fn stream(
         &mut self,
         ram: &GuestRam,
         iommu: &mut Iommu,
-        first: &DmaRequest,
         members: &[Member],
     ) -> Result<Vec<Result<u64>>> {
-        let (range, perm) = match first {
-            DmaRequest::ToGuest(t) => (t.range, Perm::WRITE),
-            DmaRequest::FromGuest(f) => (f.range(), Perm::READ),
-            DmaRequest::Nop => unreachable!("stream_members takes no NOP"),
-        };
-        let (m, _) = iommu.lookup(&range, perm)?;
-        let total: u64 = members.iter().map(|x| x.len).sum();
+        let first = &members[0];
+        let (m, _) = iommu.lookup(&first.range, first.work.perm())?;
+        let total: u64 = members.iter().map(|x| x.range.len()).sum();
         self.staged_pattern = None;
         let staging = self.staging_for(total)?;
         let piece = STREAM_PIECE.min(staging.len());
@@ -254,32 +249,33 @@ impl DmaEngine {
         let mut ops = Vec::new();
         let mut owner = Vec::new();
         for (d, x) in members.iter().enumerate() {
-            for off in (0..x.len).step_by(piece as usize) {
+            let len = x.range.len();
+            for off in (0..len).step_by(piece as usize) {
                 ops.push(Transfer {
                     pin_offset: x.base + off,
                     staging_offset: (ops.len() as u64 % slots) * piece,
-                    len: piece.min(x.len - off),
+                    len: piece.min(len - off),
                 });
                 owner.push((d, off));
             }
         }
-        let at = members[0].iova;
-        if let Work::Fill { .. } = members[0].work {
+        let at = first.range.start();
+        if let Work::Fill { .. } = first.work {
             m.pin
                 .write_to_guest_each(staging, &ops, &mut |k, bytes| {
                     let (d, off) = owner[k];
                     let Work::Fill { seed } = members[d].work else {
                         unreachable!("a stream is one direction")
                     };
-                    let word = (members[d].iova.raw() + off) / 8;
+                    let word = (members[d].range.start().raw() + off) / 8;
                     abi::fill_pattern(as_words(bytes), seed, word);
                 })
                 .map_err(|source| Error::WriteToGuest { iova: at, source })?;
-            return Ok(members.iter().map(|x| Ok(x.len)).collect());
+            return Ok(members.iter().map(|x| Ok(x.range.len())).collect());
         }
         let mut sums: Vec<Vec<u64>> = members
             .iter()
-            .map(|x| vec![0; (x.len / PAGE_SIZE) as usize])
+            .map(|x| vec![0; x.range.pages() as usize])
             .collect();
         m.pin
             .read_from_guest_each(staging, &ops, &mut |k, bytes| {
@@ -295,7 +291,7 @@ impl DmaEngine {
                 let Work::Sums { out } = x.work else {
                     unreachable!("a stream is one direction")
                 };
-                write_sums(ram, out, sums).map(|()| x.len)
+                write_sums(ram, out, sums).map(|()| x.range.len())
             })
             .collect())
     }
@@ -373,10 +369,9 @@ fn write_sums(ram: &GuestRam, out: Gpa, sums: &[u64]) -> Result<()> {
 
 /// One descriptor of a stream: where its bytes are in the pin and what the device does.
 struct Member {
-    /// Offset of its IOVA range in the mapping's pin.
+    range: IovaRange,
+    /// Offset of `range` in the mapping's pin.
     base: u64,
-    len: u64,
-    iova: Iova,
     work: Work,
 }
 
@@ -387,6 +382,16 @@ enum Work {
     Fill { seed: u64 },
     /// A device read: checksums to the array at `out`.
     Sums { out: Gpa },
+}
+
+impl Work {
+    /// The permission the mapping must grant for it.
+    fn perm(self) -> Perm {
+        match self {
+            Work::Fill { .. } => Perm::WRITE,
+            Work::Sums { .. } => Perm::READ,
+        }
+    }
 }
 
 /// The longest run at the start of `reqs` that can move as one stream with the same answers
@@ -403,19 +408,14 @@ fn stream_members(iommu: &mut Iommu, reqs: &[DmaRequest], forbidden: &[Range<Gpa
     let mut total = 0u64;
     let to_guest = matches!(reqs.first(), Some(DmaRequest::ToGuest(_)));
     for r in reqs {
-        let (range, perm, work, out) = match (r, to_guest) {
-            (DmaRequest::ToGuest(t), true) => {
-                (t.range, Perm::WRITE, Work::Fill { seed: t.seed }, None)
+        let (range, work, out) = match (r, to_guest) {
+            (DmaRequest::ToGuest(t), true) => (t.range, Work::Fill { seed: t.seed }, None),
+            (DmaRequest::FromGuest(f), false) => {
+                (f.range(), Work::Sums { out: f.out() }, Some(f.out_range()))
             }
-            (DmaRequest::FromGuest(f), false) => (
-                f.range(),
-                Perm::READ,
-                Work::Sums { out: f.out() },
-                Some(f.out_range()),
-            ),
             _ => break,
         };
-        let Ok((m, base)) = iommu.lookup(&range, perm) else {
+        let Ok((m, base)) = iommu.lookup(&range, work.perm()) else {
             break;
         };
         if mapping.is_some_and(|at| at != m.iova) {
@@ -436,12 +436,7 @@ fn stream_members(iommu: &mut Iommu, reqs: &[DmaRequest], forbidden: &[Range<Gpa
         total += range.len();
         claimed.push(moved);
         claimed.extend(out);
-        members.push(Member {
-            base,
-            len: range.len(),
-            iova: range.start(),
-            work,
-        });
+        members.push(Member { range, base, work });
     }
     members
 }

@@ -213,43 +213,41 @@ impl Devices {
         st: &mut State,
         d: &abi::Descriptor,
     ) -> Result<u64, Rejection> {
-        {
-            let r: Result<&AtomicU64, Rejection> = match IommuRequest::parse(d, ram.size()) {
-                Ok(IommuRequest::Map(m)) => st
-                    .iommu
-                    .map(ram, &m)
-                    .map(|()| &self.stats.maps)
-                    .map_err(Rejection::from),
-                Ok(IommuRequest::Unmap(u)) => st
-                    .iommu
-                    .unmap(ram, &u)
-                    .map(|()| &self.stats.unmaps)
-                    .map_err(Rejection::from),
-                Err(e) => Err(e.into()),
-            };
-            if let Ok(counter) = r {
-                counter.fetch_add(1, Ordering::Relaxed);
-                self.progress.bump();
-            }
-            let status = abi::status_name(
-                r.as_ref()
-                    .map_or_else(Rejection::status, |_| abi::STATUS_OK),
-            );
-            // The guest's own values, as sent: a refused request is recorded as it was asked.
-            let (iova, len) = (Iova(d.iova), d.len);
-            let what = match d.op {
-                abi::OP_MAP => What::IommuMap {
-                    iova,
-                    gpa: Gpa(d.arg),
-                    len,
-                    status,
-                },
-                abi::OP_UNMAP => What::IommuUnmap { iova, len, status },
-                _ => return r.map(|_| 0),
-            };
-            self.timeline.instant(THREAD, what);
-            r.map(|_| 0)
+        let r: Result<&AtomicU64, Rejection> = match IommuRequest::parse(d, ram.size()) {
+            Ok(IommuRequest::Map(m)) => st
+                .iommu
+                .map(ram, &m)
+                .map(|()| &self.stats.maps)
+                .map_err(Rejection::from),
+            Ok(IommuRequest::Unmap(u)) => st
+                .iommu
+                .unmap(ram, &u)
+                .map(|()| &self.stats.unmaps)
+                .map_err(Rejection::from),
+            Err(e) => Err(e.into()),
+        };
+        if let Ok(counter) = r {
+            counter.fetch_add(1, Ordering::Relaxed);
+            self.progress.bump();
         }
+        let status = abi::status_name(
+            r.as_ref()
+                .map_or_else(Rejection::status, |_| abi::STATUS_OK),
+        );
+        // The guest's own values, as sent: a refused request is recorded as it was asked.
+        let (iova, len) = (Iova(d.iova), d.len);
+        let what = match d.op {
+            abi::OP_MAP => What::IommuMap {
+                iova,
+                gpa: Gpa(d.arg),
+                len,
+                status,
+            },
+            abi::OP_UNMAP => What::IommuUnmap { iova, len, status },
+            _ => return r.map(|_| 0),
+        };
+        self.timeline.instant(THREAD, what);
+        r.map(|_| 0)
     }
 
     /// The DMA doorbell rang: execute every pending descriptor through the pins, the runs of
@@ -279,19 +277,20 @@ impl Devices {
                 }
                 started = Mono::now();
             };
+            let parsed: Vec<_> = pending
+                .iter()
+                .map(|(_, d)| DmaRequest::parse(d, ram.size()))
+                .collect();
             let mut i = 0;
             while i < pending.len() {
                 // The well-formed run from `i` goes to the engine as one batch.
-                let reqs: Vec<DmaRequest> = pending[i..]
+                let reqs: Vec<DmaRequest> = parsed[i..]
                     .iter()
-                    .map_while(|(_, d)| DmaRequest::parse(d, ram.size()).ok())
+                    .map_while(|p| p.as_ref().ok().copied())
                     .collect();
-                if reqs.is_empty() {
-                    let d = &pending[i].1;
-                    let r = DmaRequest::parse(d, ram.size())
-                        .map(|_| 0)
-                        .map_err(Rejection::from);
-                    account(d, &r);
+                if let Err(e) = &parsed[i] {
+                    let r = Err(Rejection::from(*e));
+                    account(&pending[i].1, &r);
                     answer(i, r);
                     i += 1;
                     continue;
